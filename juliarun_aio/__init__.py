@@ -1,0 +1,93 @@
+"""juliarun_aio: an asyncio-first SDK for the JuliaRun job platform.
+
+``Context`` speaks every verb of the JuliaRun protocol over one pooled connection, job
+specs are checked before anything is sent, and the long-running helpers (``tail_logs``,
+``wait_for_workers``, ``watch_job``) are cancellable async generators that run under
+asyncio and trio.  The bundled local server lives in :mod:`juliarun_aio.server`.
+"""
+
+from __future__ import annotations
+
+from ._cluster import initialize_cluster, release_cluster, self_job
+from ._context import DEFAULT_RETRY, Context, Job
+from ._errors import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    ConflictError,
+    JobNotFoundError,
+    JuliaRunError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseError,
+    ServerError,
+    SpecError,
+    TimeoutError,
+    TransportError,
+    WaitTimeoutError,
+)
+from ._jobs import (
+    JOB_KINDS,
+    Generic,
+    JobRef,
+    JobSpec,
+    JuliaBatch,
+    JuliaParBatch,
+    JuliaParBatchWorkers,
+    MessageQ,
+    Notebook,
+    PkgBuilder,
+    Webserver,
+    make_spec,
+)
+from ._logs import LogLine
+from ._models import Endpoint, JobInfo, JobScale, JobStatus
+from ._retry import NO_RETRIES, RetryPolicy
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "JOB_KINDS",
+    "NO_RETRIES",
+    "ApiError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConflictError",
+    "Context",
+    "Endpoint",
+    "Generic",
+    "Job",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobRef",
+    "JobScale",
+    "JobSpec",
+    "JobStatus",
+    "JuliaBatch",
+    "JuliaParBatch",
+    "JuliaParBatchWorkers",
+    "JuliaRunError",
+    "LogLine",
+    "MessageQ",
+    "Notebook",
+    "PermissionDeniedError",
+    "PkgBuilder",
+    "RateLimitError",
+    "ResponseError",
+    "RetryPolicy",
+    "ServerError",
+    "SpecError",
+    "TimeoutError",
+    "TransportError",
+    "WaitTimeoutError",
+    "Webserver",
+    "__version__",
+    "initialize_cluster",
+    "make_spec",
+    "release_cluster",
+    "self_job",
+]

@@ -1,0 +1,243 @@
+"""The exception tree of juliarun_aio.
+
+Every error the SDK raises derives from :class:`JuliaRunError`::
+
+    JuliaRunError
+    ├── ConfigurationError        no URL / token / namespace could be resolved
+    ├── ClientClosedError         the Context was used after it was closed
+    ├── SpecError (ValueError)    an invalid job spec, raised before any request
+    ├── ResponseError             the server answered something we cannot read
+    ├── TransportError            connect / read / timeout, after retries
+    │   └── TimeoutError          a connect, read or overall deadline passed
+    ├── WaitTimeoutError          a waiting helper gave up (also a TimeoutError builtin)
+    └── ApiError                  the server said no (HTTP status or nonzero ``code``)
+        ├── BadRequestError       400
+        ├── AuthenticationError   401
+        ├── PermissionDeniedError 403
+        ├── JobNotFoundError      404
+        ├── ConflictError         409
+        ├── RateLimitError        429
+        └── ServerError           5xx
+
+Both ways a JuliaRun server reports a failure -- an HTTP status outside 200..206 and
+an envelope ``{"code": <nonzero>, "data": "<message>"}`` -- map to the same classes
+(see :func:`api_error_class`).  Messages never contain the credential.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConflictError",
+    "JobNotFoundError",
+    "JuliaRunError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseError",
+    "ServerError",
+    "SpecError",
+    "TimeoutError",
+    "TransportError",
+    "WaitTimeoutError",
+    "api_error_class",
+]
+
+
+class JuliaRunError(Exception):
+    """Root of every error raised by juliarun_aio.
+
+    Attributes:
+        verb: The protocol verb being called (``"getJobStatus"``), if any.
+        job: The job name the call was about, if any.
+    """
+
+    def __init__(self, message: str, *, verb: str | None = None, job: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.verb = verb
+        self.job = job
+
+    def __str__(self) -> str:
+        where = []
+        if self.verb:
+            where.append(self.verb)
+        if self.job:
+            where.append(f"job {self.job!r}")
+        return f"{self.message} [{', '.join(where)}]" if where else self.message
+
+
+class ConfigurationError(JuliaRunError):
+    """The client could not resolve its URL, credential or namespace."""
+
+
+class ClientClosedError(JuliaRunError):
+    """A :class:`~juliarun_aio.Context` was used after it was closed."""
+
+
+class SpecError(JuliaRunError, ValueError):
+    """A job spec is invalid; raised at construction, before any request.
+
+    Attributes:
+        field: The name of the offending parameter (``"name"``, ``"ports"``, ...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ResponseError(JuliaRunError):
+    """The server's answer could not be understood (bad JSON, unexpected shape).
+
+    Attributes:
+        status_code: The HTTP status of the response.
+        body: A short excerpt of what the server sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        verb: str | None = None,
+        job: str | None = None,
+        status_code: int | None = None,
+        body: str = "",
+    ) -> None:
+        super().__init__(message, verb=verb, job=job)
+        self.status_code = status_code
+        self.body = body
+
+
+class TransportError(JuliaRunError):
+    """The request did not complete: connection refused or reset, or a timeout.
+
+    Raised after the retry budget is spent.  ``attempts`` says how many tries were made.
+    """
+
+    def __init__(
+        self, message: str, *, verb: str | None = None, job: str | None = None, attempts: int = 1
+    ) -> None:
+        super().__init__(message, verb=verb, job=job)
+        self.attempts = attempts
+
+
+class TimeoutError(TransportError, builtins.TimeoutError):
+    """A connect, read, pool or overall deadline passed."""
+
+
+class WaitTimeoutError(JuliaRunError, builtins.TimeoutError):
+    """A waiting helper (``wait_for_workers``, ``wait_for_job``...) ran out of time."""
+
+
+class ApiError(JuliaRunError):
+    """The server refused the request.
+
+    Attributes:
+        status_code: The HTTP status (``200`` when only the envelope's ``code`` said no).
+        code: The envelope's ``code`` when the body had one, else ``None``.
+        server_message: What the server said, verbatim (credentials redacted).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        verb: str | None = None,
+        job: str | None = None,
+        status_code: int = 200,
+        code: int | None = None,
+        server_message: str = "",
+    ) -> None:
+        super().__init__(message, verb=verb, job=job)
+        self.status_code = status_code
+        self.code = code
+        self.server_message = server_message
+
+
+class BadRequestError(ApiError):
+    """400: the server rejected a parameter."""
+
+
+class AuthenticationError(ApiError):
+    """401: the credential is missing, wrong or expired."""
+
+
+class PermissionDeniedError(ApiError):
+    """403: the credential is not allowed in this namespace."""
+
+
+class JobNotFoundError(ApiError):
+    """404: the job (or the verb) does not exist in this namespace."""
+
+
+class ConflictError(ApiError):
+    """409: the job exists already, or is incomplete and needs ``force``."""
+
+
+class RateLimitError(ApiError):
+    """429: the server asks us to slow down (retried for reads)."""
+
+
+class ServerError(ApiError):
+    """5xx: the server failed."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: JobNotFoundError,
+    409: ConflictError,
+    429: RateLimitError,
+}
+
+# What the envelope's message says when a server answers 200 with a nonzero code.  Real
+# JuliaRun servers do this; the message is then the only hint at the kind of failure.
+_BY_MESSAGE: tuple[tuple[tuple[str, ...], type[ApiError]], ...] = (
+    (("not found", "no such job", "does not exist", "unknown job"), JobNotFoundError),
+    (("already exists", "exists already", "incomplete", "conflict"), ConflictError),
+    (("unauthorized", "unauthenticated", "invalid token", "bad token"), AuthenticationError),
+    (("forbidden", "not allowed", "permission"), PermissionDeniedError),
+)
+
+_HINTS: dict[type[ApiError], str] = {
+    AuthenticationError: "check the token (JRUN_TOKEN / JRUN_TOKEN_FILE); it may have expired",
+    PermissionDeniedError: "check the namespace (JRUN_NAMESPACE) matches the token",
+    JobNotFoundError: "check the job name and type; list jobs with list_jobs()",
+    ConflictError: "pick another name, or delete the job first (force=True if still running)",
+    RateLimitError: "slow down; the server is rate limiting",
+    ServerError: "the server failed; retry later or check the server's logs",
+    BadRequestError: "fix the parameter the server names",
+}
+
+
+def api_error_class(status_code: int, message: str = "") -> type[ApiError]:
+    """Pick the error class for a failed call.
+
+    Args:
+        status_code: The HTTP status of the response (200 when the envelope alone failed).
+        message: The server's message, used when the status says nothing specific.
+
+    Returns:
+        The most specific :class:`ApiError` subclass.
+    """
+    if status_code in _BY_STATUS:
+        return _BY_STATUS[status_code]
+    if status_code >= 500:
+        return ServerError
+    lowered = message.lower()
+    for needles, cls in _BY_MESSAGE:
+        if any(needle in lowered for needle in needles):
+            return cls
+    return ApiError
+
+
+def hint_for(cls: type[ApiError]) -> str:
+    """Return the "what to do next" sentence for an error class (empty if none)."""
+    return _HINTS.get(cls, "")

@@ -1,0 +1,289 @@
+"""Typed results of the protocol's read verbs, and the tolerant readers that build them.
+
+The readers accept every shape a JuliaRun server is known to send (PROTOCOL.md section 2):
+
+- ``getJobStatus``: the dict form ``{"succeeded": ..., "created": ..., ...}`` and the legacy
+  5-array ``[completed, nworkers_succeeded, nworkers_started, created, is_notebook]``.
+- ``getJobScale``: ``[running, requested]``.
+- ``getJobEndpoint``: ``[ip, {port_name: port}]``; ``null`` or ``[]`` mean "no endpoint yet".
+- ``listJobs`` / ``getAllJobInfo``: ``{name: {"type": ..., "status": ..., ...}}``.
+
+Unknown keys are ignored (kept in ``extra`` where that helps debugging); a value of the
+wrong type raises :class:`ValueError` quoting what was wrong, which the client turns into a
+:class:`~juliarun_aio.ResponseError` naming the verb.  Each model also has ``to_wire()``,
+used by the local server so both halves agree on one shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._jobs import JOB_KINDS, JobRef
+
+__all__ = ["Endpoint", "JobInfo", "JobScale", "JobStatus", "excerpt"]
+
+#: Phases reported by servers that say more than ``succeeded`` (the local server does).
+TERMINAL_PHASES = frozenset({"succeeded", "failed", "lost"})
+
+
+def excerpt(value: object, limit: int = 200) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bool(value: object, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"{what}: expected a boolean, got {excerpt(value)}")
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{what}: expected an integer, got {excerpt(value)}")
+
+
+@attrs.frozen
+class JobStatus:
+    """The status of a job, as ``getJobStatus`` reports it.
+
+    Attributes:
+        succeeded: The job completed successfully (legacy servers: "completed").
+        created: The job's processes/containers have been created (vs. only scheduled).
+        parallelism: Requested parallelism (worker count) of the job.
+        nworkers_succeeded: Workers that completed successfully.
+        npending: Workers not yet running.
+        nuptodate: Workers running the current job definition.
+        nworkers_started: Workers started (legacy array form only).
+        is_notebook: Legacy array form only.
+        phase: ``pending``, ``running``, ``succeeded``, ``failed`` or ``lost`` when the
+            server says (the local server does; a plain JuliaRun server does not).
+        failed: The job ended unsuccessfully (only servers that report failures).
+        message: A human-readable reason from the server, if any.
+        extra: Keys the server sent that this model does not know.
+    """
+
+    succeeded: bool = False
+    created: bool = False
+    parallelism: int = 0
+    nworkers_succeeded: int = 0
+    npending: int = 0
+    nuptodate: int = 0
+    nworkers_started: int | None = None
+    is_notebook: bool | None = None
+    phase: str | None = None
+    failed: bool = False
+    message: str | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+
+    @property
+    def completed(self) -> bool:
+        """True once the job will not change any more: succeeded, failed or lost."""
+        return self.succeeded or self.failed or self.phase in TERMINAL_PHASES
+
+    @classmethod
+    def from_wire(cls, data: object) -> JobStatus:
+        """Read the dict form or the legacy 5-array form.
+
+        Raises:
+            ValueError: ``data`` is neither form, or a value has the wrong type.
+        """
+        if isinstance(data, list | tuple):
+            if len(data) < 4:
+                raise ValueError(f"status array needs at least 4 items, got {excerpt(data)}")
+            return cls(
+                succeeded=_bool(data[0], "status[0] (completed)"),
+                nworkers_succeeded=_int(data[1], "status[1] (nworkers_succeeded)"),
+                nworkers_started=_int(data[2], "status[2] (nworkers_started)"),
+                created=_bool(data[3], "status[3] (created)"),
+                is_notebook=_bool(data[4], "status[4] (is_notebook)") if len(data) > 4 else None,
+            )
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a status object or array, got {excerpt(data)}")
+        known = {
+            "succeeded": _bool,
+            "created": _bool,
+            "parallelism": _int,
+            "nworkers_succeeded": _int,
+            "npending": _int,
+            "nuptodate": _int,
+            "nworkers_started": _int,
+            "is_notebook": _bool,
+            "failed": _bool,
+        }
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in known and value is not None:
+                values[key] = known[key](value, f"status.{key}")
+            elif key in ("phase", "message") and value is not None:
+                values[key] = str(value)
+            elif key not in known:
+                extra[key] = value
+        if "succeeded" not in values and "completed" in extra:
+            values["succeeded"] = _bool(extra.pop("completed"), "status.completed")
+        return cls(**values, extra=extra)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the dict form, with the optional fields only when known."""
+        out: dict[str, Any] = {
+            "succeeded": self.succeeded,
+            "created": self.created,
+            "parallelism": self.parallelism,
+            "nworkers_succeeded": self.nworkers_succeeded,
+            "npending": self.npending,
+            "nuptodate": self.nuptodate,
+        }
+        if self.nworkers_started is not None:
+            out["nworkers_started"] = self.nworkers_started
+        if self.phase is not None:
+            out["phase"] = self.phase
+            out["failed"] = self.failed
+        if self.message is not None:
+            out["message"] = self.message
+        out.update(self.extra)
+        return out
+
+
+@attrs.frozen
+class JobScale:
+    """Workers running and requested, as ``getJobScale`` reports them."""
+
+    running: int
+    requested: int
+
+    @classmethod
+    def from_wire(cls, data: object) -> JobScale:
+        """Read ``[running, requested]`` (or a ``{"running":..., "requested":...}`` object).
+
+        Raises:
+            ValueError: ``data`` has another shape.
+        """
+        if isinstance(data, Mapping) and "running" in data and "requested" in data:
+            return cls(_int(data["running"], "running"), _int(data["requested"], "requested"))
+        if isinstance(data, list | tuple) and len(data) >= 2:
+            return cls(_int(data[0], "scale[0] (running)"), _int(data[1], "scale[1] (requested)"))
+        raise ValueError(f"expected [running, requested], got {excerpt(data)}")
+
+    def to_wire(self) -> list[int]:
+        """Return ``[running, requested]``."""
+        return [self.running, self.requested]
+
+
+@attrs.frozen
+class Endpoint:
+    """Where a job's service can be reached: ``host`` and named ``ports``.
+
+    ``host`` is ``None`` while the job has no endpoint yet.
+    """
+
+    host: str | None
+    ports: Mapping[str, int] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_wire(cls, data: object) -> Endpoint:
+        """Read ``[ip, {name: port}]``; ``null``, ``[]`` and ``[ip]`` are accepted.
+
+        Raises:
+            ValueError: ``data`` has another shape.
+        """
+        if data is None or data in ([], ""):
+            return cls(None, {})
+        if isinstance(data, str):
+            return cls(data, {})
+        if isinstance(data, list | tuple) and isinstance(data[0], str | None):
+            ports_raw = data[1] if len(data) > 1 else {}
+            if ports_raw is None:
+                ports_raw = {}
+            if not isinstance(ports_raw, Mapping):
+                raise ValueError(f"endpoint ports: expected an object, got {excerpt(ports_raw)}")
+            ports = {str(k): _int(v, f"endpoint port {k!r}") for k, v in ports_raw.items()}
+            return cls(data[0], ports)
+        raise ValueError(f"expected [host, {{name: port}}], got {excerpt(data)}")
+
+    def to_wire(self) -> list[Any]:
+        """Return ``[host, {name: port}]``."""
+        return [self.host, dict(self.ports)]
+
+
+@attrs.frozen
+class JobInfo:
+    """One entry of ``listJobs`` (kind only) or ``getAllJobInfo`` (everything).
+
+    Attributes:
+        name: The job's name.
+        kind: The job type (``"JuliaBatch"``...).
+        status: ``None`` when the server did not include it (``listJobs``).
+        scale: As ``status``.
+        endpoint: As ``status``.
+    """
+
+    name: str
+    kind: str
+    status: JobStatus | None = None
+    scale: JobScale | None = None
+    endpoint: Endpoint | None = None
+
+    @property
+    def ref(self) -> JobRef:
+        """The :class:`JobRef` to pass to job verbs."""
+        return JobRef(self.kind, self.name)
+
+    @classmethod
+    def mapping_from_wire(cls, data: object) -> dict[str, JobInfo]:
+        """Read ``{name: {"type": ..., "status": ..., "scale": ..., "endpoint": ...}}``.
+
+        Raises:
+            ValueError: the outer value is not an object, an entry lacks a known ``type``,
+                or a nested value is malformed.
+        """
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object of jobs, got {excerpt(data)}")
+        jobs: dict[str, JobInfo] = {}
+        for name, entry in data.items():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
+                raise ValueError(f"job {name!r}: expected {{'type': ...}}, got {excerpt(entry)}")
+            kind = entry["type"]
+            if kind not in JOB_KINDS:
+                raise ValueError(f"job {name!r}: unknown job type {kind!r}")
+            status = entry.get("status")
+            scale = entry.get("scale")
+            endpoint = entry.get("endpoint")
+            jobs[str(name)] = cls(
+                name=str(name),
+                kind=kind,
+                status=JobStatus.from_wire(status) if status not in (None, []) else None,
+                scale=JobScale.from_wire(scale) if scale not in (None, []) else None,
+                endpoint=Endpoint.from_wire(endpoint) if "endpoint" in entry else None,
+            )
+        return jobs
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return this entry's value in the ``getAllJobInfo`` object."""
+        out: dict[str, Any] = {"type": self.kind}
+        if self.status is not None:
+            out["status"] = self.status.to_wire()
+        if self.scale is not None:
+            out["scale"] = self.scale.to_wire()
+        if self.endpoint is not None:
+            out["endpoint"] = self.endpoint.to_wire()
+        return out

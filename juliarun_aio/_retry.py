@@ -1,0 +1,163 @@
+"""Retry decisions as pure functions: what to retry, how long to wait, when to stop.
+
+Nothing here sleeps or does I/O, so every rule is tested as a table.
+
+- Reads (idempotent verbs) retry transport errors, timeouts and the statuses in
+  :data:`RETRYABLE_STATUSES` (408, 429 and 5xx except 501/505, which will not change).
+- State-changing verbs retry only what provably never reached the server (a failed
+  connect, a pool timeout) or an explicit 429 refusal; anything ambiguous is settled by a
+  follow-up read in the client (see ``Context._write``).
+- The wait is exponential backoff with full jitter, ``uniform(0, min(max, initial * 2**n))``,
+  unless the server sent ``Retry-After`` (seconds or an HTTP date), which is honoured up to
+  :attr:`RetryPolicy.max_retry_after`.
+- Attempts are bounded by :attr:`RetryPolicy.attempts` and the whole call, waits included,
+  by :attr:`RetryPolicy.total_timeout`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import attrs
+import httpx
+
+__all__ = [
+    "NO_RETRIES",
+    "RETRYABLE_STATUSES",
+    "RetryPolicy",
+    "backoff_delay",
+    "is_retryable_exception",
+    "is_retryable_status",
+    "never_reached_server",
+    "next_delay",
+    "parse_retry_after",
+]
+
+#: Statuses worth retrying for reads: the server may answer differently next time.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How persistent a :class:`~juliarun_aio.Context` is.
+
+    Attributes:
+        attempts: Total tries per call, the first included (1 disables retries).
+        initial: Backoff ceiling for the first retry, in seconds.
+        maximum: Largest backoff ceiling, in seconds.
+        total_timeout: Give up once this many seconds have passed since the first try.
+        max_retry_after: Cap on a server's ``Retry-After``, in seconds; a longer request
+            is not waited for and the error is raised instead.
+    """
+
+    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    initial: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    maximum: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    total_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    max_retry_after: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+
+
+#: A policy that makes exactly one attempt.
+NO_RETRIES = RetryPolicy(attempts=1)
+
+
+def backoff_delay(
+    retry: int, policy: RetryPolicy, rand: Callable[[], float] = random.random
+) -> float:
+    """Return the full-jitter wait before retry number ``retry`` (0 for the first retry).
+
+    Args:
+        retry: How many retries were made before this one.
+        policy: Supplies the initial and maximum ceilings.
+        rand: A source of floats in ``[0, 1)``; injected by tests.
+    """
+    ceiling = min(policy.maximum, policy.initial * (2.0 ** min(retry, 62)))
+    return ceiling * rand()
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Read a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    Args:
+        value: The header's value, or ``None`` when absent.
+        now: The current time (UTC), injected by tests.
+
+    Returns:
+        Seconds to wait (never negative), or ``None`` when absent or unreadable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = now or datetime.now(timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+def is_retryable_status(status_code: int) -> bool:
+    """Tell whether a read that got ``status_code`` may succeed if tried again."""
+    return status_code in RETRYABLE_STATUSES
+
+
+def is_retryable_exception(exc: BaseException) -> bool:
+    """Tell whether a read that raised ``exc`` (from httpx) may succeed if tried again."""
+    return isinstance(exc, httpx.TransportError) and not isinstance(
+        exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError
+    )
+
+
+def never_reached_server(exc: BaseException) -> bool:
+    """Tell whether a failed request provably never reached the server.
+
+    True for a refused or failed connect and for waiting on the pool: no byte of the
+    request was sent, so even a state-changing verb can be sent again.
+    """
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def next_delay(
+    retry: int,
+    *,
+    policy: RetryPolicy,
+    elapsed: float,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float | None:
+    """Decide whether to try again and how long to wait first.
+
+    Args:
+        retry: Retries made so far (0 before the first retry).
+        policy: The limits.
+        elapsed: Seconds since the first attempt started.
+        retry_after: The server's ``Retry-After`` in seconds, if it sent one.
+        rand: A source of floats in ``[0, 1)``.
+
+    Returns:
+        The seconds to wait, or ``None`` to give up: attempts are spent, the server asks
+        for longer than ``max_retry_after``, or the wait would overrun ``total_timeout``.
+    """
+    if retry + 1 >= policy.attempts:
+        return None
+    if retry_after is not None:
+        if retry_after > policy.max_retry_after:
+            return None
+        delay = retry_after
+    else:
+        delay = backoff_delay(retry, policy, rand)
+    if elapsed + delay >= policy.total_timeout:
+        return None
+    return delay
