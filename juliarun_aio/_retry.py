@@ -37,8 +37,10 @@ __all__ = [
     "parse_retry_after",
 ]
 
-#: Statuses worth retrying for reads: the server may answer differently next time.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Statuses worth retrying for reads: the server may answer differently next time.  That
+#: is every 5xx (proxies and load balancers use 507..599 too) except 501 Not Implemented
+#: and 505 HTTP Version Not Supported, which will not change.
+RETRYABLE_STATUSES = frozenset({408, 429} | set(range(500, 600)) - {501, 505})
 
 
 @attrs.frozen
@@ -102,9 +104,12 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    # HTTP dates are GMT; treat a naive date (or a naive injected ``now``) as UTC.
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
     return max(0.0, (when - now).total_seconds())
 
 
