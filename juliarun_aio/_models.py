@@ -153,8 +153,11 @@ class JobStatus:
         }
         if self.nworkers_started is not None:
             out["nworkers_started"] = self.nworkers_started
+        if self.is_notebook is not None:
+            out["is_notebook"] = self.is_notebook
         if self.phase is not None:
             out["phase"] = self.phase
+        if self.phase is not None or self.failed:
             out["failed"] = self.failed
         if self.message is not None:
             out["message"] = self.message
@@ -204,7 +207,7 @@ class Endpoint:
         Raises:
             ValueError: ``data`` has another shape.
         """
-        if data is None or data in ([], ""):
+        if data is None or data == "" or (isinstance(data, list | tuple) and not data):
             return cls(None, {})
         if isinstance(data, str):
             return cls(data, {})
