@@ -1,0 +1,127 @@
+"""The ``juliarun`` command line (also ``python -m juliarun_aio``).
+
+``main(argv)`` parses the command line, runs the subcommand on its own event loop and
+returns the exit code (see :mod:`juliarun_aio.cli._errors` for the table).  User errors
+print one line, ``juliarun: error: <what went wrong> -- <what to do>``, never a traceback
+and never the credential.  Ctrl-C cancels the running command, closes the connection and
+exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from .._config import redact, secret_forms
+from .._context import Context
+from ._commands import COMMANDS
+from ._errors import ExitCode, describe
+from ._output import Output
+from ._parser import build_parser
+
+__all__ = ["main"]
+
+
+def _known_secrets(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every form of every token the command could use, so that none is ever printed."""
+    tokens = [getattr(args, "token", None), os.environ.get("JRUN_TOKEN")]
+    for path in (getattr(args, "token_file", None), os.environ.get("JRUN_TOKEN_FILE")):
+        if path:
+            # An unreadable token file is reported by the Context, with advice.
+            with contextlib.suppress(OSError):
+                tokens.append(Path(path).read_text(encoding="utf-8").strip())
+    return tuple(form for token in tokens if token for form in secret_forms(token))
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside (nested) single-error exception groups, else ``exc``."""
+    # Duck-typed: BaseExceptionGroup is a builtin only from Python 3.11 on.
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], BaseException):
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    if args.command == "demo":
+        from ._demo import run_demo  # noqa: PLC0415 - needs the [server] extra
+
+        return await run_demo(out)
+    async with Context(
+        url=getattr(args, "url", None),
+        token=getattr(args, "token", None),
+        namespace=getattr(args, "namespace", None),
+        token_file=getattr(args, "token_file", None),
+    ) as ctx:
+        base = out.redact
+        out.redact = lambda text: ctx.redact(base(text))
+        return await COMMANDS[args.command](ctx, args, out)
+
+
+def _server(argv: Sequence[str]) -> int:
+    try:
+        from ..server.__main__ import main as server_main  # noqa: PLC0415 - optional extra
+    except ImportError as exc:
+        Output().error(
+            f"the local server is not installed ({exc.name} is missing)",
+            "pip install 'juliarun_aio[server]'",
+        )
+        return ExitCode.ERROR
+    try:
+        server_main(list(argv))
+    except SystemExit as exc:  # argparse (--help, usage) or a configuration error
+        if isinstance(exc.code, str):
+            Output().error(
+                exc.code.removeprefix("juliarun-server: "),
+                "check the flags ('juliarun server --help') and the data directory",
+            )
+            return ExitCode.ERROR
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``juliarun`` command line.
+
+    Args:
+        argv: The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 ok, 1 error, 2 usage, 3 not found, 4 auth, 5 job failed,
+        6 timeout, 7 conflict, 130 interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["server"]:
+        return _server(argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    out = Output(
+        json_mode=getattr(args, "json", False),
+        redact=functools.partial(redact, secrets=_known_secrets(args)),
+    )
+    try:
+        return anyio.run(_run, args, out)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except BaseException as exc:  # every user error becomes one line and a code
+        leaf = _leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            return ExitCode.INTERRUPTED
+        description = describe(leaf)
+        if description is None:
+            raise
+        code, what, todo = description
+        out.error(what, todo)
+        return code

@@ -1,0 +1,149 @@
+"""Exit codes, and the one line the CLI prints for each kind of failure.
+
+Every failure a user can cause ends as ``juliarun: error: <what went wrong> -- <what to
+do>`` on stderr and an exit code scripts can test:
+
+====  ===================================================================
+code  meaning
+====  ===================================================================
+0     success
+1     any other error (server unreachable, unexpected answer, ...)
+2     usage error: bad flag or flag value
+3     job not found
+4     authentication or permission refused
+5     the job failed
+6     a wait timed out
+7     conflict: the job exists already, or is still running
+130   interrupted (Ctrl-C)
+====  ===================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .. import _errors as errors
+
+__all__ = ["CliError", "ExitCode", "JobFailedError", "UsageError", "describe"]
+
+
+class ExitCode(enum.IntEnum):
+    """The exit codes of ``juliarun``."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    AUTH = 4
+    JOB_FAILED = 5
+    TIMEOUT = 6
+    CONFLICT = 7
+    INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure reported as one line and an exit code.
+
+    Args:
+        what: What went wrong.
+        todo: What to do about it.
+        exit_code: The process's exit code.
+    """
+
+    def __init__(self, what: str, todo: str = "", exit_code: ExitCode = ExitCode.ERROR) -> None:
+        super().__init__(what)
+        self.what = what
+        self.todo = todo
+        self.exit_code = exit_code
+
+
+class UsageError(CliError):
+    """The command line is wrong in a way argparse cannot see (exit 2)."""
+
+    def __init__(self, what: str, todo: str = "") -> None:
+        super().__init__(what, todo, ExitCode.USAGE)
+
+
+class JobFailedError(CliError):
+    """The job ended unsuccessfully (exit 5)."""
+
+    def __init__(self, what: str, todo: str = "") -> None:
+        super().__init__(what, todo, ExitCode.JOB_FAILED)
+
+
+def _api_what(exc: errors.ApiError) -> str:
+    what = exc.server_message or f"the server answered {exc.status_code}"
+    return f"{what} ({exc.verb})" if exc.verb else what
+
+
+def _describe_api(exc: errors.ApiError) -> tuple[ExitCode, str, str]:
+    what = _api_what(exc)
+    if isinstance(exc, errors.AuthenticationError):
+        return (
+            ExitCode.AUTH,
+            f"the server refused the credential: {what}",
+            "check --token/--token-file (or JRUN_TOKEN/JRUN_TOKEN_FILE); it may have expired",
+        )
+    if isinstance(exc, errors.PermissionDeniedError):
+        return (
+            ExitCode.AUTH,
+            f"the credential is not allowed here: {what}",
+            "check --namespace (or JRUN_NAMESPACE) matches the token",
+        )
+    if isinstance(exc, errors.JobNotFoundError):
+        return ExitCode.NOT_FOUND, what, "check the name and type; list jobs with 'juliarun list'"
+    if isinstance(exc, errors.ConflictError):
+        todo = (
+            "the job has not completed; add --force to stop and delete it"
+            if exc.verb == "deleteJob"
+            else "pick another name, or delete the job first ('juliarun delete NAME --force')"
+        )
+        return ExitCode.CONFLICT, what, todo
+    if isinstance(exc, errors.BadRequestError):
+        return ExitCode.ERROR, what, "fix the parameter the server names"
+    return ExitCode.ERROR, what, "retry later, or check the server's logs"
+
+
+def describe(exc: BaseException) -> tuple[ExitCode, str, str] | None:
+    """Return ``(exit code, what went wrong, what to do)`` for a user-facing failure.
+
+    Args:
+        exc: The exception that ended the command.
+
+    Returns:
+        The description, or ``None`` for an exception that is a bug, not a user error.
+    """
+    if isinstance(exc, CliError):
+        return exc.exit_code, exc.what, exc.todo
+    if isinstance(exc, errors.SpecError):
+        option = "--" + exc.field.replace("_", "-")
+        message = exc.message.removeprefix(f"{exc.field}: ")
+        return (
+            ExitCode.USAGE,
+            f"{option}: {message}",
+            "see 'juliarun submit TYPE --help' for the parameters",
+        )
+    if isinstance(exc, errors.ConfigurationError):
+        return (
+            ExitCode.ERROR,
+            exc.message,
+            "give --url, --token (or --token-file) and --namespace, "
+            "or set JRUN_URL, JRUN_TOKEN and JRUN_NAMESPACE",
+        )
+    if isinstance(exc, errors.ApiError):
+        return _describe_api(exc)
+    if isinstance(exc, errors.WaitTimeoutError):
+        return (
+            ExitCode.TIMEOUT,
+            exc.message,
+            "wait longer with --timeout, or check the job with 'juliarun job-status NAME'",
+        )
+    if isinstance(exc, errors.TransportError):
+        return (
+            ExitCode.ERROR,
+            exc.message,
+            "check --url (or JRUN_URL) and that the server is running ('juliarun server')",
+        )
+    if isinstance(exc, errors.JuliaRunError):
+        return ExitCode.ERROR, str(exc), "retry, or report this with the command you ran"
+    return None
