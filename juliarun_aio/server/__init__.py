@@ -1,0 +1,19 @@
+"""A JuliaRun-compatible server that runs jobs as local processes (extra ``[server]``).
+
+It speaks the JuliaRun protocol (every verb a GET, ``{"code", "data"}`` envelope), keeps
+jobs in SQLite and logs in files under a data directory so that a restart loses nothing,
+and adds the ``serverInfo`` and ``streamLogs`` extensions (PROTOCOL-EXTENSIONS.md).
+
+- :class:`LocalServer`: start it in-process (sync or async context manager).
+- :func:`create_app`: the ASGI application around an :class:`Engine`.
+- ``juliarun-server`` / ``python -m juliarun_aio.server``: the command line.
+"""
+
+from __future__ import annotations
+
+from ._app import create_app
+from ._config import ConfigError, ServerConfig
+from ._serve import LocalServer
+from ._supervisor import Engine
+
+__all__ = ["ConfigError", "Engine", "LocalServer", "ServerConfig", "create_app"]

@@ -1,0 +1,113 @@
+"""``juliarun-server`` / ``python -m juliarun_aio.server``: run the local JuliaRun server.
+
+The first line printed is ``JuliaRun server listening on <URL>`` (scripts and tests parse
+it).  Without ``--token`` or ``--config`` a token for namespace ``default`` is generated
+once, stored in the data directory and printed as ``export JRUN_...`` lines.  Job
+processes keep running when the server stops (they are re-adopted at the next start)
+unless ``--stop-jobs`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from ._config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_HOST,
+    DEFAULT_KILL_GRACE,
+    ConfigError,
+    ServerConfig,
+    load_or_create_tokens,
+    parse_token_flag,
+    read_tokens_file,
+)
+from ._serve import bind_socket, make_uvicorn, url_of
+from ._supervisor import Engine
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="juliarun-server", description="Run a JuliaRun-compatible server on this machine."
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="interface (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="state, logs, volumes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="NS=TOKEN",
+        help="a namespace and its token (repeatable)",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="JSON or TOML file mapping namespaces to tokens"
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=DEFAULT_KILL_GRACE,
+        help="seconds from SIGTERM to SIGKILL",
+    )
+    parser.add_argument(
+        "--stop-jobs", action="store_true", help="stop job processes when the server stops"
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve until interrupted."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        tokens: dict[str, str] = {}
+        if args.config is not None:
+            tokens.update(read_tokens_file(args.config))
+        tokens.update(parse_token_flag(flag) for flag in args.token)
+        generated = not tokens
+        if generated:
+            tokens, _ = load_or_create_tokens(args.data_dir)
+        config = ServerConfig(
+            data_dir=args.data_dir,
+            tokens=tokens,
+            host=args.host,
+            port=args.port,
+            kill_grace=args.kill_grace,
+        )
+        sock = bind_socket(config.host, config.port)
+    except (ConfigError, OSError) as exc:
+        sys.exit(f"juliarun-server: {exc}")
+    url = url_of(sock)
+    engine = Engine(config)
+    engine.start(url)
+    print(f"JuliaRun server listening on {url}", flush=True)
+    if generated:
+        namespace, token = next(iter(tokens.items()))
+        print(f"Credentials are stored in {config.data_dir}; use them with:")
+        print(f"export JRUN_URL={shlex.quote(url)}")
+        print(f"export JRUN_TOKEN={shlex.quote(token)}")
+        print(f"export JRUN_NAMESPACE={shlex.quote(namespace)}", flush=True)
+    try:
+        make_uvicorn(engine, log_level=args.log_level).run(sockets=[sock])
+    finally:
+        sock.close()
+        engine.stop(leave_running=not args.stop_jobs)
+
+
+if __name__ == "__main__":
+    main()

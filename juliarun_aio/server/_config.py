@@ -1,0 +1,153 @@
+"""Configuration of the local server: where it listens, where it keeps state, who may call it.
+
+Credentials are one raw token per namespace.  They come from ``--token NS=TOKEN`` flags, a
+small JSON or TOML file ``{namespace = "token"}`` (``--config``), or, when neither is given,
+a token generated once for namespace ``default`` and kept in ``<data-dir>/credentials.json``
+(mode 0600) so that restarting the server keeps it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from .._errors import SpecError
+from .._jobs import validate_name
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_HOST",
+    "DEFAULT_KILL_GRACE",
+    "DEFAULT_NAMESPACE",
+    "ConfigError",
+    "ServerConfig",
+    "load_or_create_tokens",
+    "parse_token_flag",
+    "read_tokens_file",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DATA_DIR = Path("juliarun-data")
+DEFAULT_NAMESPACE = "default"
+#: Seconds between SIGTERM and SIGKILL when stopping a process.
+DEFAULT_KILL_GRACE = 5.0
+#: First and longest delay before restarting a crashed worker (doubling in between).
+DEFAULT_RESTART_BACKOFF = 1.0
+DEFAULT_RESTART_BACKOFF_MAX = 60.0
+CREDENTIALS_FILE = "credentials.json"
+
+
+class ConfigError(ValueError):
+    """The server configuration is invalid (bad flag, unreadable credentials file)."""
+
+
+def _check_tokens(tokens: Mapping[str, str]) -> dict[str, str]:
+    checked: dict[str, str] = {}
+    for namespace, token in tokens.items():
+        try:
+            validate_name(namespace, "namespace")
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
+        if not isinstance(token, str) or not token or token != token.strip():
+            raise ConfigError(
+                f"the token of namespace {namespace!r} must be non-empty text "
+                "without surrounding whitespace"
+            )
+        checked[namespace] = token
+    return checked
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(path).absolute()
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Settings of one server instance.
+
+    Attributes:
+        data_dir: Directory holding the database, the logs and the volumes.
+        tokens: Raw token of each namespace the server serves.
+        host: Interface to listen on (loopback by default).
+        port: TCP port; 0 picks a free one.
+        kill_grace: Seconds between SIGTERM and SIGKILL when stopping a process.
+        restart_backoff: Delay before the first restart of a crashed worker.
+        restart_backoff_max: Cap of the doubling restart delay.
+        poll_interval: Seconds between two passes of the log collector.
+        supervise_interval: Seconds between two checks of the processes.
+    """
+
+    data_dir: Path = attrs.field(converter=_absolute)
+    tokens: Mapping[str, str] = attrs.field(converter=_check_tokens)
+    host: str = DEFAULT_HOST
+    port: int = 0
+    kill_grace: float = DEFAULT_KILL_GRACE
+    restart_backoff: float = DEFAULT_RESTART_BACKOFF
+    restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX
+    poll_interval: float = 0.01
+    supervise_interval: float = 0.02
+
+    @tokens.validator
+    def _at_least_one(
+        self, _attribute: attrs.Attribute[Mapping[str, str]], value: Mapping[str, str]
+    ) -> None:
+        if not value:
+            raise ConfigError("at least one namespace token is needed")
+
+
+def parse_token_flag(text: str) -> tuple[str, str]:
+    """Split a ``NAMESPACE=TOKEN`` flag value.
+
+    Raises:
+        ConfigError: The value has no ``=`` or an empty side.
+    """
+    namespace, sep, token = text.partition("=")
+    if not sep or not namespace or not token:
+        raise ConfigError("--token expects NAMESPACE=TOKEN")
+    return namespace, token
+
+
+def read_tokens_file(path: Path) -> dict[str, str]:
+    """Read ``{namespace: token}`` from a JSON file or (``.toml``) a TOML file.
+
+    Raises:
+        ConfigError: The file cannot be read or does not hold such a mapping.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            try:
+                tomllib = importlib.import_module("tomllib")  # Python 3.11+
+            except ImportError:
+                raise ConfigError("TOML configuration files need Python 3.11; use JSON") from None
+            data: object = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path} must map namespace names to token strings")
+    return _check_tokens(data)
+
+
+def load_or_create_tokens(data_dir: Path) -> tuple[dict[str, str], bool]:
+    """Return the tokens stored in ``data_dir``, generating one for ``default`` if none.
+
+    Returns:
+        The tokens, and whether they were just created.
+    """
+    path = data_dir / CREDENTIALS_FILE
+    if path.exists():
+        return read_tokens_file(path), False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = {DEFAULT_NAMESPACE: secrets.token_urlsafe(32)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(tokens, fh)
+    return tokens, True

@@ -1,0 +1,512 @@
+"""Job logs: collecting process output into one numbered log, and reading it back.
+
+Every job has a log directory holding
+
+- one *source* file per process stream (``p12.out``, ``p12.err``), written directly by the
+  process (the server only reads them);
+- ``combined.ndjson``: the job's combined log.  Line N is the JSON object of the log line
+  with cursor N, exactly as the ``streamLogs`` extension sends it::
+
+      {"cursor":N,"stream":"stdout","proc":"worker-1","text":"..."}
+
+  Cursors are therefore the line numbers of this file: contiguous, 1-based, stable.
+- ``journal.ndjson``: one entry per batch of lines appended to the combined log, written
+  *before* the batch: ``{"c": first cursor, "n": lines, "b": byte offset of the batch,
+  "e": byte offset after it, "o": {source: bytes consumed after the batch}}``.
+
+Recovery (at open) keeps the longest run of complete, contiguous journal entries whose
+batch is entirely in the combined log, truncates both files to it and folds the ``o``
+maps into the consumed offset of every source.  A server killed at any instant thus
+resumes with no line lost, none repeated and none cut: a half-written batch is dropped
+and read again from the sources.
+
+The collector cuts complete lines only; a trailing partial line is emitted when its
+process has exited (:meth:`JobLog.drain`).  A line longer than :data:`MAX_LINE` bytes is
+split into pieces of that size.  A sparse cursor -> byte offset index (one point every
+:data:`INDEX_EVERY` lines or more, rebuilt from the journal) makes resuming from any cursor
+cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from json.encoder import encode_basestring_ascii
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+
+__all__ = ["MAX_LINE", "Collector", "JobLog", "stream_log"]
+
+logger = logging.getLogger("juliarun_aio.server")
+
+COMBINED = "combined.ndjson"
+JOURNAL = "journal.ndjson"
+
+#: Bytes read from one source per collection pass, and the longest line kept whole.
+MAX_LINE = 1 << 20
+#: Lines per journal entry (and so the coarsest granularity of the index).
+BATCH_LINES = 8192
+#: Minimum distance in lines between two points of the sparse index.
+INDEX_EVERY = 1024
+#: Bytes sent per chunk of a log stream.
+STREAM_CHUNK = 1 << 20
+
+
+@attrs.define
+class _Source:
+    """One process stream being tailed."""
+
+    key: str
+    path: Path
+    prefix: str  # the constant middle of every encoded line of this source
+    offset: int
+    fh: BinaryIO | None = None
+
+
+def _line_prefix(stream: str, proc: str) -> str:
+    quoted_stream, quoted_proc = encode_basestring_ascii(stream), encode_basestring_ascii(proc)
+    return f',"stream":{quoted_stream},"proc":{quoted_proc},"text":'
+
+
+def stream_marker(stream: str) -> bytes:
+    """Return the bytes that only lines of ``stream`` contain (quotes in text are escaped)."""
+    return f'"stream":{encode_basestring_ascii(stream)},'.encode("ascii")
+
+
+class JobLog:
+    """The combined log of one job, its sources, and the waiters on it.
+
+    Writers (the collector thread and :meth:`drain`) hold an internal lock; readers take
+    consistent snapshots and read with ``pread``, so streaming never blocks collection.
+
+    Args:
+        directory: The job's log directory (created if missing).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._sources: dict[str, _Source] = {}
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._idx_cursor: list[int] = []
+        self._idx_byte: list[int] = []
+        self._offsets: dict[str, int] = {}
+        self._last = 0
+        self._size = 0
+        self.phase = "pending"
+        self._finished = False
+        self._closed = False
+        self._released = False
+        self._recover()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._log_fd = os.open(directory / COMBINED, flags, 0o644)
+        self._journal_fd = os.open(directory / JOURNAL, flags, 0o644)
+        self._read_fd = os.open(directory / COMBINED, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        journal_path = self.directory / JOURNAL
+        combined_path = self.directory / COMBINED
+        journal = journal_path.read_bytes() if journal_path.exists() else b""
+        log_size = combined_path.stat().st_size if combined_path.exists() else 0
+        kept_journal = 0
+        next_cursor, next_byte = 1, 0
+        pos = 0
+        while True:
+            end = journal.find(b"\n", pos)
+            if end < 0:
+                break
+            try:
+                entry = json.loads(journal[pos:end])
+                first, count, start, stop = entry["c"], entry["n"], entry["b"], entry["e"]
+                offsets = entry["o"]
+            except (ValueError, KeyError, TypeError):
+                break
+            if first != next_cursor or start != next_byte or stop > log_size:
+                break
+            self._add_index_point(first, start)
+            self._offsets.update(offsets)
+            next_cursor, next_byte = first + count, stop
+            pos = kept_journal = end + 1
+        self._last, self._size = next_cursor - 1, next_byte
+        if journal_path.exists() and kept_journal != len(journal):
+            os.truncate(journal_path, kept_journal)
+        if log_size != next_byte:
+            os.truncate(combined_path, next_byte)
+
+    def _add_index_point(self, cursor: int, byte: int) -> None:
+        if not self._idx_cursor or cursor - self._idx_cursor[-1] >= INDEX_EVERY:
+            self._idx_cursor.append(cursor)
+            self._idx_byte.append(byte)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def last_cursor(self) -> int:
+        """The cursor of the newest line (0 when the log is empty)."""
+        return self._last
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is complete and every line of it is in the log."""
+        return self._finished
+
+    @property
+    def closed(self) -> bool:
+        """True once the log was closed (job deleted or server stopping)."""
+        return self._closed
+
+    def snapshot(self) -> tuple[int, int]:
+        """Return ``(last cursor, byte size)`` of the combined log, consistently."""
+        with self._lock:
+            return self._last, self._size
+
+    @property
+    def readable(self) -> bool:
+        """False once streams of this log should end (log closed or readers released)."""
+        return not (self._closed or self._released)
+
+    def set_state(self, phase: str, *, finished: bool) -> None:
+        """Record the job's phase and whether its log is complete; wake waiters on a change."""
+        with self._lock:
+            if (self.phase, self._finished) == (phase, finished):
+                return
+            self.phase = phase
+            self._finished = finished
+        self._notify()
+
+    def release_readers(self) -> None:
+        """End every stream of this log (without an end marker); collection goes on."""
+        self._released = True
+        self._notify()
+
+    def close(self) -> None:
+        """Close the files, end every stream of this log (without an end marker)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for source in self._sources.values():
+                if source.fh is not None:
+                    source.fh.close()
+            self._sources.clear()
+            os.close(self._log_fd)
+            os.close(self._journal_fd)
+            os.close(self._read_fd)
+        self._notify()
+
+    # -- collection -----------------------------------------------------------------------
+
+    def add_source(self, key: str, *, stream: str, proc: str) -> Path:
+        """Start tailing ``directory/key``, resuming where an earlier server stopped.
+
+        Args:
+            key: The source's file name in the log directory (``p12.out``).
+            stream: ``stdout`` or ``stderr``.
+            proc: The process label shown in log lines (``master``, ``worker-2``).
+
+        Returns:
+            The path of the source file.
+        """
+        path = self.directory / key
+        with self._lock:
+            if not self._closed and key not in self._sources:
+                self._sources[key] = _Source(
+                    key, path, _line_prefix(stream, proc), self._offsets.get(key, 0)
+                )
+        return path
+
+    def collect(self) -> bool:
+        """Append the complete lines the sources have gained; return True if any were."""
+        with self._lock:
+            if self._closed:
+                return False
+            sources = self._sources.values()
+            grew = False
+            for source in sources:
+                grew = self._collect_source(source, final=False) or grew
+        if grew:
+            self._notify()
+        return grew
+
+    def drain(self, keys: Iterable[str]) -> None:
+        """Collect the sources ``keys`` to their end (their processes have exited), then drop them.
+
+        A trailing line without a newline is emitted as a line.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            for key in keys:
+                source = self._sources.pop(key, None)
+                if source is None:
+                    continue
+                while self._collect_source(source, final=True):
+                    pass
+                if source.fh is not None:
+                    source.fh.close()
+        self._notify()
+
+    def _collect_source(self, source: _Source, *, final: bool) -> bool:
+        if source.fh is None:
+            try:
+                source.fh = open(source.path, "rb")  # noqa: SIM115 - kept open while tailing
+            except FileNotFoundError:
+                return False
+        data = os.pread(source.fh.fileno(), MAX_LINE, source.offset)
+        if not data:
+            return False
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) < MAX_LINE and not final:
+                return False  # a partial line: wait for the rest of it
+            cut = len(data)
+        elif final and len(data) < MAX_LINE:
+            cut = len(data)  # the process has exited: its partial last line is complete
+        raw = data[:cut]
+        lines = raw.split(b"\n")
+        if raw.endswith(b"\n"):
+            lines.pop()
+        offset = source.offset
+        for start in range(0, len(lines), BATCH_LINES):
+            batch = lines[start : start + BATCH_LINES]
+            offset += sum(map(len, batch)) + len(batch)
+            self._append(source, batch, min(offset, source.offset + cut))
+        source.offset += cut
+        self._offsets[source.key] = source.offset
+        return True
+
+    def _append(self, source: _Source, lines: list[bytes], offset: int) -> None:
+        first = self._last + 1
+        prefix, quote = source.prefix, encode_basestring_ascii
+        encoded = "".join(
+            [
+                f'{{"cursor":{cursor}{prefix}{quote(line.decode("utf-8", "replace"))}}}\n'
+                for cursor, line in enumerate(lines, first)
+            ]
+        ).encode("ascii")
+        end = self._size + len(encoded)
+        entry = {"c": first, "n": len(lines), "b": self._size, "e": end, "o": {source.key: offset}}
+        _write_all(self._journal_fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        _write_all(self._log_fd, encoded)
+        self._add_index_point(first, self._size)
+        self._last += len(lines)
+        self._size = end
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # that event loop is closed; nobody is waiting any more
+                continue
+
+    async def wait(self, after: int, timeout: float) -> None:
+        """Wait until a line after cursor ``after`` exists, the state changes, or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._last > after or self._finished or not self.readable:
+                return
+            self._waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            with self._lock:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def offset_of(self, cursor: int) -> int:
+        """Return the byte offset where line ``cursor`` starts (``1 <= cursor <= last + 1``)."""
+        last, size = self.snapshot()
+        if cursor > last:
+            return size
+        i = bisect.bisect_right(self._idx_cursor, cursor) - 1
+        point_cursor, pos = self._idx_cursor[i], self._idx_byte[i]
+        skip = cursor - point_cursor
+        while skip:
+            data = os.pread(self._read_fd, STREAM_CHUNK, pos)
+            if not data:
+                break
+            newlines = data.count(b"\n")
+            if newlines < skip:
+                skip -= newlines
+                pos += len(data)
+                continue
+            at = -1
+            for _ in range(skip):
+                at = data.find(b"\n", at + 1)
+            return pos + at + 1
+        return pos
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Return whole lines from byte ``start`` up to at most byte ``stop`` (at least one line).
+
+        ``stop`` must be the end of a line (a size from :meth:`snapshot`).
+        """
+        want = min(stop - start, STREAM_CHUNK)
+        while True:
+            data = os.pread(self._read_fd, want, start)
+            cut = data.rfind(b"\n") + 1
+            if cut or want >= stop - start:
+                return data[:cut]
+            want *= 2
+
+    def tail(self, count: int, stream: str | None = None) -> list[str]:
+        """Return the text of the last ``count`` lines, optionally of one ``stream`` only."""
+        if count <= 0:
+            return []
+        marker = stream_marker(stream) if stream else None
+        _, pos = self.snapshot()
+        found: list[bytes] = []
+        rest = b""
+        while pos > 0 and len(found) < count:
+            size = min(pos, 1 << 16)
+            pos -= size
+            block = os.pread(self._read_fd, size, pos) + rest
+            lines = block.split(b"\n")
+            rest = lines[0] if pos > 0 else b""
+            complete = lines[1:] if pos > 0 else lines
+            for line in reversed(complete):
+                if line and (marker is None or marker in line):
+                    found.append(line)
+                    if len(found) == count:
+                        break
+        return [json.loads(line)["text"] for line in reversed(found)]
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _json_line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _filter(data: bytes, marker: bytes) -> bytes:
+    return b"".join([line + b"\n" for line in data.split(b"\n")[:-1] if marker in line])
+
+
+async def stream_log(
+    log: JobLog,
+    *,
+    after: int = 0,
+    stream: str | None = None,
+    follow: bool = True,
+    heartbeat: float = 5.0,
+) -> AsyncIterator[bytes]:
+    """Yield the ``streamLogs`` response body: NDJSON lines, heartbeats and the end marker.
+
+    Args:
+        log: The job's log.
+        after: Send lines with a cursor greater than this.
+        stream: ``stdout`` or ``stderr`` to send only that stream (cursors of the other
+            are skipped), or ``None`` for both.
+        follow: Keep waiting for new lines until the job ends; when false, end after the
+            lines that exist now.
+        heartbeat: Seconds without output after which a heartbeat line is sent.
+
+    The generator returns without an end marker when the log is closed (job deleted or
+    server stopping); a client then reconnects and learns why.
+    """
+    marker = stream_marker(stream) if stream else None
+    pos = max(after, 0)
+    byte_pos: int | None = None
+    limit = log.snapshot() if not follow else None
+    last_sent = time.monotonic()
+    while log.readable:
+        finished, phase = log.finished, log.phase
+        last, size = limit or log.snapshot()
+        if pos < last:
+            if byte_pos is None:
+                byte_pos = await asyncio.to_thread(log.offset_of, pos + 1)
+            data = await asyncio.to_thread(log.read, byte_pos, size)
+            byte_pos += len(data)
+            pos += data.count(b"\n")
+            if marker is not None:
+                data = await asyncio.to_thread(_filter, data, marker)
+            if data:
+                last_sent = time.monotonic()
+                yield data
+            continue
+        if limit is not None or finished:
+            yield _json_line({"end": True, "cursor": pos, "phase": phase})
+            return
+        idle = time.monotonic() - last_sent
+        if idle >= heartbeat:
+            last_sent = time.monotonic()
+            yield _json_line({"heartbeat": True, "cursor": pos})
+            continue
+        await log.wait(pos, heartbeat - idle)
+
+
+class Collector:
+    """A thread that tails the sources of every registered log.
+
+    Args:
+        interval: Seconds between passes while nothing is pending.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self._interval = interval
+        self._logs: dict[tuple[str, str], JobLog] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="juliarun-log-collector", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (after its current pass)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def register(self, key: tuple[str, str], log: JobLog) -> None:
+        """Tail ``log``'s sources from now on."""
+        with self._lock:
+            self._logs[key] = log
+
+    def unregister(self, key: tuple[str, str]) -> None:
+        """Stop tailing the log registered under ``key``."""
+        with self._lock:
+            self._logs.pop(key, None)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                logs = list(self._logs.values())
+            busy = False
+            for log in logs:
+                try:
+                    busy = log.collect() or busy
+                except OSError:
+                    logger.exception("collecting the log in %s failed", log.directory)
+            if not busy:
+                self._stop.wait(self._interval)

@@ -1,0 +1,217 @@
+"""Operating-system side of job processes: start, re-adopt, observe and stop them.
+
+Every job process runs under the launcher (``_launcher.py``) in a session of its own, with
+stdout and stderr going straight to files, so it outlives the server.  A process is known
+by the launcher's pid plus its kernel start time (``/proc/<pid>/stat``), which guards
+against pid reuse when a later server re-adopts it.  The launcher writes the program's
+exit code to an *exit file*; that file is how an adopted process's end is observed.
+
+Stopping sends SIGTERM to the launcher, which forwards it to the program's process group;
+killing sends SIGKILL to every process of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+__all__ = ["ExitInfo", "LaunchPlan", "Process", "describe_exit", "launch"]
+
+_LAUNCHER = Path(__file__).with_name("_launcher.py")
+
+# Popen objects of processes deliberately left running when the server stopped; kept so
+# that they are reaped (and never warned about) while this interpreter lives.
+_detached: list[subprocess.Popen[bytes]] = []
+
+
+@attrs.frozen
+class LaunchPlan:
+    """What to run for one process.
+
+    Attributes:
+        argv: The program and its arguments (run without a shell).
+        env: The complete environment.
+        cwd: The working directory.
+        memory_bytes: Address-space limit, or ``None``.
+    """
+
+    argv: list[str]
+    env: Mapping[str, str]
+    cwd: Path
+    memory_bytes: int | None = None
+
+
+@attrs.frozen
+class ExitInfo:
+    """How a process ended: its exit code (``-N`` for signal N; ``None`` if unknown)."""
+
+    code: int | None
+    reason: str
+
+
+def describe_exit(code: int | None) -> str:
+    """Say in words how a process with exit ``code`` ended."""
+    if code is None:
+        return "disappeared without reporting an exit code"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+def start_ticks(pid: int) -> int | None:
+    """Return the kernel start time of ``pid`` (clock ticks since boot), ``None`` if gone."""
+    stat = _stat_fields(pid)
+    return int(stat[19]) if stat is not None else None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat from the state (field 3) on; None if not readable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def _read_exit_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Process:
+    """A job process (its launcher), started by this server or adopted from an earlier one.
+
+    Args:
+        pid: The launcher's pid.
+        ticks: Its kernel start time, as recorded when it was started.
+        exit_path: The exit file the launcher writes.
+        popen: The ``Popen`` when this server started it.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        ticks: int | None,
+        exit_path: Path,
+        popen: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.ticks = ticks
+        self.exit_path = exit_path
+        self._popen = popen
+
+    @classmethod
+    def adopt(cls, pid: int, ticks: int | None, exit_path: Path) -> Process:
+        """Take over a process started by an earlier server (it may have ended since)."""
+        return cls(pid, ticks, exit_path)
+
+    def _same_process_alive(self) -> bool:
+        stat = _stat_fields(self.pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            return False
+        return self.ticks is None or int(stat[19]) == self.ticks
+
+    def poll(self) -> ExitInfo | None:
+        """Return how the process ended, or ``None`` while it runs."""
+        if self._popen is not None:
+            returncode = self._popen.poll()
+            if returncode is None:
+                return None
+            code = _read_exit_file(self.exit_path)
+            if code is None:  # the launcher itself was killed
+                code = returncode
+            return ExitInfo(code, describe_exit(code))
+        code = _read_exit_file(self.exit_path)
+        if code is not None:
+            return ExitInfo(code, describe_exit(code))
+        if self._same_process_alive():
+            return None
+        # The launcher writes the exit file before it exits: look once more.
+        code = _read_exit_file(self.exit_path)
+        return ExitInfo(code, describe_exit(code))
+
+    def terminate(self) -> None:
+        """Ask the program to stop (SIGTERM, forwarded by the launcher)."""
+        if self._popen is not None and self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.send_signal(signal.SIGTERM)
+        elif self._popen is None and self._same_process_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the launcher, the program and everything else in their session."""
+        if self._popen is not None:
+            if self._popen.poll() is None:
+                _kill_session(self.pid)
+        elif self._same_process_alive():
+            _kill_session(self.pid)
+
+    def detach(self) -> None:
+        """Leave the process running for a later server; keep reaping it meanwhile."""
+        if self._popen is not None and self._popen.poll() is None:
+            _detached.append(self._popen)
+        self._popen = None
+
+
+def _kill_session(sid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(sid, signal.SIGKILL)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _stat_fields(int(entry))
+        if stat is not None and len(stat) > 3 and stat[3] == str(sid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+
+
+def _reap_detached() -> None:
+    _detached[:] = [popen for popen in _detached if popen.poll() is None]
+
+
+def launch(plan: LaunchPlan, *, stdout: Path, stderr: Path, exit_path: Path) -> Process:
+    """Start ``plan`` under the launcher, output appended to ``stdout`` / ``stderr``.
+
+    Raises:
+        OSError: The launcher could not be started (the program itself failing to start
+            is reported through its exit code and stderr instead).
+    """
+    _reap_detached()
+    command = [sys.executable, "-I", str(_LAUNCHER), "--exit-file", str(exit_path)]
+    if plan.memory_bytes is not None:
+        command += ["--memory-bytes", str(plan.memory_bytes)]
+    command += ["--", *plan.argv]
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    out_fd = os.open(stdout, flags, 0o644)
+    try:
+        err_fd = os.open(stderr, flags, 0o644)
+        try:
+            popen = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=err_fd,
+                cwd=plan.cwd,
+                env=dict(plan.env),
+                start_new_session=True,
+            )
+        finally:
+            os.close(err_fd)
+    finally:
+        os.close(out_fd)
+    return Process(popen.pid, start_ticks(popen.pid), exit_path, popen)

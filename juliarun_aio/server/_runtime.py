@@ -1,0 +1,358 @@
+"""What a job process runs on this machine: program, arguments, environment, directories.
+
+The data directory is laid out as::
+
+    <data-dir>/state.sqlite3
+    <data-dir>/namespaces/<ns>/volumes/<volume>/        run and additional volumes
+    <data-dir>/namespaces/<ns>/jobs/<job>/work/          JRUN_DIR
+    <data-dir>/namespaces/<ns>/jobs/<job>/logs/          process output, combined log
+
+Which program runs:
+
+- ``JuliaBatch`` / ``PkgBuilder`` / ``JuliaParBatchWorkers`` units / ``JuliaParBatch``
+  master: the script (``start_script`` or ``builder_script``) run by ``shell`` if given,
+  else chosen by extension -- ``.jl`` by ``julia`` (which must be on PATH), ``.py`` by this
+  Python, ``.sh`` by ``/bin/sh``, anything else executed directly.  Relative script paths
+  are relative to the run volume.
+- ``JuliaParBatch`` / ``Notebook`` workers: ``worker_start_script`` run by ``worker_shell``.
+- ``Generic``: ``command`` with ``args``, never through a shell.
+- ``Notebook``: ``jupyter notebook``; ``Webserver``: ``nginx -c cfg_file``; ``MessageQ``:
+  ``rabbitmq-server`` -- when installed, else the job fails saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+
+import attrs
+
+from .._errors import SpecError
+from .._jobs import JobSpec, validate_name
+from ._processes import LaunchPlan
+
+__all__ = [
+    "ARRAY_KINDS",
+    "MASTER_KINDS",
+    "WORKER_KINDS",
+    "LaunchError",
+    "Layout",
+    "ProcessRequest",
+    "allocate_ports",
+    "memory_bytes",
+    "plan_process",
+]
+
+#: Kinds with a master process (the job is done when it exits).
+MASTER_KINDS = frozenset(
+    {"JuliaParBatch", "Notebook", "JuliaBatch", "PkgBuilder", "Webserver", "MessageQ"}
+)
+#: Kinds whose master may have workers (``nworkers``, ``setJobScale``).
+WORKER_KINDS = frozenset({"JuliaParBatch", "Notebook"})
+#: Kinds that are an array of independent units, done when all of them succeeded.
+ARRAY_KINDS = frozenset({"JuliaParBatchWorkers", "Generic"})
+#: Kinds whose processes get ``JRUN_CLUSTER_COOKIE``.
+CLUSTER_KINDS = frozenset({"JuliaParBatch", "JuliaParBatchWorkers", "Notebook"})
+
+#: Ports of the kinds that have them by default (name -> (container, service)).
+DEFAULT_PORTS: Mapping[str, Mapping[str, tuple[int, int]]] = {
+    "Notebook": {"nb": (8888, 8888)},
+    "Webserver": {"http": (80, 80), "https": (443, 443)},
+    "MessageQ": {
+        "amqptls": (5671, 5671),
+        "amqp": (5672, 5672),
+        "mgmttls": (15672, 15671),
+        "mgmt": (15672, 15672),
+    },
+}
+
+_MEMORY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>[KMGTPE]i|[kMGTPE]|[eE][0-9]+)?")
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+
+
+class LaunchError(Exception):
+    """A process cannot be started here; the message says why and what to do."""
+
+
+def memory_bytes(quantity: str) -> int:
+    """Convert a Kubernetes memory quantity (``512Mi``, ``1G``, ``1e9``) to bytes.
+
+    Raises:
+        ValueError: ``quantity`` is not a memory quantity.
+    """
+    match = _MEMORY.fullmatch(quantity)
+    if match is None:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    number = Decimal(match["number"])
+    suffix = match["suffix"] or ""
+    if suffix in _BINARY:
+        number *= 1024 ** _BINARY[suffix]
+    elif suffix in _DECIMAL:
+        number *= 1000 ** _DECIMAL[suffix]
+    elif suffix:
+        number *= 10 ** int(suffix[1:])
+    return int(number.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def allocate_ports(names: list[str]) -> dict[str, int]:
+    """Pick a free loopback TCP port for each name."""
+    ports: dict[str, int] = {}
+    holders: list[socket.socket] = []
+    try:
+        for name in names:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holders.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            ports[name] = sock.getsockname()[1]
+    finally:
+        for sock in holders:
+            sock.close()
+    return ports
+
+
+def env_suffix(name: str) -> str:
+    """Turn a port or volume name into an environment variable suffix (``my-vol`` -> ``MY_VOL``)."""
+    return name.upper().replace("-", "_")
+
+
+class Layout:
+    """Paths inside the data directory; every name is checked so nothing escapes it.
+
+    Args:
+        root: The data directory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    @property
+    def database(self) -> Path:
+        """The SQLite database file."""
+        return self.root / "state.sqlite3"
+
+    def _inside(self, *names: str) -> Path:
+        path = self.root.joinpath("namespaces", *names).resolve()
+        if not path.is_relative_to(self.root):
+            raise SpecError("name", f"{'/'.join(names)!r} is outside the data directory")
+        return path
+
+    def volume(self, namespace: str, volume: str, field: str = "run_volume") -> Path:
+        """Return the directory of a volume, creating it.
+
+        Raises:
+            SpecError: The volume name is not a valid name.
+        """
+        validate_name(volume, field)
+        path = self._inside(namespace, "volumes", volume)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def job(self, namespace: str, name: str) -> Path:
+        """Return the directory of a job (not created)."""
+        validate_name(name)
+        return self._inside(namespace, "jobs", name)
+
+    def job_logs(self, namespace: str, name: str) -> Path:
+        """Return the log directory of a job (not created)."""
+        return self.job(namespace, name) / "logs"
+
+    def job_work(self, namespace: str, name: str) -> Path:
+        """Return the writable job directory (``JRUN_DIR``) of a job (not created)."""
+        return self.job(namespace, name) / "work"
+
+
+@attrs.frozen(kw_only=True)
+class ProcessRequest:
+    """Everything needed to plan one process of a job.
+
+    Attributes:
+        namespace: The job's namespace.
+        spec: The job's current spec.
+        label: ``master`` or ``worker-N``.
+        ports: Allocated loopback port of each port name.
+        cookie: The job's cluster cookie.
+        url: The server's URL, for ``JRUN_URL``.
+        token: The namespace's raw token, for ``JRUN_TOKEN``.
+        layout: The data directory layout.
+    """
+
+    namespace: str
+    spec: JobSpec
+    label: str
+    ports: Mapping[str, int]
+    cookie: str
+    url: str
+    token: str
+    layout: Layout
+
+
+def _text(params: Mapping[str, object], key: str) -> str | None:
+    value = params.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _which(program: str, env: Mapping[str, str], cwd: Path) -> str | None:
+    if "/" in program:
+        path = cwd / program
+        return str(path) if path.is_file() else None
+    return shutil.which(program, path=env.get("PATH", os.defpath))
+
+
+def _script_command(
+    script: str, shell: str | None, field: str, env: Mapping[str, str], cwd: Path
+) -> list[str]:
+    path = cwd / script
+    if not path.is_file():
+        raise LaunchError(f"{field} {script!r} not found (looked for {path})")
+    if shell is not None:
+        program = _which(shell, env, cwd) or (str(cwd / shell) if (cwd / shell).is_file() else None)
+        if program is None:
+            raise LaunchError(f"shell {shell!r} not found on PATH or in the run volume")
+        return [program, str(path)]
+    suffix = path.suffix.lower()
+    if suffix == ".jl":
+        julia = _which("julia", env, cwd)
+        if julia is None:
+            raise LaunchError(
+                f"{field} {script!r} is a Julia script but julia is not on PATH; install "
+                "Julia (https://julialang.org/downloads/) or pass shell= to choose the program"
+            )
+        return [julia, str(path)]
+    if suffix == ".py":
+        return [sys.executable, str(path)]
+    if suffix == ".sh":
+        return ["/bin/sh", str(path)]
+    return [str(path)]
+
+
+def _service_command(
+    kind: str, params: Mapping[str, object], req: ProcessRequest, env: dict[str, str], cwd: Path
+) -> list[str]:
+    """Program and arguments of the services: Notebook, Webserver, MessageQ."""
+    if kind == "Notebook":
+        jupyter = _which("jupyter", env, cwd)
+        if jupyter is None:
+            raise LaunchError("Notebook jobs run Jupyter: install it (pip install notebook)")
+        return [
+            jupyter,
+            "notebook",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={req.ports['nb']}" if "nb" in req.ports else "--port=0",
+            f"--NotebookApp.token={_text(params, 'passwd') or ''}",
+            f"--notebook-dir={cwd}",
+        ]
+    cfg = _text(params, "cfg_file")
+    assert cfg is not None  # a required parameter of both remaining kinds
+    cfg_path = cwd / cfg
+    if not cfg_path.is_file():
+        raise LaunchError(f"cfg_file {cfg!r} not found (looked for {cfg_path})")
+    if kind == "Webserver":
+        nginx = _which("nginx", env, cwd)
+        if nginx is None:
+            raise LaunchError("Webserver jobs run nginx: install it (e.g. apt-get install nginx)")
+        return [nginx, "-c", str(cfg_path), "-g", "daemon off;"]
+    server = _which("rabbitmq-server", env, cwd)
+    if server is None:
+        raise LaunchError(
+            "MessageQ jobs run RabbitMQ: install it (e.g. apt-get install rabbitmq-server)"
+        )
+    env["RABBITMQ_CONFIG_FILE"] = str(cfg_path)
+    if "amqp" in req.ports:
+        env["RABBITMQ_NODE_PORT"] = str(req.ports["amqp"])
+    return [server]
+
+
+def plan_process(req: ProcessRequest) -> LaunchPlan:
+    """Work out the program, environment and limits of one process.
+
+    Raises:
+        LaunchError: The process cannot run here (program missing, script not found...).
+    """
+    spec = req.spec
+    kind = spec.kind
+    params = spec.params()
+    worker = req.label != "master"
+    # Workers of a master use the worker_* parameters; array units use the plain ones.
+    uses_worker_fields = worker and kind in WORKER_KINDS
+    layout = req.layout
+    run_volume = _text(params, "run_volume")
+    assert run_volume is not None  # required by every kind
+    cwd = layout.volume(req.namespace, run_volume)
+    work = layout.job_work(req.namespace, spec.name)
+    work.mkdir(parents=True, exist_ok=True)
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JRUN_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    bundle = _text(params, "pkg_bundle")
+    if bundle is not None:
+        bundle_dir = layout.volume(req.namespace, bundle, "pkg_bundle")
+        env["JRUN_PKG_BUNDLE"] = str(bundle_dir)
+        env["JULIA_LOAD_PATH"] = f"{bundle_dir}{os.pathsep}"
+    user_env = params.get("worker_envvars" if uses_worker_fields else "envvars")
+    if isinstance(user_env, Mapping):
+        env.update(user_env)
+    env.update(
+        {
+            "JRUN_TYPE": kind,
+            "JRUN_NAME": spec.name,
+            "JRUN_DIR": str(work),
+            "JRUN_PROC": req.label,
+            "JRUN_URL": req.url,
+            "JRUN_TOKEN": req.token,
+            "JRUN_NAMESPACE": req.namespace,
+        }
+    )
+    if kind in CLUSTER_KINDS:
+        env["JRUN_CLUSTER_COOKIE"] = req.cookie
+    for name, port in req.ports.items():
+        env[f"JRUN_PORT_{env_suffix(name)}"] = str(port)
+    volumes = params.get("additional_volumes") or ()
+    assert isinstance(volumes, tuple)
+    for volume in volumes:
+        path = layout.volume(req.namespace, volume, "additional_volumes")
+        env[f"JRUN_VOLUME_{env_suffix(volume)}"] = str(path)
+
+    if uses_worker_fields:
+        script = _text(params, "worker_start_script")
+        if script is None:
+            raise LaunchError(
+                "workers run worker_start_script, which is not set; update the job with one"
+            )
+        argv = _script_command(
+            script, _text(params, "worker_shell"), "worker_start_script", env, cwd
+        )
+    elif kind == "Generic":
+        command = _text(params, "command")
+        if command is None:
+            raise LaunchError(
+                "Generic jobs need command= locally: there is no image entrypoint to run"
+            )
+        program = _which(command, env, cwd)
+        if program is None:
+            raise LaunchError(f"command {command!r} not found on PATH or in the run volume")
+        args = params.get("args") or ()
+        assert isinstance(args, tuple)
+        argv = [program, *args]
+    elif kind in ("Notebook", "Webserver", "MessageQ"):
+        argv = _service_command(kind, params, req, env, cwd)
+    else:
+        field = "builder_script" if kind == "PkgBuilder" else "start_script"
+        script = _text(params, field)
+        assert script is not None  # required by these kinds
+        argv = _script_command(script, _text(params, "shell"), field, env, cwd)
+
+    memory = _text(params, "worker_memory" if uses_worker_fields else "memory")
+    return LaunchPlan(
+        argv=argv,
+        env=env,
+        cwd=cwd,
+        memory_bytes=memory_bytes(memory) if memory is not None else None,
+    )

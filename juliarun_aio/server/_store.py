@@ -1,0 +1,263 @@
+"""The server's durable state: jobs and their processes, in SQLite (WAL mode).
+
+Two tables:
+
+- ``jobs``: one row per job -- namespace, name, type, the spec's wire parameters (as
+  ``_wire.encode_spec`` writes them, JSON-encoded), phase, message, requested worker
+  count, allocated ports, cluster cookie, spec version (bumped by ``updateJob``) and
+  timestamps.
+- ``processes``: one row per process ever started for a job -- its label (``master``,
+  ``worker-2``), the key naming its log and exit files, pid and kernel start time (to
+  re-adopt it after a restart), the spec version it was started with, its state
+  (``running``, ``exited``, ``lost``), exit code and the reason it ended.
+  Older rows of a label are pruned when it is restarted.
+
+Log lines are not here: they live in files (see ``_logs``).  All methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = ["JobRow", "ProcRow", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    namespace    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    params       TEXT NOT NULL,
+    phase        TEXT NOT NULL,
+    message      TEXT,
+    requested    INTEGER NOT NULL,
+    ports        TEXT NOT NULL,
+    cookie       TEXT NOT NULL,
+    spec_version INTEGER NOT NULL,
+    created_at   REAL NOT NULL,
+    finished_at  REAL,
+    PRIMARY KEY (namespace, name)
+);
+CREATE TABLE IF NOT EXISTS processes (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace    TEXT NOT NULL,
+    job          TEXT NOT NULL,
+    label        TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    restarts     INTEGER NOT NULL,
+    pid          INTEGER NOT NULL,
+    start_ticks  INTEGER,
+    spec_version INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    exit_code    INTEGER,
+    reason       TEXT,
+    started_at   REAL NOT NULL,
+    ended_at     REAL
+);
+CREATE INDEX IF NOT EXISTS processes_by_job ON processes (namespace, job);
+"""
+
+
+@attrs.define
+class JobRow:
+    """A job as stored."""
+
+    namespace: str
+    name: str
+    kind: str
+    params: dict[str, str]
+    phase: str
+    message: str | None
+    requested: int
+    ports: dict[str, int]
+    cookie: str
+    spec_version: int
+    created_at: float
+    finished_at: float | None = None
+
+
+@attrs.define
+class ProcRow:
+    """A process as stored."""
+
+    id: int
+    namespace: str
+    job: str
+    label: str
+    key: str
+    restarts: int
+    pid: int
+    start_ticks: int | None
+    spec_version: int
+    state: str
+    exit_code: int | None
+    reason: str | None
+    started_at: float
+    ended_at: float | None
+
+
+_JOB_UPDATABLE = frozenset(
+    {"params", "phase", "message", "requested", "spec_version", "finished_at", "kind"}
+)
+_PROC_UPDATABLE = frozenset({"state", "exit_code", "reason", "ended_at"})
+
+
+class Store:
+    """The SQLite database of one data directory.
+
+    Args:
+        path: The database file (created if missing).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def insert_job(self, job: JobRow) -> None:
+        """Add a job (the caller checked that the name is free)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.namespace,
+                    job.name,
+                    job.kind,
+                    json.dumps(job.params),
+                    job.phase,
+                    job.message,
+                    job.requested,
+                    json.dumps(job.ports),
+                    job.cookie,
+                    job.spec_version,
+                    job.created_at,
+                    job.finished_at,
+                ),
+            )
+
+    def update_job(self, namespace: str, name: str, **fields: Any) -> None:
+        """Change some columns of a job (``params`` is a dict)."""
+        unknown = set(fields) - _JOB_UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update job columns {sorted(unknown)}")
+        if "params" in fields:
+            fields["params"] = json.dumps(fields["params"])
+        assignments = ", ".join(f"{column} = ?" for column in fields)
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE jobs SET {assignments} WHERE namespace = ? AND name = ?",  # noqa: S608 - columns are checked above
+                (*fields.values(), namespace, name),
+            )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Remove a job and its processes."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM processes WHERE namespace = ? AND job = ?", (namespace, name))
+            db.execute("DELETE FROM jobs WHERE namespace = ? AND name = ?", (namespace, name))
+
+    def jobs(self) -> list[JobRow]:
+        """Return every job, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at, name").fetchall()
+        return [
+            JobRow(
+                namespace=row[0],
+                name=row[1],
+                kind=row[2],
+                params=json.loads(row[3]),
+                phase=row[4],
+                message=row[5],
+                requested=row[6],
+                ports=json.loads(row[7]),
+                cookie=row[8],
+                spec_version=row[9],
+                created_at=row[10],
+                finished_at=row[11],
+            )
+            for row in rows
+        ]
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def insert_process(
+        self,
+        *,
+        namespace: str,
+        job: str,
+        label: str,
+        key: str,
+        restarts: int,
+        pid: int,
+        start_ticks: int | None,
+        spec_version: int,
+        started_at: float,
+    ) -> int:
+        """Record a started process, dropping older ended rows of the same label.
+
+        Returns:
+            The new row's id.
+        """
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM processes WHERE namespace = ? AND job = ? AND label = ? "
+                "AND state != 'running'",
+                (namespace, job, label),
+            )
+            cursor = db.execute(
+                "INSERT INTO processes (namespace, job, label, key, restarts, pid, start_ticks, "
+                "spec_version, state, started_at) VALUES (?,?,?,?,?,?,?,?,'running',?)",
+                (namespace, job, label, key, restarts, pid, start_ticks, spec_version, started_at),
+            )
+            row_id = cursor.lastrowid
+        assert row_id is not None
+        return row_id
+
+    def update_process(self, row_id: int, **fields: Any) -> None:
+        """Change some columns of a process row."""
+        unknown = set(fields) - _PROC_UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update process columns {sorted(unknown)}")
+        assignments = ", ".join(f"{column} = ?" for column in fields)
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE processes SET {assignments} WHERE id = ?",  # noqa: S608 - columns are checked above
+                (*fields.values(), row_id),
+            )
+
+    def processes(self, namespace: str, job: str) -> list[ProcRow]:
+        """Return the process rows of a job, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, namespace, job, label, key, restarts, pid, start_ticks, spec_version, "
+                "state, exit_code, reason, started_at, ended_at FROM processes "
+                "WHERE namespace = ? AND job = ? ORDER BY id",
+                (namespace, job),
+            ).fetchall()
+        return [ProcRow(*row) for row in rows]

@@ -1,0 +1,779 @@
+"""The job engine: the semantics of every verb, and the supervision of job processes.
+
+A job is a set of *slots*, one per process it should have: ``master`` and/or
+``worker-1..N``.  A slot holds at most one running process at a time; when it exits the
+engine decides, from the job type and the ``restart`` policy, what happens next:
+
+- ``master`` (JuliaBatch, PkgBuilder, JuliaParBatch, Notebook, Webserver, MessageQ): never
+  restarted; its exit ends the job (``succeeded`` on code 0, else ``failed``; ``lost``
+  when the exit code is unknown) and the workers are stopped.
+- workers of JuliaParBatch / Notebook: ``RestartAlways`` (the default) restarts on any exit,
+  ``RestartOnFailure`` on a non-zero exit, ``Never`` not at all.
+- units of JuliaParBatchWorkers / Generic: a unit that exits 0 is done; a failed unit is
+  restarted unless the policy is ``Never``.  The job succeeds when every requested unit
+  has succeeded and fails when none can make progress any more.
+
+Restarts wait ``restart_backoff * 2**(failures - 1)`` seconds, capped at
+``restart_backoff_max``; the failure count resets after a run at least that long.
+
+A supervisor thread checks the processes every ``supervise_interval`` seconds: it records
+exits, escalates SIGTERM to SIGKILL after ``kill_grace``, restarts and scales.  Every
+state change is written to the store; the job's log is drained before its phase becomes
+final, so a stream that sees the end of the job has seen all of its lines.
+
+The engine raises the SDK's :class:`~juliarun_aio.ApiError` subclasses with the HTTP status
+to answer; the HTTP layer only translates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .._errors import ApiError, BadRequestError, ConflictError, JobNotFoundError, SpecError
+from .._jobs import JobSpec, validate_name
+from .._models import Endpoint, JobInfo, JobScale, JobStatus
+from .._wire import decode_spec, encode_spec
+from ._config import ServerConfig
+from ._logs import Collector, JobLog
+from ._processes import ExitInfo, Process, describe_exit, launch
+from ._runtime import (
+    ARRAY_KINDS,
+    DEFAULT_PORTS,
+    MASTER_KINDS,
+    WORKER_KINDS,
+    LaunchError,
+    Layout,
+    ProcessRequest,
+    allocate_ports,
+    plan_process,
+)
+from ._store import JobRow, Store
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("juliarun_aio.server")
+
+TERMINAL = frozenset({"succeeded", "failed", "lost"})
+# Parameters that never change after submission, and those that cannot change while the
+# job runs (its master is not restarted, so a new value would never take effect).
+FIXED = frozenset({"run_volume", "ports", "external", "additional_volumes", "pkg_bundle"})
+FIXED_WHILE_RUNNING = frozenset({"start_script", "builder_script", "cfg_file", "shell", "passwd"})
+
+
+def _bad_request(message: str) -> ApiError:
+    return BadRequestError(message, status_code=400, code=400, server_message=message)
+
+
+def _not_found(message: str) -> ApiError:
+    return JobNotFoundError(message, status_code=404, code=404, server_message=message)
+
+
+def _conflict(message: str) -> ApiError:
+    return ConflictError(message, status_code=409, code=409, server_message=message)
+
+
+@attrs.define
+class _Slot:
+    """One process position of a job (``master`` or ``worker-N``)."""
+
+    label: str
+    process: Process | None = None
+    key: str | None = None  # names the current/last process's log and exit files
+    row_id: int | None = None
+    spec_version: int = 0
+    started: int = 0  # processes started in this slot so far
+    failures: int = 0  # consecutive failures, for the restart backoff
+    started_at: float = 0.0
+    exit_code: int | None = None
+    ended: bool = False  # the last process ended
+    waiting_until: float | None = None  # a restart is due at this monotonic time
+    given_up: bool = False  # will not be (re)started: done, Never, or cannot start
+    error: str | None = None  # why it cannot start
+    term_sent: float | None = None  # monotonic time SIGTERM was sent
+    retiring: bool = False  # being stopped because the job was scaled down
+
+    @property
+    def is_worker(self) -> bool:
+        return self.label != "master"
+
+    @property
+    def index(self) -> int:
+        return int(self.label.rpartition("-")[2]) if self.is_worker else 0
+
+
+@attrs.define
+class _Job:
+    row: JobRow
+    spec: JobSpec
+    log: JobLog
+    slots: dict[str, _Slot] = attrs.field(factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.row.kind
+
+    @property
+    def terminal(self) -> bool:
+        return self.row.phase in TERMINAL
+
+    def workers(self) -> list[_Slot]:
+        return sorted(
+            (slot for slot in self.slots.values() if slot.is_worker and not slot.retiring),
+            key=lambda slot: slot.index,
+        )
+
+
+def _requested(spec: JobSpec) -> int:
+    nworkers = spec.params().get("nworkers")
+    if isinstance(nworkers, int):
+        return nworkers
+    return 1 if spec.kind == "Generic" else 0
+
+
+class Engine:
+    """Jobs of every namespace, their processes and logs.
+
+    Args:
+        config: The server configuration.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.layout = Layout(config.data_dir)
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://{config.host}:{config.port}"
+        self._store = Store(self.layout.database)
+        self._collector = Collector(config.poll_interval)
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._deleting: set[tuple[str, str]] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="juliarun-supervisor", daemon=True)
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, url: str | None = None) -> None:
+        """Recover the stored jobs, re-adopt their processes and start supervising.
+
+        Args:
+            url: The URL jobs use to reach this server (``JRUN_URL``).
+        """
+        if url is not None:
+            self.url = url
+        with self._lock:
+            for row in self._store.jobs():
+                self._recover(row)
+        self._collector.start()
+        self._thread.start()
+        self._started = True
+
+    def release_streams(self) -> None:
+        """End every open log stream (the server is about to stop)."""
+        with self._lock:
+            for job in self._jobs.values():
+                job.log.release_readers()
+
+    def stop(self, *, leave_running: bool = False) -> None:
+        """Stop supervising and close the state.
+
+        Args:
+            leave_running: Leave the job processes running, for a later server to re-adopt;
+                by default they are stopped (SIGTERM, then SIGKILL after the grace period)
+                and their jobs end.
+        """
+        self._stop.set()
+        if self._started:
+            self._thread.join()
+        with self._lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:
+            if leave_running:
+                for slot in job.slots.values():
+                    if slot.process is not None:
+                        slot.process.detach()
+            else:
+                self._stop_processes(job, "stopped with the server")
+        self._collector.stop()
+        for job in jobs:
+            job.log.close()
+        self._store.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.supervise_interval):
+            try:
+                with self._lock:
+                    for job in list(self._jobs.values()):
+                        self._supervise(job)
+            except Exception:
+                logger.exception("supervising jobs failed")
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _recover(self, row: JobRow) -> None:
+        log = JobLog(self.layout.job_logs(row.namespace, row.name))
+        try:
+            spec = decode_spec(row.kind, row.params)
+        except SpecError:
+            logger.exception("job %s/%s has an unreadable spec", row.namespace, row.name)
+            log.close()
+            return
+        job = _Job(row, spec, log)
+        for proc in self._store.processes(row.namespace, row.name):
+            slot = job.slots.setdefault(proc.label, _Slot(proc.label))
+            slot.key, slot.row_id = proc.key, proc.id
+            slot.started, slot.spec_version = proc.restarts + 1, proc.spec_version
+            slot.started_at = proc.started_at
+            self._add_sources(job, slot)
+            if proc.state == "running":
+                exit_path = log.directory / f"{proc.key}.exit"
+                slot.process = Process.adopt(proc.pid, proc.start_ticks, exit_path)
+            else:
+                log.drain(self._sources(slot))
+                slot.ended, slot.exit_code = True, proc.exit_code
+                slot.given_up = self._settled(job, slot)
+        self._jobs[(row.namespace, row.name)] = job
+        self._collector.register((row.namespace, row.name), log)
+        master = job.slots.get("master")
+        if not job.terminal and master is not None and master.ended:
+            # The server stopped between the master's exit and the job's end.
+            self._master_ended(job, ExitInfo(master.exit_code, describe_exit(master.exit_code)))
+        self._publish(job)
+        if not job.terminal:
+            # A restart that was pending when the server stopped is due now.
+            for slot in job.slots.values():
+                if slot.ended and not slot.given_up:
+                    slot.waiting_until = time.monotonic()
+
+    def _settled(self, job: _Job, slot: _Slot) -> bool:
+        """Whether an ended slot stays ended (no restart)."""
+        if not slot.is_worker or job.terminal:
+            return True
+        if job.kind in ARRAY_KINDS and slot.exit_code == 0:
+            return True
+        policy = job.spec.params().get("restart") or "RestartAlways"
+        if policy == "Never":
+            return True
+        return policy == "RestartOnFailure" and slot.exit_code == 0
+
+    # -- process handling ---------------------------------------------------------------------
+
+    @staticmethod
+    def _sources(slot: _Slot) -> list[str]:
+        return [f"{slot.key}.out", f"{slot.key}.err"] if slot.key else []
+
+    @staticmethod
+    def _add_sources(job: _Job, slot: _Slot) -> None:
+        job.log.add_source(f"{slot.key}.out", stream="stdout", proc=slot.label)
+        job.log.add_source(f"{slot.key}.err", stream="stderr", proc=slot.label)
+
+    def _token(self, namespace: str) -> str:
+        return self.config.tokens[namespace]
+
+    def _start(self, job: _Job, slot: _Slot) -> None:
+        """Start a process in ``slot``; on failure record why (and fail the job if fatal)."""
+        request = ProcessRequest(
+            namespace=job.row.namespace,
+            spec=job.spec,
+            label=slot.label,
+            ports=job.row.ports,
+            cookie=job.row.cookie,
+            url=self.url,
+            token=self._token(job.row.namespace),
+            layout=self.layout,
+        )
+        try:
+            plan = plan_process(request)
+            key = f"{slot.label}-{secrets.token_hex(4)}"
+            directory = job.log.directory
+            process = launch(
+                plan,
+                stdout=directory / f"{key}.out",
+                stderr=directory / f"{key}.err",
+                exit_path=directory / f"{key}.exit",
+            )
+        except (LaunchError, SpecError, OSError) as exc:
+            message = (
+                str(exc) if isinstance(exc, LaunchError | SpecError) else f"cannot start: {exc}"
+            )
+            slot.error, slot.given_up, slot.waiting_until = message, True, None
+            if not slot.is_worker or job.kind in ARRAY_KINDS:
+                self._finish(job, "failed", f"{slot.label}: {message}")
+            else:
+                self._set_message(job, f"{slot.label} cannot start: {message}")
+            return
+        slot.key, slot.process = key, process
+        slot.row_id = self._store.insert_process(
+            namespace=job.row.namespace,
+            job=job.row.name,
+            label=slot.label,
+            key=key,
+            restarts=slot.started,
+            pid=process.pid,
+            start_ticks=process.ticks,
+            spec_version=job.row.spec_version,
+            started_at=time.time(),
+        )
+        self._add_sources(job, slot)
+        slot.started += 1
+        slot.started_at = time.time()
+        slot.spec_version = job.row.spec_version
+        slot.ended, slot.exit_code, slot.waiting_until, slot.error = False, None, None, None
+        slot.term_sent = None
+
+    def _record_exit(self, job: _Job, slot: _Slot, info: ExitInfo) -> None:
+        job.log.drain(self._sources(slot))
+        slot.process, slot.ended, slot.exit_code, slot.term_sent = None, True, info.code, None
+        if slot.row_id is not None:
+            self._store.update_process(
+                slot.row_id,
+                state="exited" if info.code is not None else "lost",
+                exit_code=info.code,
+                reason=info.reason,
+                ended_at=time.time(),
+            )
+
+    def _on_exit(self, job: _Job, slot: _Slot, info: ExitInfo) -> None:
+        self._record_exit(job, slot, info)
+        if slot.retiring:
+            del job.slots[slot.label]
+            return
+        if not slot.is_worker:
+            if not job.terminal:
+                self._master_ended(job, info)
+            return
+        if job.terminal:
+            slot.given_up = True
+            return
+        ran = time.time() - slot.started_at
+        slot.failures = (
+            0 if info.code == 0 or ran >= self.config.restart_backoff_max else slot.failures + 1
+        )
+        if self._settled(job, slot):
+            slot.given_up = True
+            return
+        delay = 0.0
+        if slot.failures:
+            delay = min(
+                self.config.restart_backoff * 2 ** (slot.failures - 1),
+                self.config.restart_backoff_max,
+            )
+        slot.waiting_until = time.monotonic() + delay
+
+    def _master_ended(self, job: _Job, info: ExitInfo) -> None:
+        if info.code == 0:
+            self._finish(job, "succeeded", None)
+        elif info.code is None:
+            self._finish(job, "lost", f"the master process {info.reason}")
+        else:
+            self._finish(job, "failed", f"the master process {info.reason}")
+
+    def _finish(self, job: _Job, phase: str, message: str | None) -> None:
+        """Make the job final and stop whatever still runs (workers of a finished master)."""
+        job.row.phase, job.row.message, job.row.finished_at = phase, message, time.time()
+        self._store.update_job(
+            job.row.namespace,
+            job.row.name,
+            phase=phase,
+            message=message,
+            finished_at=job.row.finished_at,
+        )
+        now = time.monotonic()
+        for slot in job.slots.values():
+            slot.waiting_until = None
+            if slot.process is not None and slot.term_sent is None:
+                slot.process.terminate()
+                slot.term_sent = now
+        self._publish(job)
+
+    def _set_message(self, job: _Job, message: str | None) -> None:
+        if job.row.message != message:
+            job.row.message = message
+            self._store.update_job(job.row.namespace, job.row.name, message=message)
+
+    def _set_phase(self, job: _Job, phase: str) -> None:
+        if job.row.phase != phase:
+            job.row.phase = phase
+            self._store.update_job(job.row.namespace, job.row.name, phase=phase)
+            self._publish(job)
+
+    def _publish(self, job: _Job) -> None:
+        """Tell log readers the phase, and whether the log is complete."""
+        running = any(slot.process is not None for slot in job.slots.values())
+        job.log.set_state(job.row.phase, finished=job.terminal and not running)
+
+    def _supervise(self, job: _Job) -> None:
+        now = time.monotonic()
+        for slot in list(job.slots.values()):
+            if slot.process is None:
+                continue
+            info = slot.process.poll()
+            if info is not None:
+                self._on_exit(job, slot, info)
+            elif slot.term_sent is not None and now - slot.term_sent >= self.config.kill_grace:
+                slot.process.kill()
+        if not job.terminal:
+            self._reconcile(job, now)
+        self._publish(job)
+
+    def _reconcile(self, job: _Job, now: float) -> None:
+        """Start, restart and stop workers to match the requested count; update the phase."""
+        if job.kind not in WORKER_KINDS and job.kind not in ARRAY_KINDS:
+            return
+        wanted = job.row.requested
+        for index in range(1, wanted + 1):
+            label = f"worker-{index}"
+            slot = job.slots.get(label)
+            if slot is None:
+                slot = job.slots[label] = _Slot(label)
+                self._start(job, slot)
+            elif (
+                slot.process is None
+                and slot.waiting_until is not None
+                and now >= slot.waiting_until
+            ):
+                self._start(job, slot)
+            if job.terminal:
+                return
+        for slot in list(job.slots.values()):
+            if slot.is_worker and slot.index > wanted and not slot.retiring:
+                if slot.process is None:
+                    del job.slots[slot.label]
+                else:
+                    slot.retiring, slot.term_sent = True, now
+                    slot.process.terminate()
+        if job.kind in ARRAY_KINDS:
+            self._reconcile_array(job)
+
+    def _reconcile_array(self, job: _Job) -> None:
+        units = job.workers()
+        if any(slot.process is not None for slot in units):
+            self._set_phase(job, "running")
+            return
+        if not units or any(not slot.given_up for slot in units):
+            return
+        failed = [slot for slot in units if slot.exit_code != 0]
+        if not failed:
+            self._finish(job, "succeeded", None)
+        else:
+            first = failed[0]
+            reason = first.error or describe_exit(first.exit_code)
+            self._finish(
+                job, "failed", f"{len(failed)} of {len(units)} units failed; {first.label} {reason}"
+            )
+
+    def _stop_processes(self, job: _Job, message: str) -> None:
+        """SIGTERM every process of ``job``, SIGKILL after the grace period, record the exits."""
+        slots = [slot for slot in job.slots.values() if slot.process is not None]
+        for slot in slots:
+            assert slot.process is not None
+            slot.process.terminate()
+        deadline = time.monotonic() + self.config.kill_grace
+        killed = False
+        while True:
+            for slot in slots:
+                if slot.process is not None:
+                    info = slot.process.poll()
+                    if info is not None:
+                        self._record_exit(job, slot, info)
+            slots = [slot for slot in slots if slot.process is not None]
+            if not slots:
+                break
+            if not killed and time.monotonic() >= deadline:
+                for slot in slots:
+                    assert slot.process is not None
+                    slot.process.kill()
+                killed = True
+            time.sleep(0.01)
+        if not job.terminal:
+            job.row.phase, job.row.message = "failed", message
+            job.row.finished_at = time.time()
+            self._store.update_job(
+                job.row.namespace,
+                job.row.name,
+                phase="failed",
+                message=message,
+                finished_at=job.row.finished_at,
+            )
+
+    # -- verbs ------------------------------------------------------------------------------------
+
+    def _job(self, namespace: str, kind: str, name: str | None) -> _Job:
+        if name is None:
+            raise _bad_request("missing parameter 'name' (the job name)")
+        try:
+            validate_name(name)
+        except SpecError as exc:
+            raise _bad_request(str(exc)) from None
+        job = self._jobs.get((namespace, name))
+        if job is None:
+            raise _not_found(f"job {name!r} not found in namespace {namespace!r}")
+        if job.kind != kind:
+            raise _not_found(f"job {name!r} not found as a {kind} job (it is a {job.kind} job)")
+        return job
+
+    def list_jobs(self, namespace: str) -> dict[str, Any]:
+        """``listJobs``: ``{name: {"type": kind}}``."""
+        with self._lock:
+            return {
+                name: JobInfo(name, job.kind).to_wire()
+                for (ns, name), job in self._jobs.items()
+                if ns == namespace
+            }
+
+    def all_job_info(self, namespace: str) -> dict[str, Any]:
+        """``getAllJobInfo``: type, status, scale and endpoint of every job."""
+        with self._lock:
+            return {
+                name: JobInfo(
+                    name, job.kind, self._status(job), self._scale(job), self._endpoint(job)
+                ).to_wire()
+                for (ns, name), job in self._jobs.items()
+                if ns == namespace
+            }
+
+    def submit(self, namespace: str, kind: str, params: Mapping[str, str]) -> None:
+        """``submitJob``: validate, record and start a job.
+
+        Raises:
+            ApiError: 400 for an invalid spec, 409 when the name is taken.
+        """
+        try:
+            spec = decode_spec(kind, params)
+            run_volume = spec.params()["run_volume"]
+            assert isinstance(run_volume, str)  # required by every job type
+            self.layout.volume(namespace, run_volume)
+        except SpecError as exc:
+            raise _bad_request(str(exc)) from None
+        key = (namespace, spec.name)
+        with self._lock:
+            if key in self._jobs:
+                raise _conflict(f"job {spec.name!r} already exists in namespace {namespace!r}")
+            if key in self._deleting:
+                raise _conflict(f"job {spec.name!r} is being deleted; submit it again shortly")
+            declared = spec.params().get("ports")
+            port_names = list(
+                declared if isinstance(declared, Mapping) else DEFAULT_PORTS.get(kind, {})
+            )
+            row = JobRow(
+                namespace=namespace,
+                name=spec.name,
+                kind=kind,
+                params=encode_spec(spec),
+                phase="pending",
+                message=None,
+                requested=_requested(spec),
+                ports=allocate_ports(port_names),
+                cookie=secrets.token_hex(16),
+                spec_version=0,
+                created_at=time.time(),
+            )
+            job_dir = self.layout.job(namespace, spec.name)
+            if job_dir.exists():  # left over from an interrupted deletion
+                shutil.rmtree(job_dir)
+            log = JobLog(self.layout.job_logs(namespace, spec.name))
+            self._store.insert_job(row)
+            job = _Job(row, spec, log)
+            self._jobs[key] = job
+            self._collector.register(key, log)
+            if kind in MASTER_KINDS:
+                master = job.slots["master"] = _Slot("master")
+                self._start(job, master)
+                if not job.terminal:
+                    self._set_phase(job, "running")
+            if not job.terminal:
+                self._reconcile(job, time.monotonic())
+            self._publish(job)
+
+    def update(self, namespace: str, kind: str, params: Mapping[str, str]) -> None:
+        """``updateJob``: change what can change; say what cannot.
+
+        Raises:
+            ApiError: 404 for an unknown job, 400 for an invalid or impossible change.
+        """
+        with self._lock:
+            name = params.get("name")
+            try:
+                job = self._job(namespace, kind, name)
+            except JobNotFoundError:
+                other = self._jobs.get((namespace, name or ""))
+                if other is None:
+                    raise
+                raise _bad_request(
+                    f"the type of job {name!r} cannot change from {other.kind} to {kind}; "
+                    "delete it and submit a new one"
+                ) from None
+            merged = dict(job.row.params)
+            merged.update({k: v for k, v in params.items() if k not in ("jruntok", "jrunns")})
+            try:
+                spec = decode_spec(kind, merged)
+            except SpecError as exc:
+                raise _bad_request(str(exc)) from None
+            new_params = encode_spec(spec)
+            changed = {
+                field
+                for field in set(new_params) | set(job.row.params)
+                if new_params.get(field) != job.row.params.get(field)
+            }
+            fixed = FIXED if job.terminal else FIXED | FIXED_WHILE_RUNNING
+            refused = sorted(changed & fixed)
+            if refused:
+                raise _bad_request(
+                    f"cannot change {', '.join(refused)} of job {job.row.name!r}"
+                    f"{'' if job.terminal else ' while it runs'}; delete it and submit it again"
+                )
+            if not changed:
+                return
+            job.spec, job.row.params = spec, new_params
+            job.row.spec_version += 1
+            if "nworkers" in changed:
+                job.row.requested = _requested(spec)
+            self._store.update_job(
+                namespace,
+                job.row.name,
+                params=new_params,
+                spec_version=job.row.spec_version,
+                requested=job.row.requested,
+            )
+            # A new definition deserves a new attempt at starting what could not start.
+            for slot in job.slots.values():
+                if slot.error is not None:
+                    slot.error, slot.given_up = None, False
+                    slot.waiting_until = time.monotonic()
+            if not job.terminal:
+                self._set_message(job, None)
+                self._reconcile(job, time.monotonic())
+
+    def delete(self, namespace: str, kind: str, name: str | None, *, force: bool) -> bool:
+        """``deleteJob``: remove a job; an incomplete one only with ``force``.
+
+        Raises:
+            ApiError: 404 for an unknown job, 409 for an incomplete job without force.
+        """
+        with self._lock:
+            job = self._job(namespace, kind, name)
+            running = any(slot.process is not None for slot in job.slots.values())
+            if not force and (not job.terminal or running):
+                raise _conflict(
+                    f"job {job.row.name!r} is incomplete ({job.row.phase}); pass force=true "
+                    "to stop its processes and delete it"
+                )
+            key = (namespace, job.row.name)
+            del self._jobs[key]
+            self._deleting.add(key)
+            self._collector.unregister(key)
+        try:
+            job.log.release_readers()
+            self._stop_processes(job, "deleted")
+            job.log.close()
+            shutil.rmtree(self.layout.job(namespace, job.row.name), ignore_errors=True)
+            self._store.delete_job(namespace, job.row.name)
+        finally:
+            with self._lock:
+                self._deleting.discard(key)
+        return True
+
+    def _status(self, job: _Job) -> JobStatus:
+        workers = job.workers()
+        running = [slot for slot in workers if slot.process is not None]
+        extra: dict[str, Any] = {
+            "exit_codes": {slot.label: slot.exit_code for slot in job.slots.values() if slot.ended},
+            "restarts": {
+                slot.label: slot.started - 1 for slot in job.slots.values() if slot.started > 1
+            },
+        }
+        params = job.spec.params()
+        for field in ("image", "gpu", "worker_gpu", "cpu", "memory"):
+            if field in params:
+                extra[field] = params[field]
+        wanted = job.row.requested if job.kind in WORKER_KINDS | ARRAY_KINDS else 0
+        return JobStatus(
+            succeeded=job.row.phase == "succeeded",
+            created=any(slot.started for slot in job.slots.values()),
+            parallelism=wanted,
+            nworkers_succeeded=sum(1 for slot in workers if slot.ended and slot.exit_code == 0),
+            npending=0 if job.terminal else max(wanted - len(running), 0),
+            nuptodate=sum(1 for slot in running if slot.spec_version == job.row.spec_version),
+            phase=job.row.phase,
+            failed=job.row.phase in ("failed", "lost"),
+            message=job.row.message,
+            extra=extra,
+        )
+
+    def _scale(self, job: _Job) -> JobScale:
+        running = sum(1 for slot in job.workers() if slot.process is not None)
+        wanted = job.row.requested if job.kind in WORKER_KINDS | ARRAY_KINDS else 0
+        return JobScale(running, wanted)
+
+    @staticmethod
+    def _endpoint(job: _Job) -> Endpoint:
+        return Endpoint("127.0.0.1", dict(job.row.ports))
+
+    def status(self, namespace: str, kind: str, name: str | None) -> dict[str, Any]:
+        """``getJobStatus``: the dict form with real counts and the phase."""
+        with self._lock:
+            return self._status(self._job(namespace, kind, name)).to_wire()
+
+    def scale(self, namespace: str, kind: str, name: str | None) -> list[int]:
+        """``getJobScale``: ``[running workers, requested workers]``."""
+        with self._lock:
+            return self._scale(self._job(namespace, kind, name)).to_wire()
+
+    def set_scale(self, namespace: str, kind: str, name: str | None, parallelism: int) -> bool:
+        """``setJobScale``: ask for ``parallelism`` workers; False for jobs without workers."""
+        with self._lock:
+            job = self._job(namespace, kind, name)
+            if job.kind not in WORKER_KINDS | ARRAY_KINDS or job.terminal:
+                return False
+            if job.row.requested != parallelism:
+                job.row.requested = parallelism
+                self._store.update_job(namespace, job.row.name, requested=parallelism)
+                self._reconcile(job, time.monotonic())
+                self._publish(job)
+            return True
+
+    def endpoint(self, namespace: str, kind: str, name: str | None) -> list[Any]:
+        """``getJobEndpoint``: ``["127.0.0.1", {name: port}]``."""
+        with self._lock:
+            return self._endpoint(self._job(namespace, kind, name)).to_wire()
+
+    def encoded_url(self, namespace: str, kind: str, name: str | None, port: str | None) -> str:
+        """``getEncodedURL``: the URL of a job's port, given by name or by number.
+
+        Raises:
+            ApiError: 400 when the job has no such port.
+        """
+        with self._lock:
+            job = self._job(namespace, kind, name)
+            ports = job.row.ports
+            if port is None:
+                if len(ports) != 1:
+                    raise _bad_request(f"missing parameter 'port'; job ports: {sorted(ports)}")
+                port = next(iter(ports))
+            if port not in ports:
+                declared = job.spec.params().get("ports") or DEFAULT_PORTS.get(job.kind, {})
+                assert isinstance(declared, Mapping)
+                by_number = [
+                    n for n, pair in declared.items() if port in (str(pair[0]), str(pair[1]))
+                ]
+                if not by_number:
+                    raise _bad_request(
+                        f"job {job.row.name!r} has no port {port!r}; its ports are "
+                        f"{', '.join(sorted(ports)) or 'none'}"
+                    )
+                port = by_number[0]
+            return f"http://127.0.0.1:{ports[port]}/"
+
+    def log(self, namespace: str, kind: str, name: str | None) -> JobLog:
+        """The log of a job, for tailing and streaming."""
+        with self._lock:
+            return self._job(namespace, kind, name).log
