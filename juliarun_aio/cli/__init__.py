@@ -40,6 +40,13 @@ def _known_secrets(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(form for token in tokens if token for form in secret_forms(token))
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The one error inside (nested) single-error exception groups, else ``exc``."""
     # Duck-typed: BaseExceptionGroup is a builtin only from Python 3.11 on.
@@ -119,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         leaf = _leaf(exc)
         if isinstance(leaf, KeyboardInterrupt):
             return ExitCode.INTERRUPTED
+        if isinstance(leaf, BrokenPipeError):  # `juliarun logs job | head` stopped reading
+            _silence_stdout()
+            return ExitCode.OUTPUT_CLOSED
         description = describe(leaf)
         if description is None:
             raise

@@ -15,6 +15,7 @@ code  meaning
 6     a wait timed out
 7     conflict: the job exists already, or is still running
 130   interrupted (Ctrl-C)
+141   the reader of the output went away (``juliarun logs job | head``)
 ====  ===================================================================
 """
 
@@ -39,6 +40,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 6
     CONFLICT = 7
     INTERRUPTED = 130
+    OUTPUT_CLOSED = 141
 
 
 class CliError(Exception):
