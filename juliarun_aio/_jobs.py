@@ -1,0 +1,936 @@
+"""Job specs: one frozen attrs class per JuliaRun job type.
+
+A spec holds the parameters of one job as documented in the JuliaRun API reference.
+Required parameters are required keyword arguments; every optional parameter defaults
+to ``None``, which means "not sent": the server's documented default applies, exactly as
+when the Julia client omits it.  Everything is checked at construction and a bad value
+raises :class:`~juliarun_aio.SpecError` naming the parameter, before any request is made.
+
+Containers are stored frozen so that specs are immutable, hashable and comparable:
+lists become tuples and mappings (``envvars``, ``worker_envvars``, ``ports``) become
+:class:`FrozenDict`, a read-only mapping that compares equal to a ``dict`` with the same
+items.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from decimal import Decimal
+from typing import Any, ClassVar, Literal, TypeVar, get_args
+
+import attrs
+
+from ._errors import SpecError
+
+__all__ = [
+    "JOB_KINDS",
+    "RESTART_POLICIES",
+    "SPEC_TYPES",
+    "FrozenDict",
+    "Generic",
+    "JobRef",
+    "JobSpec",
+    "JuliaBatch",
+    "JuliaParBatch",
+    "JuliaParBatchWorkers",
+    "MessageQ",
+    "Notebook",
+    "PkgBuilder",
+    "Restart",
+    "Webserver",
+    "check_parameters",
+    "make_spec",
+    "quote",
+    "validate_name",
+]
+
+JOB_KINDS: tuple[str, ...] = (
+    "JuliaParBatch",
+    "JuliaParBatchWorkers",
+    "Notebook",
+    "JuliaBatch",
+    "PkgBuilder",
+    "Webserver",
+    "MessageQ",
+    "Generic",
+)
+"""The eight job types, spelled as the protocol's ``<JobType>`` URL segment."""
+
+Restart = Literal["RestartAlways", "RestartOnFailure", "Never"]
+"""The values of the ``restart`` parameter."""
+
+RESTART_POLICIES: tuple[str, ...] = get_args(Restart)
+"""The values of the ``restart`` parameter, in documentation order."""
+
+# Kubernetes limits: a DNS-1123 label is at most 63 characters, a port name at most 15.
+_MAX_NAME = 63
+_MAX_PORT_NAME = 15
+_MAX_PORT = 65535
+# How much of a bad value an error message quotes.
+_QUOTE_LIMIT = 40
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Kubernetes CPU: a positive decimal number of cores ("0.5", "2") or of millicores ("500m").
+_CPU = re.compile(r"[0-9]+(\.[0-9]+)?|(?P<milli>[0-9]+)m")
+# Kubernetes memory: a positive decimal number of bytes, optionally with a binary or
+# decimal suffix ("512Mi", "1G") or a decimal exponent ("1e9").
+_MEMORY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)([KMGTPE]i|[kMGTPE]|[eE][0-9]+)?")
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+_S = TypeVar("_S", bound="JobSpec")
+
+
+def quote(value: object) -> str:
+    """Render a bad value for an error message, truncated so messages stay short.
+
+    Args:
+        value: Whatever the caller passed.
+
+    Returns:
+        The ``repr`` of the value, cut to about 40 characters.
+    """
+    text = repr(value)
+    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+
+
+class FrozenDict(Mapping[_K, _V]):
+    """A read-only, hashable mapping.
+
+    Specs store ``envvars``, ``worker_envvars`` and ``ports`` as a ``FrozenDict`` so the
+    spec stays frozen and hashable.  It compares equal to any mapping with the same
+    items, including a plain ``dict``.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[_K, _V] | Iterable[tuple[_K, _V]] = ()) -> None:
+        self._items: dict[_K, _V] = dict(items)
+
+    def __getitem__(self, key: _K) -> _V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[_K]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._items!r})"
+
+
+def _check_wire_text(field: str, value: str) -> None:
+    """Reject text that cannot travel in a query parameter."""
+    if "\x00" in value:
+        raise SpecError(field, f"must not contain NUL characters, got {quote(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError(field, f"must be valid Unicode text, got {quote(value)}") from None
+
+
+def validate_name(value: str, field: str = "name") -> str:
+    """Check a job or volume name: a lowercase DNS-1123 label.
+
+    A label is 1 to 63 characters of lowercase letters, digits and ``-``, starting and
+    ending with a letter or digit (``"train-2024"``).
+
+    Args:
+        value: The name to check.
+        field: The parameter name to report in an error.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        SpecError: If the name is not a valid label; the message says what to change.
+    """
+    if not isinstance(value, str):
+        raise SpecError(field, f"must be a string, got {quote(value)}")
+    if not value:
+        raise SpecError(field, "must not be empty")
+    if len(value) > _MAX_NAME:
+        raise SpecError(
+            field, f"is {len(value)} characters long; shorten it to at most {_MAX_NAME}"
+        )
+    if _DNS_LABEL.fullmatch(value) is None:
+        if "/" in value or ".." in value:
+            hint = "give a plain name, not a path"
+        elif value != value.lower():
+            hint = "use lowercase letters only"
+        else:
+            hint = "use only a-z, 0-9 and '-', starting and ending with a letter or digit"
+        raise SpecError(field, f"{quote(value)} is not a valid name; {hint}")
+    return value
+
+
+def _check_name(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise SpecError(attribute.name, f"must be a string, got {quote(value)}")
+    validate_name(value, attribute.name)
+
+
+def _check_text(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise SpecError(attribute.name, f"must be a string, got {quote(value)}")
+    if not value:
+        raise SpecError(attribute.name, "must not be empty; leave it out to use the default")
+    _check_wire_text(attribute.name, value)
+
+
+def _check_flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise SpecError(attribute.name, f"must be True or False, got {quote(value)}")
+
+
+def _check_count(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # bool is an int subclass; True is never a sensible count, so it is refused.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(attribute.name, f"must be an integer, got {quote(value)}")
+    if value < 0:
+        raise SpecError(attribute.name, f"must be 0 or more, got {value}")
+
+
+def _check_restart(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in RESTART_POLICIES:
+        raise SpecError(
+            attribute.name, f"must be one of {', '.join(RESTART_POLICIES)}; got {quote(value)}"
+        )
+
+
+def _check_cpu(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    match = _CPU.fullmatch(value) if isinstance(value, str) else None
+    if match is None or Decimal(match["milli"] or match[0]) == 0:
+        raise SpecError(
+            attribute.name,
+            f"{quote(value)} is not a CPU quantity; use a positive number of cores "
+            "such as '0.5' or '2', or millicores such as '500m'",
+        )
+
+
+def _check_memory(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    match = _MEMORY.fullmatch(value) if isinstance(value, str) else None
+    if match is None or Decimal(match["number"]) == 0:
+        raise SpecError(
+            attribute.name,
+            f"{quote(value)} is not a memory quantity; use a positive number of bytes "
+            "with an optional suffix such as '512Mi', '1Gi', '500M' or '1e9'",
+        )
+
+
+def _quantity_text(value: str | float | None) -> str | None:
+    """Write a numeric CPU or memory quantity as decimal text; leave text alone.
+
+    Anything else (a bool, a list...) becomes its repr, which the validator then rejects
+    with a message quoting it.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # Decimal(repr(...)) keeps the shortest exact spelling: 0.5 -> "0.5", 1e-05 ->
+        # "0.00001"; a NaN or infinity becomes text the validator refuses.
+        return format(Decimal(repr(value)), "f")
+    return value if value is None or isinstance(value, str) else repr(value)
+
+
+def _freeze_strings(field: str, value: Iterable[str]) -> tuple[str, ...]:
+    # A lone string is an iterable of characters; taking it apart silently would be wrong.
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise SpecError(field, f"must be a list of strings, got {quote(value)}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise SpecError(field, f"must hold only strings, got {quote(item)}")
+        _check_wire_text(field, item)
+    return items
+
+
+def _freeze_volumes(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    volumes = _freeze_strings("additional_volumes", value)
+    for volume in volumes:
+        validate_name(volume, "additional_volumes")
+    if len(set(volumes)) != len(volumes):
+        raise SpecError("additional_volumes", f"lists a volume twice: {quote(list(volumes))}")
+    return volumes
+
+
+def _freeze_args(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else _freeze_strings("args", value)
+
+
+def _freeze_env(field: str, value: Mapping[str, str]) -> FrozenDict[str, str]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field, f"must be a mapping of variable name to value, got {quote(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or _ENV_NAME.fullmatch(key) is None:
+            raise SpecError(
+                field,
+                f"{quote(key)} is not an environment variable name; "
+                "use letters, digits and '_', not starting with a digit",
+            )
+        if not isinstance(item, str):
+            raise SpecError(field, f"the value of {key} must be a string, got {quote(item)}")
+        _check_wire_text(field, item)
+    return FrozenDict(value)
+
+
+def _freeze_envvars(value: Mapping[str, str] | None) -> FrozenDict[str, str] | None:
+    return None if value is None else _freeze_env("envvars", value)
+
+
+def _freeze_worker_envvars(value: Mapping[str, str] | None) -> FrozenDict[str, str] | None:
+    return None if value is None else _freeze_env("worker_envvars", value)
+
+
+def _check_port_name(name: object) -> None:
+    # Kubernetes port names (IANA service names): at most 15 characters, at least one
+    # letter, no leading, trailing or doubled '-'.
+    if (
+        not isinstance(name, str)
+        or len(name) > _MAX_PORT_NAME
+        or _DNS_LABEL.fullmatch(name) is None
+        or "--" in name
+        or not any(char.isalpha() for char in name)
+    ):
+        raise SpecError(
+            "ports",
+            f"{quote(name)} is not a valid port name; use at most {_MAX_PORT_NAME} "
+            "characters of a-z, 0-9 and single '-', with at least one letter",
+        )
+
+
+def _check_port_number(name: str, port: object) -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= _MAX_PORT:
+        raise SpecError(
+            "ports", f"port {name!r} needs port numbers from 1 to {_MAX_PORT}, got {quote(port)}"
+        )
+    return port
+
+
+def _freeze_ports(
+    value: Mapping[str, tuple[int, int]] | None,
+) -> FrozenDict[str, tuple[int, int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            "ports",
+            f"must map a port name to (container_port, service_port), got {quote(value)}",
+        )
+    ports: dict[str, tuple[int, int]] = {}
+    service_ports: set[int] = set()
+    for name, pair in value.items():
+        _check_port_name(name)
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise SpecError(
+                "ports", f"port {name!r} needs (container_port, service_port), got {quote(pair)}"
+            )
+        container = _check_port_number(name, pair[0])
+        service = _check_port_number(name, pair[1])
+        # A Kubernetes service cannot expose one port twice; container ports may repeat.
+        if service in service_ports:
+            raise SpecError(
+                "ports", f"service port {service} is used twice; ports need distinct service ports"
+            )
+        service_ports.add(service)
+        ports[name] = (container, service)
+    return FrozenDict(ports)
+
+
+_OPTIONAL_TEXT = attrs.validators.optional(_check_text)
+_OPTIONAL_VOLUME = attrs.validators.optional(_check_name)
+_OPTIONAL_FLAG = attrs.validators.optional(_check_flag)
+_OPTIONAL_COUNT = attrs.validators.optional(_check_count)
+_OPTIONAL_CPU = attrs.validators.optional(_check_cpu)
+_OPTIONAL_MEMORY = attrs.validators.optional(_check_memory)
+_OPTIONAL_RESTART = attrs.validators.optional(_check_restart)
+
+
+@attrs.frozen
+class JobRef:
+    """A reference to a job by type and name, enough for every verb except submit/update.
+
+    Args:
+        kind: The job type, one of :data:`JOB_KINDS`.
+        name: The job name (a lowercase DNS-1123 label).
+
+    Raises:
+        SpecError: If ``kind`` is not a job type or ``name`` is not a valid name.
+    """
+
+    kind: str = attrs.field()
+    name: str = attrs.field(validator=_check_name)
+
+    @kind.validator
+    def _check_kind(self, _attribute: attrs.Attribute[str], value: object) -> None:
+        if value not in JOB_KINDS:
+            raise SpecError(
+                "kind", f"unknown job type {quote(value)}; use one of {', '.join(JOB_KINDS)}"
+            )
+
+    @property
+    def ref(self) -> JobRef:
+        """This reference itself, so a ``JobRef`` works wherever a spec's ``.ref`` is used."""
+        return self
+
+
+@attrs.frozen(kw_only=True)
+class JobSpec:
+    """Base class of the job specs: a job type (``kind``) and its parameters.
+
+    Subclasses are the eight job types.  Only parameters the caller set (not ``None``)
+    are sent, so the server's defaults apply to the rest.
+    """
+
+    kind: ClassVar[str]
+
+    name: str = attrs.field(validator=_check_name)
+
+    @property
+    def ref(self) -> JobRef:
+        """The :class:`JobRef` (type and name) of this job."""
+        return JobRef(self.kind, self.name)
+
+    def params(self) -> dict[str, object]:
+        """Return the parameters the caller set, in declaration order.
+
+        Returns:
+            A dict of parameter name to value, ``name`` first, leaving out ``None``.
+        """
+        values = ((field.name, getattr(self, field.name)) for field in attrs.fields(type(self)))
+        return {name: value for name, value in values if value is not None}
+
+
+def check_parameters(kind: str, names: Collection[str]) -> type[JobSpec]:
+    """Check that ``names`` are a complete, valid parameter set for a job type.
+
+    Args:
+        kind: The job type, one of :data:`JOB_KINDS`.
+        names: The parameter names about to be passed.
+
+    Returns:
+        The spec class for ``kind``.
+
+    Raises:
+        SpecError: If the type is unknown, a name is not a parameter of the type, or a
+            required parameter is missing; the message lists what the type accepts.
+    """
+    spec_type = SPEC_TYPES.get(kind)
+    if spec_type is None:
+        raise SpecError(
+            "kind", f"unknown job type {quote(kind)}; use one of {', '.join(JOB_KINDS)}"
+        )
+    fields = attrs.fields(spec_type)
+    accepted = [field.name for field in fields]
+    for name in names:
+        if name not in accepted:
+            raise SpecError(
+                name, f"{kind} has no parameter {name!r}; it accepts {', '.join(accepted)}"
+            )
+    required = [field.name for field in fields if field.default is attrs.NOTHING]
+    for name in required:
+        if name not in names:
+            raise SpecError(
+                name, f"{kind} requires {name!r}; its required parameters are {', '.join(required)}"
+            )
+    return spec_type
+
+
+def _checked_parameters(cls: type[_S]) -> type[_S]:
+    """Make a spec class raise SpecError, not TypeError, for a wrong set of parameters."""
+    generated_init: Callable[..., None] = cls.__init__
+
+    @functools.wraps(generated_init)
+    def checked_init(self: _S, *args: object, **params: object) -> None:
+        if args:
+            # Passing parameters by position is a calling mistake, not a bad value.
+            raise TypeError(f"{cls.kind} takes keyword arguments only: {cls.kind}(name=..., ...)")
+        check_parameters(cls.kind, params)
+        generated_init(self, **params)
+
+    setattr(cls, "__init__", checked_init)  # noqa: B010 - mypy refuses assigning to a method
+    return cls
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class JuliaParBatch(JobSpec):
+    """A Julia master-worker parallel batch job.
+
+    A master process and an array of uniformly sized worker processes, each in its own
+    container, initialised for Julia parallel constructs.  The number of workers follows
+    the requested scale (``set_job_scale``).
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        start_script: A Julia script to start the master node with (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        pkg_bundle: A package bundle to set at LOAD_PATH (default: none).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        ports: Network ports to expose from the master, as name ->
+            ``(container_port, service_port)`` (default: nothing).
+        external: Whether the ports are exposed to the external network (default: false).
+        image: The docker image to run (default: julia).
+        cpu: CPU share for the master, e.g. ``"0.5"`` or ``"500m"``; numbers are accepted
+            (default: 0.1 of a core, burstable to 1 core).
+        gpu: GPUs to allocate (default: 0).
+        memory: RAM for the master, e.g. ``"512Mi"`` (default: 512 Mi to 1 Gi).
+        shell: The script to use for the master shell (default: master.sh).
+        envvars: Additional environment variables for the master (default: none).
+        nworkers: Number of worker processes to start (default: 0, can be scaled later).
+        worker_cpu: CPU share for a worker process (default: 0.1 of a core, burstable to
+            1 core).
+        worker_gpu: GPUs to allocate to a worker process (default: 0).
+        worker_memory: RAM for a worker process (default: 512 Mi to 1 Gi).
+        worker_shell: The script to use for a worker shell (default: master.sh).
+        worker_envvars: Additional environment variables for the workers (default: none).
+        worker_start_script: A Julia script to start a worker node with (default:
+            worker.sh).
+        restart: Whether workers are restarted: ``"RestartAlways"``,
+            ``"RestartOnFailure"`` or ``"Never"`` (default: RestartAlways).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "JuliaParBatch"
+
+    start_script: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+    nworkers: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    worker_cpu: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_CPU
+    )
+    worker_gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    worker_memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    worker_shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    worker_envvars: FrozenDict[str, str] | None = attrs.field(
+        default=None, converter=_freeze_worker_envvars
+    )
+    worker_start_script: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    restart: Restart | None = attrs.field(default=None, validator=_OPTIONAL_RESTART)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class JuliaParBatchWorkers(JobSpec):
+    """A Julia embarrassingly parallel batch job: an array of independent batch units.
+
+    The units are not linked to each other, so the array scales faster and further than
+    a :class:`JuliaParBatch`.  Suited to work queues.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        start_script: A Julia script to start each node with (required).
+        run_volume: A persistent volume to use as the work volume (required).
+        pkg_bundle: A package bundle to set at LOAD_PATH (default: none).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        ports: Network ports to expose, as name -> ``(container_port, service_port)``
+            (default: nothing).
+        external: Whether the ports are exposed to the external network (default: false).
+        image: The docker image to run (default: julia).
+        cpu: CPU share for each process (default: 0.1 of a core, burstable to 1 core).
+        gpu: GPUs to allocate to each process (default: 0).
+        memory: RAM for each process (default: 512 Mi to 1Gi).
+        shell: The script to use for the process shell (default: worker.sh).
+        envvars: Additional environment variables (default: none).
+        nworkers: Number of worker processes to start (default: 0, can be scaled later).
+        restart: Whether workers are restarted: ``"RestartAlways"``,
+            ``"RestartOnFailure"`` or ``"Never"`` (default: RestartAlways).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "JuliaParBatchWorkers"
+
+    start_script: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+    nworkers: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    restart: Restart | None = attrs.field(default=None, validator=_OPTIONAL_RESTART)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class Notebook(JobSpec):
+    """A Julia interactive notebook (Jupyter), reachable from outside the cluster.
+
+    The master container runs Jupyter and the Julia kernels; workers can be provisioned
+    as for :class:`JuliaParBatch` or :class:`JuliaParBatchWorkers`.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        pkg_bundle: A package bundle to set at LOAD_PATH (default: none).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        image: The docker image to run (default: julia).
+        cpu: CPU share for the master (default: 0.1 of a core, burstable to 1 core).
+        gpu: GPUs to allocate to the master (default: 0).
+        memory: RAM for the master (default: 512 Mi to 1 Gi).
+        shell: The script to use for the master shell (default: notebook.sh).
+        envvars: Additional environment variables for the master (default: none).
+        worker_cpu: CPU share for a worker process (default: 0.1 of a core, burstable to
+            1 core).
+        worker_gpu: GPUs to allocate to a worker process (default: 0).
+        worker_memory: RAM for a worker process (default: 512 Mi to 1 Gi).
+        worker_shell: The script to use for a worker shell (default: master.sh).
+        worker_envvars: Additional environment variables for the workers (default: none).
+        worker_start_script: A Julia script to start a worker node with (default:
+            worker.sh).
+        passwd: Password to protect the notebook with (default: no password).
+        ports: Network ports to expose, as name -> ``(container_port, service_port)``
+            (default: ``{"nb": (8888, 8888)}``).
+        external: Whether the ports are exposed to the external network (default: false).
+        restart: Whether workers are restarted: ``"RestartAlways"``,
+            ``"RestartOnFailure"`` or ``"Never"`` (default: RestartAlways).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "Notebook"
+
+    run_volume: str = attrs.field(validator=_check_name)
+    pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+    worker_cpu: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_CPU
+    )
+    worker_gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    worker_memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    worker_shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    worker_envvars: FrozenDict[str, str] | None = attrs.field(
+        default=None, converter=_freeze_worker_envvars
+    )
+    worker_start_script: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    passwd: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+    restart: Restart | None = attrs.field(default=None, validator=_OPTIONAL_RESTART)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class JuliaBatch(JobSpec):
+    """A Julia batch job in a single container.
+
+    The Julia process may start threads or local worker processes, all within the
+    job's CPU and memory limits.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        start_script: A Julia script to start the master node with (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        pkg_bundle: A package bundle to set at LOAD_PATH (default: none).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        ports: Network ports to expose, as name -> ``(container_port, service_port)``
+            (default: nothing).
+        external: Whether the ports are exposed to the external network (default: false).
+        image: The docker image to run (default: julia).
+        cpu: CPU share to allocate (default: minimum 0.1 of a core, burstable to 1 core).
+        gpu: GPUs to allocate (default: 0).
+        memory: RAM to allocate (default: 512 MiB to 1Gi).
+        shell: The script to use for the startup shell (default: master.sh).
+        envvars: Additional environment variables (default: none).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "JuliaBatch"
+
+    start_script: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class PkgBuilder(JobSpec):
+    """A job that builds or updates a Julia package bundle.
+
+    The bundle's package folder is mounted read-write and a build script runs, much
+    like a :class:`JuliaBatch` job.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        builder_script: A Julia script that builds the packages (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        pkg_bundle: The package bundle to build (required).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        image: The docker image to run (default: julia).
+        cpu: CPU share to allocate (default: 1 core, burstable to 2 cores).
+        gpu: GPUs to allocate (default: 0).
+        memory: RAM to allocate (default: 4Gi to 8 Gi).
+        shell: The script to use for the startup shell (default: master.sh).
+        envvars: Additional environment variables for the master (default: none).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "PkgBuilder"
+
+    builder_script: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    pkg_bundle: str = attrs.field(validator=_check_name)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class Webserver(JobSpec):
+    """A web server (nginx) serving an API, a UI or files for other jobs.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        cfg_file: Configuration file to start the web server with (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        image: The docker image to run (default: nginx).
+        cpu: CPU share to allocate (default: 0.1 core, burstable to 1 core).
+        memory: RAM to allocate (default: 512Mi to 1Gi).
+        envvars: Additional environment variables (default: none).
+        ports: Network ports to expose, as name -> ``(container_port, service_port)``
+            (default: ``{"http": (80, 80), "https": (443, 443)}``).
+        external: Whether the ports are exposed to the external network (default: false).
+        nworkers: Number of web server containers to start (default: not documented).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "Webserver"
+
+    cfg_file: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+    nworkers: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class MessageQ(JobSpec):
+    """A message queue (RabbitMQ) for communication within or across jobs.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        cfg_file: Configuration file to start the message queue with (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        image: The docker image to run (default: rabbitmq).
+        cpu: CPU share to allocate (default: 1 core, burstable to 2 cores).
+        memory: RAM to allocate (default: 4Gi).
+        envvars: Additional environment variables (default: none).
+        ports: Network ports to expose, as name -> ``(container_port, service_port)``
+            (default: ``{"amqptls": (5671, 5671), "amqp": (5672, 5672),
+            "mgmttls": (15672, 15671), "mgmt": (15672, 15672)}``).
+        external: Whether the ports are exposed to the external network (default: false).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "MessageQ"
+
+    cfg_file: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+
+
+@_checked_parameters
+@attrs.frozen(kw_only=True)
+class Generic(JobSpec):
+    """A generic job running any command in any docker image.
+
+    Args:
+        name: Name of the job, unique in the namespace (required).
+        image: The docker image to run (required).
+        run_volume: A persistent volume to use as the master volume (required).
+        command: The command to execute in the container (default: the image's
+            entrypoint).
+        args: Arguments to the command, a list of strings (default: none).
+        additional_volumes: More persistent volumes to attach at ``/mnt/<volume name>``
+            (default: none).
+        cpu: CPU share to allocate (default: 0.1 core, burstable to 1 core).
+        memory: RAM to allocate (default: 512Mi to 1Gi).
+        envvars: Additional environment variables (default: none).
+        ports: Network ports to expose, as name -> ``(container_port, service_port)``
+            (default: none).
+        external: Whether the ports are exposed to the external network (default: false).
+        nworkers: Number of containers to start (default: not documented).
+
+    Raises:
+        SpecError: If a parameter is missing, unknown or invalid.
+    """
+
+    kind: ClassVar[str] = "Generic"
+
+    image: str = attrs.field(validator=_check_text)
+    run_volume: str = attrs.field(validator=_check_name)
+    command: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
+    args: tuple[str, ...] | None = attrs.field(default=None, converter=_freeze_args)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
+    ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
+        default=None, converter=_freeze_ports
+    )
+    external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
+    nworkers: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
+
+
+SPEC_TYPES: dict[str, type[JobSpec]] = {
+    spec_type.kind: spec_type
+    for spec_type in (
+        JuliaParBatch,
+        JuliaParBatchWorkers,
+        Notebook,
+        JuliaBatch,
+        PkgBuilder,
+        Webserver,
+        MessageQ,
+        Generic,
+    )
+}
+"""The spec class of each job type, keyed by :data:`JOB_KINDS` name."""
+
+for _spec_type in SPEC_TYPES.values():
+    # Turn the string annotations (from __future__ import annotations) into types, so
+    # that attrs.fields(...).type is usable by the wire converter.
+    attrs.resolve_types(_spec_type)
+
+
+def make_spec(kind: str, **params: object) -> JobSpec:
+    """Build the spec of a job type from its name and parameters.
+
+    Args:
+        kind: The job type, one of :data:`JOB_KINDS`.
+        **params: The job's parameters, under their documented names.
+
+    Returns:
+        The spec instance.
+
+    Raises:
+        SpecError: If the type is unknown, or a parameter is unknown, missing or invalid.
+    """
+    check_parameters(kind, params)
+    spec_type: Any = SPEC_TYPES[kind]
+    spec: JobSpec = spec_type(**params)
+    return spec
