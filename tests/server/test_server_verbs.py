@@ -1,0 +1,273 @@
+"""Every verb of the protocol against a running local server, over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from server_support import FAST, Api, wait_until, write_script
+
+from juliarun_aio.server import LocalServer
+
+HELLO = "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
+SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
+
+
+def test_system_status_and_server_info(api: Api) -> None:
+    """getSystemStatus is true and serverInfo advertises the streamLogs extension."""
+    assert api.data("getSystemStatus") is True
+    info = api.data("serverInfo")
+    assert info["server"] == "juliarun_aio"
+    assert info["extensions"] == ["streamLogs"]
+    assert isinstance(info["version"], str)
+
+
+def test_batch_job_lifecycle(api: Api, volume: Path) -> None:
+    """A JuliaBatch .py job runs, is listed, reports success, its log and can be deleted."""
+    write_script(volume, "hello.py", HELLO)
+    assert api.data("submitJob", "JuliaBatch", name="hi", start_script="hello.py", run_volume="work") is None
+    assert api.data("listJobs") == {"hi": {"type": "JuliaBatch"}}
+    status = api.wait_done("JuliaBatch", "hi")
+    assert status["succeeded"] is True
+    assert status["created"] is True
+    assert status["phase"] == "succeeded"
+    assert status["failed"] is False
+    assert status["exit_codes"] == {"master": 0}
+    assert set(status) >= {"parallelism", "nworkers_succeeded", "npending", "nuptodate"}
+    assert api.data("tailJob", "JuliaBatch", name="hi", count=50) == "hello\noops"
+    assert api.data("tailJob", "JuliaBatch", name="hi", count=50, stream="stderr") == "oops"
+    assert api.data("tailJob", "JuliaBatch", name="hi", count=1) == "oops"
+    info = api.data("getAllJobInfo")["hi"]
+    assert info["type"] == "JuliaBatch"
+    assert info["status"]["succeeded"] is True
+    assert info["scale"] == [0, 0]
+    assert info["endpoint"] == ["127.0.0.1", {}]
+    assert api.data("deleteJob", "JuliaBatch", name="hi", force="false") is True
+    assert api.data("listJobs") == {}
+    api.error(404, "getJobStatus", "JuliaBatch", name="hi")
+
+
+def test_shell_script_and_failure(api: Api, volume: Path) -> None:
+    """A .sh script runs under /bin/sh; a non-zero exit fails the job with the exit code."""
+    write_script(volume, "fail.sh", "echo from-sh\nexit 3\n")
+    api.data("submitJob", "JuliaBatch", name="sh", start_script="fail.sh", run_volume="work")
+    status = api.wait_done("JuliaBatch", "sh")
+    assert status["phase"] == "failed"
+    assert status["failed"] is True
+    assert "exited with code 3" in status["message"]
+    assert api.lines("JuliaBatch", "sh") == ["from-sh"]
+
+
+def test_duplicate_submit_is_a_conflict(api: Api, volume: Path) -> None:
+    """Submitting a name that exists answers 409 and leaves the first job alone."""
+    write_script(volume, "hello.py", HELLO)
+    api.data("submitJob", "JuliaBatch", name="dup", start_script="hello.py", run_volume="work")
+    message = api.error(409, "submitJob", "JuliaBatch", name="dup", start_script="x.py", run_volume="work")
+    assert "already exists" in message
+    assert api.data("listJobs") == {"dup": {"type": "JuliaBatch"}}
+
+
+def test_invalid_spec_is_a_bad_request(api: Api) -> None:
+    """An invalid spec (missing, unknown or malformed parameter) answers 400 naming it."""
+    assert "run_volume" in api.error(400, "submitJob", "JuliaBatch", name="x", start_script="a.py")
+    assert "colour" in api.error(
+        400, "submitJob", "JuliaBatch", name="x", start_script="a.py", run_volume="w", colour="red"
+    )
+    assert "nworkers" in api.error(
+        400, "submitJob", "JuliaParBatch", name="x", start_script="a", run_volume="w", nworkers="many"
+    )
+    assert "name" in api.error(400, "submitJob", "JuliaBatch", name="../etc", start_script="a", run_volume="w")
+    assert "run_volume" in api.error(
+        400, "submitJob", "JuliaBatch", name="x", start_script="a", run_volume="../.."
+    )
+
+
+def test_missing_script_fails_the_job(api: Api) -> None:
+    """A start_script that does not exist fails the job with a message naming it."""
+    api.data("submitJob", "JuliaBatch", name="nope", start_script="missing.py", run_volume="work")
+    status = api.wait_done("JuliaBatch", "nope")
+    assert status["phase"] == "failed"
+    assert "missing.py" in status["message"]
+    assert status["created"] is False
+
+
+def test_julia_missing_fails_with_install_hint(api: Api, volume: Path) -> None:
+    """A .jl script without julia on PATH fails the job saying to install Julia."""
+    write_script(volume, "main.jl", 'println("hi")\n')
+    api.data(
+        "submitJob",
+        "JuliaBatch",
+        name="jl",
+        start_script="main.jl",
+        run_volume="work",
+        envvars=json.dumps({"PATH": "/nonexistent"}),
+    )
+    status = api.wait_done("JuliaBatch", "jl")
+    assert status["phase"] == "failed"
+    assert "install Julia" in status["message"]
+
+
+def test_delete_incomplete_job_needs_force(api: Api, volume: Path) -> None:
+    """deleteJob of a running job answers 409 without force and stops it with force."""
+    write_script(volume, "sleep.py", SLEEPER)
+    api.data("submitJob", "JuliaBatch", name="busy", start_script="sleep.py", run_volume="work")
+    wait_until(lambda: api.lines("JuliaBatch", "busy") == ["up"], what="the job to start")
+    assert "force" in api.error(409, "deleteJob", "JuliaBatch", name="busy", force="false")
+    assert api.data("deleteJob", "JuliaBatch", name="busy", force="true") is True
+    assert api.data("listJobs") == {}
+
+
+def test_force_delete_kills_a_process_ignoring_term(api: Api, volume: Path, server: LocalServer) -> None:
+    """A process that ignores SIGTERM is killed after the grace period on force delete."""
+    write_script(
+        volume,
+        "stubborn.py",
+        "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open('stub.pid', 'w').write(str(os.getpid()))\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n",
+    )
+    api.data("submitJob", "JuliaBatch", name="stub", start_script="stubborn.py", run_volume="work")
+    wait_until(lambda: api.lines("JuliaBatch", "stub") == ["ready"], what="the job to start")
+    job_dir = server.data_dir / "namespaces" / "default" / "jobs" / "stub"
+    pid = int((volume / "stub.pid").read_text())
+    started = time.monotonic()
+    assert api.data("deleteJob", "JuliaBatch", name="stub", force="true") is True
+    assert time.monotonic() - started >= FAST["kill_grace"]
+    assert not job_dir.exists()
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+    # The same name can be used again at once.
+    write_script(volume, "hello.py", HELLO)
+    api.data("submitJob", "JuliaBatch", name="stub", start_script="hello.py", run_volume="work")
+    assert api.wait_done("JuliaBatch", "stub")["phase"] == "succeeded"
+
+
+def test_update_job_changes_what_can_change(api: Api, volume: Path) -> None:
+    """updateJob records new env and worker count, and refuses fixed fields with 400."""
+    write_script(volume, "sleep.py", SLEEPER)
+    api.data(
+        "submitJob", "JuliaParBatch", name="par", start_script="sleep.py", run_volume="work", nworkers=0
+    )
+    api.data("updateJob", "JuliaParBatch", name="par", worker_envvars='{"A": "1"}')
+    message = api.error(400, "updateJob", "JuliaParBatch", name="par", run_volume="other")
+    assert "run_volume" in message
+    message = api.error(400, "updateJob", "JuliaParBatch", name="par", start_script="x.py")
+    assert "start_script" in message
+    assert "type" in api.error(400, "updateJob", "JuliaBatch", name="par", start_script="x.py")
+    api.error(404, "updateJob", "JuliaParBatch", name="ghost", start_script="x.py")
+    api.error(400, "updateJob", "JuliaParBatch", name="par", nworkers="-1")
+    api.data("deleteJob", "JuliaParBatch", name="par", force="true")
+
+
+def test_scale_of_a_job_without_workers_is_false(api: Api, volume: Path) -> None:
+    """setJobScale answers false for a job type that has no workers."""
+    write_script(volume, "sleep.py", SLEEPER)
+    api.data("submitJob", "JuliaBatch", name="single", start_script="sleep.py", run_volume="work")
+    assert api.data("setJobScale", "JuliaBatch", name="single", parallelism=3) is False
+    assert api.data("getJobScale", "JuliaBatch", name="single") == [0, 0]
+    api.data("deleteJob", "JuliaBatch", name="single", force="true")
+
+
+def test_endpoint_and_encoded_url(api: Api, volume: Path) -> None:
+    """Ports get free loopback ports, in the endpoint, the URL and the job's environment."""
+    write_script(
+        volume,
+        "serve.py",
+        "import http.server, os\n"
+        "port = int(os.environ['JRUN_PORT_HTTP'])\n"
+        "server = http.server.HTTPServer(('127.0.0.1', port), http.server.SimpleHTTPRequestHandler)\n"
+        "print('serving', flush=True)\nserver.serve_forever()\n",
+    )
+    api.data(
+        "submitJob",
+        "JuliaBatch",
+        name="web",
+        start_script="serve.py",
+        run_volume="work",
+        ports="http:8080:80,9000:9000",
+    )
+    host, ports = api.data("getJobEndpoint", "JuliaBatch", name="web")
+    assert host == "127.0.0.1"
+    assert set(ports) == {"http", "port9000"}
+    url = api.data("getEncodedURL", "JuliaBatch", name="web", port="http")
+    assert url == f"http://127.0.0.1:{ports['http']}/"
+    assert api.data("getEncodedURL", "JuliaBatch", name="web", port="8080") == url
+    assert api.data("getEncodedURL", "JuliaBatch", name="web", port="9000").endswith(
+        f":{ports['port9000']}/"
+    )
+    api.error(400, "getEncodedURL", "JuliaBatch", name="web", port="1234")
+    wait_until(lambda: api.lines("JuliaBatch", "web") == ["serving"], what="the web job")
+    assert httpx.get(url + "serve.py").status_code == 200
+    api.data("deleteJob", "JuliaBatch", name="web", force="true")
+
+
+def test_job_environment_and_volumes(api: Api, volume: Path, server: LocalServer) -> None:
+    """A job sees JRUN_* variables, its envvars, a job dir, and additional volumes by path."""
+    write_script(
+        volume,
+        "env.py",
+        "import os, json\n"
+        "keys = ['JRUN_TYPE', 'JRUN_NAME', 'JRUN_URL', 'JRUN_TOKEN', 'JRUN_NAMESPACE', 'JRUN_PROC',\n"
+        "        'A', 'JRUN_VOLUME_DATA_SET', 'PYTHONUNBUFFERED']\n"
+        "print(json.dumps({k: os.environ.get(k) for k in keys}))\n"
+        "print(os.getcwd())\n"
+        "open(os.path.join(os.environ['JRUN_DIR'], 'out.txt'), 'w').write('x')\n"
+        "open(os.path.join(os.environ['JRUN_VOLUME_DATA_SET'], 'v.txt'), 'w').write('y')\n",
+    )
+    api.data(
+        "submitJob",
+        "JuliaBatch",
+        name="envjob",
+        start_script="env.py",
+        run_volume="work",
+        envvars='{"A": "1"}',
+        additional_volumes='["data-set"]',
+    )
+    assert api.wait_done("JuliaBatch", "envjob")["phase"] == "succeeded"
+    printed, cwd = api.lines("JuliaBatch", "envjob")
+    env = json.loads(printed)
+    data_set = server.data_dir / "namespaces" / "default" / "volumes" / "data-set"
+    assert env == {
+        "JRUN_TYPE": "JuliaBatch",
+        "JRUN_NAME": "envjob",
+        "JRUN_URL": server.url,
+        "JRUN_TOKEN": server.token,
+        "JRUN_NAMESPACE": "default",
+        "JRUN_PROC": "master",
+        "A": "1",
+        "JRUN_VOLUME_DATA_SET": str(data_set),
+        "PYTHONUNBUFFERED": "1",
+    }
+    assert Path(cwd) == volume.resolve()
+    assert (data_set / "v.txt").read_text() == "y"
+
+
+def test_memory_limit_is_enforced(api: Api, volume: Path) -> None:
+    """A process allocating more than ``memory`` fails (RLIMIT_AS)."""
+    write_script(volume, "hog.py", "x = bytearray(400 * 1024 * 1024)\nprint('allocated')\n")
+    api.data(
+        "submitJob", "JuliaBatch", name="hog", start_script="hog.py", run_volume="work", memory="200Mi"
+    )
+    status = api.wait_done("JuliaBatch", "hog")
+    assert status["phase"] == "failed"
+    assert "MemoryError" in api.data("tailJob", "JuliaBatch", name="hog", count=5, stream="stderr")
+    assert status["memory"] == "200Mi"
+
+
+def test_image_and_gpu_are_recorded(api: Api, volume: Path) -> None:
+    """image and gpu requests are reported in the status, not faked."""
+    write_script(volume, "hello.py", HELLO)
+    api.data(
+        "submitJob",
+        "JuliaBatch",
+        name="gpu",
+        start_script="hello.py",
+        run_volume="work",
+        image="julia:1.10",
+        gpu=1,
+    )
+    status = api.wait_done("JuliaBatch", "gpu")
+    assert status["image"] == "julia:1.10"
+    assert status["gpu"] == 1
