@@ -87,13 +87,14 @@ class Api:
 
     def wait_done(self, kind: str, name: str, timeout: float = 15.0) -> dict[str, Any]:
         """Wait until the job is succeeded, failed or lost; return its status."""
-        return wait_until(
-            lambda: (
-                (s := self.status(kind, name))["phase"] in ("succeeded", "failed", "lost") and s
-            ),
-            timeout,
-            f"job {name} to finish",
-        )
+
+        def done() -> dict[str, Any] | None:
+            status = self.status(kind, name)
+            return status if status["phase"] in ("succeeded", "failed", "lost") else None
+
+        status = wait_until(done, timeout, f"job {name} to finish")
+        assert status is not None
+        return status
 
     def wait_scale(self, kind: str, name: str, running: int, timeout: float = 15.0) -> None:
         wait_until(

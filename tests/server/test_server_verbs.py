@@ -28,7 +28,10 @@ def test_system_status_and_server_info(api: Api) -> None:
 def test_batch_job_lifecycle(api: Api, volume: Path) -> None:
     """A JuliaBatch .py job runs, is listed, reports success, its log and can be deleted."""
     write_script(volume, "hello.py", HELLO)
-    assert api.data("submitJob", "JuliaBatch", name="hi", start_script="hello.py", run_volume="work") is None
+    assert (
+        api.data("submitJob", "JuliaBatch", name="hi", start_script="hello.py", run_volume="work")
+        is None
+    )
     assert api.data("listJobs") == {"hi": {"type": "JuliaBatch"}}
     status = api.wait_done("JuliaBatch", "hi")
     assert status["succeeded"] is True
@@ -65,7 +68,9 @@ def test_duplicate_submit_is_a_conflict(api: Api, volume: Path) -> None:
     """Submitting a name that exists answers 409 and leaves the first job alone."""
     write_script(volume, "hello.py", HELLO)
     api.data("submitJob", "JuliaBatch", name="dup", start_script="hello.py", run_volume="work")
-    message = api.error(409, "submitJob", "JuliaBatch", name="dup", start_script="x.py", run_volume="work")
+    message = api.error(
+        409, "submitJob", "JuliaBatch", name="dup", start_script="x.py", run_volume="work"
+    )
     assert "already exists" in message
     assert api.data("listJobs") == {"dup": {"type": "JuliaBatch"}}
 
@@ -77,9 +82,17 @@ def test_invalid_spec_is_a_bad_request(api: Api) -> None:
         400, "submitJob", "JuliaBatch", name="x", start_script="a.py", run_volume="w", colour="red"
     )
     assert "nworkers" in api.error(
-        400, "submitJob", "JuliaParBatch", name="x", start_script="a", run_volume="w", nworkers="many"
+        400,
+        "submitJob",
+        "JuliaParBatch",
+        name="x",
+        start_script="a",
+        run_volume="w",
+        nworkers="many",
     )
-    assert "name" in api.error(400, "submitJob", "JuliaBatch", name="../etc", start_script="a", run_volume="w")
+    assert "name" in api.error(
+        400, "submitJob", "JuliaBatch", name="../etc", start_script="a", run_volume="w"
+    )
     assert "run_volume" in api.error(
         400, "submitJob", "JuliaBatch", name="x", start_script="a", run_volume="../.."
     )
@@ -120,7 +133,9 @@ def test_delete_incomplete_job_needs_force(api: Api, volume: Path) -> None:
     assert api.data("listJobs") == {}
 
 
-def test_force_delete_kills_a_process_ignoring_term(api: Api, volume: Path, server: LocalServer) -> None:
+def test_force_delete_kills_a_process_ignoring_term(
+    api: Api, volume: Path, server: LocalServer
+) -> None:
     """A process that ignores SIGTERM is killed after the grace period on force delete."""
     write_script(
         volume,
@@ -148,7 +163,12 @@ def test_update_job_changes_what_can_change(api: Api, volume: Path) -> None:
     """updateJob records new env and worker count, and refuses fixed fields with 400."""
     write_script(volume, "sleep.py", SLEEPER)
     api.data(
-        "submitJob", "JuliaParBatch", name="par", start_script="sleep.py", run_volume="work", nworkers=0
+        "submitJob",
+        "JuliaParBatch",
+        name="par",
+        start_script="sleep.py",
+        run_volume="work",
+        nworkers=0,
     )
     api.data("updateJob", "JuliaParBatch", name="par", worker_envvars='{"A": "1"}')
     message = api.error(400, "updateJob", "JuliaParBatch", name="par", run_volume="other")
@@ -177,7 +197,8 @@ def test_endpoint_and_encoded_url(api: Api, volume: Path) -> None:
         "serve.py",
         "import http.server, os\n"
         "port = int(os.environ['JRUN_PORT_HTTP'])\n"
-        "server = http.server.HTTPServer(('127.0.0.1', port), http.server.SimpleHTTPRequestHandler)\n"
+        "handler = http.server.SimpleHTTPRequestHandler\n"
+        "server = http.server.HTTPServer(('127.0.0.1', port), handler)\n"
         "print('serving', flush=True)\nserver.serve_forever()\n",
     )
     api.data(
@@ -209,8 +230,8 @@ def test_job_environment_and_volumes(api: Api, volume: Path, server: LocalServer
         volume,
         "env.py",
         "import os, json\n"
-        "keys = ['JRUN_TYPE', 'JRUN_NAME', 'JRUN_URL', 'JRUN_TOKEN', 'JRUN_NAMESPACE', 'JRUN_PROC',\n"
-        "        'A', 'JRUN_VOLUME_DATA_SET', 'PYTHONUNBUFFERED']\n"
+        "keys = ['JRUN_TYPE', 'JRUN_NAME', 'JRUN_URL', 'JRUN_TOKEN', 'JRUN_NAMESPACE',\n"
+        "        'JRUN_PROC', 'A', 'JRUN_VOLUME_DATA_SET', 'PYTHONUNBUFFERED']\n"
         "print(json.dumps({k: os.environ.get(k) for k in keys}))\n"
         "print(os.getcwd())\n"
         "open(os.path.join(os.environ['JRUN_DIR'], 'out.txt'), 'w').write('x')\n"
@@ -248,7 +269,12 @@ def test_memory_limit_is_enforced(api: Api, volume: Path) -> None:
     """A process allocating more than ``memory`` fails (RLIMIT_AS)."""
     write_script(volume, "hog.py", "x = bytearray(400 * 1024 * 1024)\nprint('allocated')\n")
     api.data(
-        "submitJob", "JuliaBatch", name="hog", start_script="hog.py", run_volume="work", memory="200Mi"
+        "submitJob",
+        "JuliaBatch",
+        name="hog",
+        start_script="hog.py",
+        run_volume="work",
+        memory="200Mi",
     )
     status = api.wait_done("JuliaBatch", "hog")
     assert status["phase"] == "failed"
