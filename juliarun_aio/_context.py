@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -671,11 +671,37 @@ class Context:
         since: int | None = None,
         start_timeout: float | None = DEFAULT_START_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-    ) -> AsyncIterator[LogLine]:
-        """Yield the job's log lines, in order, each once; see :func:`_logs.tail_logs`.
+        mode: _logs.Mode = "auto",
+        poll: _watch.PollPolicy | None = None,
+    ) -> AsyncGenerator[LogLine, None]:
+        """Yield the job's log lines, in order, each once.
 
-        Use as ``async with contextlib.aclosing(ctx.tail_logs(job)) as lines:`` or a
-        plain ``async for``; breaking out or cancelling closes the stream at once.
+        Uses the server's resumable stream when it has one (reconnecting from the last
+        cursor after any disconnect), else polls ``tailJob``; see :mod:`._logs` for
+        what each path guarantees.  Use as
+        ``async with contextlib.aclosing(ctx.tail_logs(job)) as lines:`` so that leaving
+        the block closes the stream at once; a plain ``async for`` works too.
+
+        Args:
+            job: The job.
+            follow: Keep going until the job completed and its last line was yielded;
+                ``False`` yields the lines that exist now and ends.
+            stream: ``"stdout"`` or ``"stderr"``; both when ``None``.
+            since: Resume after this :attr:`LogLine.cursor` (polling path: skip this
+                many lines).
+            start_timeout: Seconds to wait for a job that does not exist yet (``None``:
+                forever).
+            idle_timeout: Seconds without any byte on a stream before reconnecting.
+            mode: ``"auto"``, or force ``"stream"`` or ``"poll"``.
+            poll: Polling rhythm, e.g. ``PollPolicy(initial=0.05)``.
+
+        Raises:
+            JobNotFoundError: the job was deleted while tailed.
+            WaitTimeoutError: the job did not appear within ``start_timeout``.
+            TransportError: the stream stayed down for the retry policy's total timeout.
+
+        Warns:
+            LogGapWarning: polled lines may have been missed.
         """
         return _logs.tail_logs(
             self,
@@ -685,35 +711,62 @@ class Context:
             since=since,
             start_timeout=start_timeout,
             idle_timeout=idle_timeout,
+            mode=mode,
+            poll=poll,
         )
 
     def wait_for_workers(
-        self, job: Job, n: int, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT
-    ) -> AsyncIterator[JobScale]:
-        """Yield the job's scale on every change until ``n`` workers run.
+        self,
+        job: Job,
+        n: int,
+        *,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        poll: _watch.PollPolicy | None = None,
+    ) -> AsyncGenerator[JobScale, None]:
+        """Yield the job's scale now and on every change until ``n`` workers run.
+
+        Watchers of one job share one poller per Context, so any number of them cost
+        the requests of one.
 
         Raises:
-            WaitTimeoutError: fewer than ``n`` workers ran within ``timeout`` seconds.
+            WaitTimeoutError: fewer than ``n`` workers ran within ``timeout`` seconds;
+                the message says how many were running and requested.
         """
-        return _watch.wait_for_workers(self, job, n, timeout=timeout)
+        return _watch.wait_for_workers(self, job, n, timeout=timeout, poll=poll)
 
     async def wait_for_scale(
-        self, job: Job, n: int, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT
+        self,
+        job: Job,
+        n: int,
+        *,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        poll: _watch.PollPolicy | None = None,
     ) -> JobScale:
         """Wait until ``n`` workers run and return that scale (see :meth:`wait_for_workers`)."""
-        return await _watch.wait_for_scale(self, job, n, timeout=timeout)
+        return await _watch.wait_for_scale(self, job, n, timeout=timeout, poll=poll)
 
-    def watch_job(self, job: Job, *, timeout: float | None = None) -> AsyncIterator[JobStatus]:
-        """Yield the job's status on every change; end once it succeeded or failed."""
-        return _watch.watch_job(self, job, timeout=timeout)
+    def watch_job(
+        self, job: Job, *, timeout: float | None = None, poll: _watch.PollPolicy | None = None
+    ) -> AsyncGenerator[JobStatus, None]:
+        """Yield the job's status now and on every change; end once it succeeded or failed.
 
-    async def wait_for_job(self, job: Job, *, timeout: float | None = None) -> JobStatus:
-        """Wait for the job to complete and return its final status.
+        A plain JuliaRun server cannot report failure: there this ends on success only
+        (or raises :class:`JobNotFoundError` once the job is deleted).
 
         Raises:
             WaitTimeoutError: the job did not complete within ``timeout`` seconds.
         """
-        return await _watch.wait_for_job(self, job, timeout=timeout)
+        return _watch.watch_job(self, job, timeout=timeout, poll=poll)
+
+    async def wait_for_job(
+        self, job: Job, *, timeout: float | None = None, poll: _watch.PollPolicy | None = None
+    ) -> JobStatus:
+        """Wait for the job to complete and return its final status (see :meth:`watch_job`).
+
+        Raises:
+            WaitTimeoutError: the job did not complete within ``timeout`` seconds.
+        """
+        return await _watch.wait_for_job(self, job, timeout=timeout, poll=poll)
 
     def feature(self, key: str) -> Any:
         """Return a remembered per-Context fact (e.g. which log path works), or None."""
