@@ -103,6 +103,30 @@ class Api:
             f"{running} running workers of {name}",
         )
 
+    def wait_status(
+        self, kind: str, name: str, check: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        """Wait until ``check(status)`` holds; return that status."""
+
+        def ready() -> dict[str, Any] | None:
+            status = self.status(kind, name)
+            return status if check(status) else None
+
+        status = wait_until(ready, what=what)
+        assert status is not None
+        return status
+
+    def wait_lines(self, kind: str, name: str, count: int, **params: Any) -> list[str]:
+        """Wait until the job's log has at least ``count`` lines; return them all."""
+
+        def enough() -> list[str] | None:
+            lines = self.lines(kind, name, **params)
+            return lines if len(lines) >= count else None
+
+        lines = wait_until(enough, what=f"{count} log lines of {name}")
+        assert lines is not None
+        return lines
+
     def lines(self, kind: str, name: str, **params: Any) -> list[str]:
         text: str = self.data("tailJob", kind, name=name, count=10_000, **params)
         return text.split("\n") if text else []

@@ -47,9 +47,7 @@ def test_parallel_job_scales_up_and_down(api: Api, volume: Path) -> None:
     assert status["parallelism"] == 3
     assert status["nuptodate"] == 3
     assert status["npending"] == 0
-    lines = wait_until(
-        lambda: len(api.lines("JuliaParBatch", "par")) >= 4 and api.lines("JuliaParBatch", "par")
-    )
+    lines = api.wait_lines("JuliaParBatch", "par", 4)
     master_cookie = next(line.split()[1] for line in lines if line.startswith("master"))
     workers = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("worker")}
     assert set(workers) == {"worker-1", "worker-2", "worker-3"}
@@ -82,9 +80,7 @@ def test_worker_update_applies_to_new_workers(api: Api, volume: Path) -> None:
     api.wait_scale("JuliaParBatch", "upd", 1)
     api.data("updateJob", "JuliaParBatch", name="upd", nworkers=2, worker_envvars='{"W": "new"}')
     api.wait_scale("JuliaParBatch", "upd", 2)
-    lines = wait_until(
-        lambda: len(api.lines("JuliaParBatch", "upd")) >= 3 and api.lines("JuliaParBatch", "upd")
-    )
+    lines = api.wait_lines("JuliaParBatch", "upd", 3)
     assert any(line.startswith("worker-1") and line.endswith("None") for line in lines)
     assert any(line.startswith("worker-2") and line.endswith("new") for line in lines)
     status = api.status("JuliaParBatch", "upd")
@@ -126,7 +122,8 @@ def test_restart_on_failure_skips_clean_exits(api: Api, volume: Path) -> None:
     write_script(
         volume,
         "half.py",
-        "import os, sys\nprint('run', flush=True)\nsys.exit(0 if os.environ['JRUN_PROC'] == 'worker-1' else 2)\n",
+        "import os, sys\nprint('run', flush=True)\n"
+        "sys.exit(0 if os.environ['JRUN_PROC'] == 'worker-1' else 2)\n",
     )
     api.data(
         "submitJob",
@@ -138,11 +135,11 @@ def test_restart_on_failure_skips_clean_exits(api: Api, volume: Path) -> None:
         nworkers=2,
         restart="RestartOnFailure",
     )
-    status = wait_until(
-        lambda: (
-            (s := api.status("JuliaParBatch", "onfail"))["restarts"].get("worker-2", 0) >= 2 and s
-        ),
-        what="worker-2 restarts",
+    status = api.wait_status(
+        "JuliaParBatch",
+        "onfail",
+        lambda status: status["restarts"].get("worker-2", 0) >= 2,
+        "worker-2 restarts",
     )
     assert "worker-1" not in status["restarts"]
     assert status["exit_codes"]["worker-1"] == 0
@@ -249,7 +246,7 @@ def test_services_say_what_to_install(api: Api, volume: Path) -> None:
         assert status["phase"] == "failed"
         assert "install" in status["message"]
         assert program in status["message"]
-    host, ports = api.data("getJobEndpoint", "MessageQ", name="mq")
+    _, ports = api.data("getJobEndpoint", "MessageQ", name="mq")
     assert set(ports) == {"amqptls", "amqp", "mgmttls", "mgmt"}
     assert api.data("getEncodedURL", "Notebook", name="nb", port="8888").startswith(
         "http://127.0.0.1:"
