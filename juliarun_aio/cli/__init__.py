@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         redact=functools.partial(redact, secrets=_known_secrets(args)),
     )
     try:
-        return anyio.run(_run, args, out)
+        with warnings.catch_warnings():
+            # A warning (e.g. a gap in a polled log) is one line, not a source excerpt.
+            warnings.showwarning = lambda message, *_: out.warn(str(message))
+            return anyio.run(_run, args, out)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except BaseException as exc:  # every user error becomes one line and a code

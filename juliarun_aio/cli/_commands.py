@@ -9,6 +9,7 @@ an exit code by :func:`juliarun_aio.cli.main`.
 from __future__ import annotations
 
 import argparse
+import collections
 from collections.abc import Awaitable, Callable, Mapping
 
 from .. import _errors as errors
@@ -21,6 +22,9 @@ from ._output import Output, endpoint_text, phase_of, status_to_json
 from ._spec_flags import spec_from_args
 
 __all__ = ["COMMANDS", "Command", "check_outcome", "follow_logs", "resolve_job"]
+
+#: How many lines ``logs`` prints without ``-f`` and ``--tail``.
+_DEFAULT_TAIL = 50
 
 #: A subcommand: ``await command(ctx, args, out)`` returns the exit code.
 Command = Callable[[Context, argparse.Namespace, Output], Awaitable[int]]
@@ -74,9 +78,37 @@ def check_outcome(ref: JobRef, status: JobStatus) -> int:
     )
 
 
-async def follow_logs(ctx: Context, ref: JobRef, out: Output, *, stream: str | None = None) -> None:
-    """Print the job's log lines as they come, until the job ends (or Ctrl-C)."""
-    async for line in ctx.tail_logs(ref, follow=True, stream=stream):
+async def follow_logs(
+    ctx: Context,
+    ref: JobRef,
+    out: Output,
+    *,
+    stream: str | None = None,
+    tail: int | None = None,
+) -> None:
+    """Print the job's log lines as they come, until the job ends (or Ctrl-C).
+
+    Args:
+        ctx: The Context.
+        ref: The job.
+        out: Where to print.
+        stream: ``"stdout"`` or ``"stderr"``; both when ``None``.
+        tail: Start with the last ``tail`` lines instead of the whole log.
+    """
+    since: int | None = None
+    if tail is not None:
+        recent: collections.deque[LogLine] = collections.deque(maxlen=tail)
+        seen = 0
+        async for line in ctx.tail_logs(ref, follow=False, stream=stream):
+            recent.append(line)
+            seen += 1
+        for line in recent:
+            _print_line(out, line)
+        # Resume after the last line read: its cursor on a streaming server, else the
+        # number of lines read (which is what ``since`` counts when polling).
+        last = recent[-1] if recent else None
+        since = last.cursor if last is not None and last.cursor is not None else seen
+    async for line in ctx.tail_logs(ref, follow=True, stream=stream, since=since):
         _print_line(out, line)
 
 
@@ -295,9 +327,10 @@ async def logs(ctx: Context, args: argparse.Namespace, out: Output) -> int:
     """``juliarun logs NAME [-f] [--stream S] [--tail N]``: print (and follow) the job's log."""
     ref = await resolve_job(ctx, args.job)
     if args.follow:
-        await follow_logs(ctx, ref, out, stream=args.stream)
+        await follow_logs(ctx, ref, out, stream=args.stream, tail=args.tail)
         return ExitCode.OK
-    text = await ctx.tail_job(ref, stream=args.stream, count=args.tail)
+    count = _DEFAULT_TAIL if args.tail is None else args.tail
+    text = await ctx.tail_job(ref, stream=args.stream, count=count)
     for line in text.splitlines():
         _print_line(out, LogLine(line, stream=args.stream))
     return ExitCode.OK

@@ -138,7 +138,8 @@ def describe(exc: BaseException) -> tuple[ExitCode, str, str] | None:
         return (
             ExitCode.TIMEOUT,
             exc.message,
-            "wait longer with --timeout, or check the job with 'juliarun job-status NAME'",
+            "wait longer with --timeout, or check the job with "
+            f"'juliarun job-status {exc.job or 'NAME'}'",
         )
     if isinstance(exc, errors.TransportError):
         return (

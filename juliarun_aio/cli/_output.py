@@ -138,6 +138,11 @@ class Output:
         self._err.write(self.redact(" ".join(line.split())) + "\n")
         self._err.flush()
 
+    def warn(self, text: str) -> None:
+        """Print ``juliarun: warning: <text>`` on stderr."""
+        self._err.write(self.redact(f"juliarun: warning: {text}") + "\n")
+        self._err.flush()
+
     # -- live progress ---------------------------------------------------------------
 
     @contextlib.contextmanager

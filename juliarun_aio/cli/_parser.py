@@ -103,23 +103,25 @@ def _add_spec_commands(
     parents: list[_Parser],
 ) -> None:
     for verb in ("submit", "update"):
-        what = "Submit a new job" if verb == "submit" else "Change a job's definition"
+        what = "submit a new job" if verb == "submit" else "change a job's definition"
+        note = "" if verb == "submit" else " Give the required parameters again."
         verb_parser = commands.add_parser(
             verb,
-            help=f"{what.lower()}: {verb} TYPE NAME --param value...",
-            description=f"{what}.  'juliarun {verb} TYPE --help' lists TYPE's parameters.",
+            help=f"{what}: {verb} TYPE NAME --param value...",
+            description=f"{what.capitalize()}.{note}  'juliarun {verb} TYPE --help' lists "
+            "the parameters of TYPE.",
         )
         kinds = verb_parser.add_subparsers(dest="kind", metavar="TYPE", required=True)
         for kind, spec_type in SPEC_TYPES.items():
-            summary = inspect.getdoc(spec_type) or kind
+            summary = (inspect.getdoc(spec_type) or kind).splitlines()[0]
             kind_parser = kinds.add_parser(
                 kind,
                 parents=parents,
-                help=summary.splitlines()[0],
-                description=f"{what} of type {kind}: {summary.splitlines()[0]}\n\n"
+                help=summary,
+                description=f"{what.capitalize()} of type {kind}: {summary}{note}  "
                 "Values use the wire syntax: ports as [NAME:]CONTAINER:SERVICE[,...], "
-                "lists and environments as JSON (or the repeatable --volume/--arg/--env "
-                "flags), booleans as true/false.",
+                "lists and environments as JSON (or the repeatable --volume, --arg and "
+                "--env flags), booleans as true or false.",
                 formatter_class=SpecHelpFormatter,
             )
             kind_parser.add_argument("name", metavar="NAME", help="the job's name")
@@ -186,9 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "--tail",
         type=_count,
-        default=50,
         metavar="N",
-        help="how many of the last lines to print without -f (default: 50)",
+        help="start with the last N lines (default: 50; with -f, the whole log)",
     )
 
     wait = add("wait", "wait for a job to end; exit 5 if it failed, 6 on timeout")

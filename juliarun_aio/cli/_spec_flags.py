@@ -170,7 +170,7 @@ def spec_flags(spec_type: type[JobSpec]) -> list[SpecFlag]:
     ]
 
 
-class SpecHelpFormatter(argparse.RawDescriptionHelpFormatter):
+class SpecHelpFormatter(argparse.HelpFormatter):
     """Show ``--start-script`` in help, not also its alias ``--start_script``."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:

@@ -126,7 +126,7 @@ def test_submit_wait_of_a_failing_job_exits_5(
 def test_logs_follow_and_tail(
     capsys: pytest.CaptureFixture[str], scripts: dict[str, str], job_name: str
 ) -> None:
-    """logs -f replays a finished job's log; --tail N prints the last N lines of a stream."""
+    """logs -f replays a finished job's log; --tail N starts with the last N lines."""
     submit(capsys, "JuliaBatch", job_name, "--start-script", scripts["ok.py"], "--wait")
     code, out, _ = run(capsys, "logs", job_name, "-f")
     assert code == 0
@@ -134,6 +134,8 @@ def test_logs_follow_and_tail(
     code, out, _ = run(capsys, "logs", job_name, "--tail", "2", "--stream", "stdout")
     assert code == 0
     assert out.splitlines() == ["line 2", "line 3"]
+    code, out, _ = run(capsys, "logs", job_name, "-f", "--tail", "1", "--stream", "stdout")
+    assert (code, out) == (0, "line 3\n")
     code, out, _ = run(capsys, "logs", f"JuliaBatch/{job_name}", "-f", "--json")
     assert code == 0
     records = [json.loads(line) for line in out.splitlines()]
