@@ -425,6 +425,9 @@ async def _stream_slot(ctx: Context) -> AsyncIterator[None]:
         slots.release_on_behalf_of(borrower)
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 class _StreamIdleError(Exception):
     """Nothing arrived on a stream for the idle timeout."""
 
@@ -449,12 +452,16 @@ async def _ndjson(
                 raise _StreamIdleError
             if chunk is None:
                 return
-            *lines, buffer = (buffer + chunk).split(b"\n")
-            for raw in lines:
-                if not raw.strip():
+            # Split on the last newline in bytes (a chunk may end inside a character),
+            # then decode the complete lines at once.
+            complete, newline, buffer = (buffer + chunk).rpartition(b"\n")
+            if not newline:
+                continue
+            for raw in complete.decode("utf-8", "replace").split("\n"):
+                if not raw or raw.isspace():
                     continue
                 try:
-                    event = json.loads(raw)
+                    event = _decode_json(raw)
                 except ValueError:
                     event = None
                 if not isinstance(event, dict):

@@ -258,6 +258,18 @@ async def test_stream_resumes_from_the_last_cursor() -> None:
 
 
 @pytest.mark.anyio
+async def test_stream_reassembles_lines_split_anywhere() -> None:
+    """Lines cut across chunks, even inside a UTF-8 character, arrive whole."""
+    events = [{"cursor": 1, "text": "caf\u00e9 \u2603", "stream": "stderr", "proc": "worker-2"}]
+    body = ndjson([*events, {"heartbeat": True, "cursor": 1}, {"end": True, "cursor": 1}])
+    chunks = [body[i : i + 1] for i in range(len(body))]
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(ScriptedStream(chunks)))
+        got = await _collect(ctx.tail_logs(JOB, follow=False))
+    assert got == [LogLine("caf\u00e9 \u2603", stream="stderr", cursor=1, proc="worker-2")]
+
+
+@pytest.mark.anyio
 async def test_stream_idle_timeout_reconnects() -> None:
     """A stream silent for idle_timeout (no heartbeat either) is dropped and resumed."""
     stalled = ScriptedStream([ndjson(log_events(1, 2))], stall=True)
