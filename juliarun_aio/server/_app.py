@@ -207,6 +207,8 @@ def _system_verb(engine: Engine, verb: str, namespace: str) -> Any:
 
 def _route(method: str, path: str) -> tuple[str, str | None]:
     """Return ``(verb, job type or None)`` of a request, or raise a 404/405."""
+    if method != "GET":
+        raise HttpError(405, f"method {method} not allowed: every verb is a GET")
     parts = [part for part in path.split("/") if part]
     if not parts or len(parts) > 2:
         raise HttpError(404, f"not found: {path[:80]!r} is not a JuliaRun verb URL")
@@ -222,8 +224,6 @@ def _route(method: str, path: str) -> tuple[str, str | None]:
         raise HttpError(404, f"not found: {verb} needs a job type, as /{verb}/<JobType>/")
     if kind not in JOB_KINDS:
         raise HttpError(404, f"not found: unknown job type {kind[:40]!r}")
-    if method != "GET":
-        raise HttpError(405, f"method {method} not allowed: every verb is a GET")
     return verb, kind
 
 
