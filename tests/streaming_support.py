@@ -22,6 +22,7 @@ import httpx
 from anyio.abc import SocketAttribute
 
 from juliarun_aio import Context, RetryPolicy
+from juliarun_aio.server import LocalServer
 
 URL = "http://juliarun.test"
 #: Retries without waiting, so that reconnect tests never sleep.
@@ -168,3 +169,28 @@ async def dropping_proxy(host: str, port: int, *, cut_after: int) -> AsyncIterat
             yield stats
         finally:
             tg.cancel_scope.cancel()
+
+
+def write_script(server: LocalServer, name: str, text: str) -> None:
+    """Put a job script into the run volume ``work`` of the server's namespace."""
+    volume = server.data_dir / "namespaces" / server.namespace / "volumes" / "work"
+    volume.mkdir(parents=True, exist_ok=True)
+    (volume / name).write_text(text, encoding="utf-8")
+
+
+def server_context(server: LocalServer, url: str | None = None, **kwargs: Any) -> Context:
+    """Return a Context for ``server`` (or for ``url``, e.g. a proxy in front of it)."""
+    return Context(url or server.url, server.token, server.namespace, **kwargs)
+
+
+def combined_log(server: LocalServer, job: str) -> list[dict[str, Any]]:
+    """Return the server's combined log of ``job``: the record of what the job wrote."""
+    path = server.data_dir / "namespaces" / server.namespace / "jobs" / job / "logs"
+    lines = (path / "combined.ndjson").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def open_pool_connections(ctx: Context) -> int:
+    """Count the pool's connections that carry a request or response right now."""
+    pool = ctx.http_client._transport._pool  # type: ignore[attr-defined]
+    return sum(1 for connection in pool.connections if not connection.is_idle())

@@ -4,29 +4,37 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 import respx
 from streaming_support import (
+    FAST_RETRY,
     URL,
     FakeLog,
     ScriptedStream,
+    combined_log,
+    dropping_proxy,
     envelope,
     log_events,
     mock_context,
     ndjson,
     not_found,
+    open_pool_connections,
+    server_context,
     server_info,
     stream_response,
+    write_script,
 )
 
-from juliarun_aio import JobNotFoundError, JobRef, LogLine, WaitTimeoutError
+from juliarun_aio import Context, JobNotFoundError, JobRef, JuliaBatch, LogLine, WaitTimeoutError
 from juliarun_aio import _logs as logs
 from juliarun_aio._logs import LogGapWarning, WindowTracker, overlap_end
 from juliarun_aio._watch import PollPolicy
+from juliarun_aio.server import LocalServer
 
 JOB = JobRef("JuliaBatch", "job1")
 NO_WAIT = PollPolicy(initial=0.0, maximum=0.0)
@@ -372,3 +380,114 @@ async def test_streams_leave_half_the_slots_to_short_calls() -> None:
                     await ctx.get_job_status(JOB)
             tg.cancel_scope.cancel()
         assert ctx._slots.borrowed_tokens == 0
+
+
+# -- against the local server -------------------------------------------------------------
+
+# Writes n numbered lines in bursts, every 100th to stderr, pausing between bursts.
+PRINTER = """\
+import sys, time
+n, burst, pause = {n}, {burst}, {pause}
+for start in range(1, n + 1, burst):
+    for i in range(start, min(n, start + burst - 1) + 1):
+        out = sys.stderr if i % 100 == 0 else sys.stdout
+        out.write(f"line {{i}} " + "x" * (i % 37) + "\\n")
+    sys.stdout.flush(); sys.stderr.flush()
+    time.sleep(pause)
+"""
+FAST_POLL = PollPolicy(initial=0.02, maximum=0.2)
+
+
+def expected_lines(n: int) -> list[str]:
+    """The lines PRINTER writes, in the order it writes them."""
+    return [f"line {i} " + "x" * (i % 37) for i in range(1, n + 1)]
+
+
+def assert_exact(got: list[LogLine], server: LocalServer, job: str, n: int) -> None:
+    """``got`` is the job's log as the server recorded it, and that is what PRINTER wrote.
+
+    The server interleaves stdout and stderr as it collects them, so only the order
+    within each stream is the job's own.
+    """
+    record = combined_log(server, job)
+    assert [line.text for line in got] == [r["text"] for r in record]
+    written = expected_lines(n)
+    for stream, wanted in (("stdout", lambda i: i % 100), ("stderr", lambda i: not i % 100)):
+        texts = [r["text"] for r in record if r["stream"] == stream]
+        assert texts == [text for i, text in enumerate(written, 1) if wanted(i)]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A local server on a free loopback port."""
+    with LocalServer(tmp_path / "data", kill_grace=0.5) as running:
+        yield running
+
+
+async def submit_printer(
+    ctx: Context, server: LocalServer, name: str, n: int, burst: int = 5000, pause: float = 0.0
+) -> JuliaBatch:
+    """Submit a job that prints ``n`` lines and return its spec."""
+    write_script(server, f"{name}.py", PRINTER.format(n=n, burst=burst, pause=pause))
+    spec = JuliaBatch(name=name, start_script=f"{name}.py", run_volume="work")
+    await ctx.submit_job(spec)
+    return spec
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_stream_path_receives_100k_lines_exactly(server: LocalServer) -> None:
+    """Every line of a 100k-line job arrives once, in order, with the server's cursors."""
+    async with server_context(server) as ctx:
+        spec = await submit_printer(ctx, server, "big", 100_000, burst=10_000, pause=0.01)
+        got = await _collect(ctx.tail_logs(spec, poll=FAST_POLL))
+        assert ctx.feature("tail_logs.path") == "stream"
+    assert_exact(got, server, "big", 100_000)
+    assert [(line.cursor, line.stream, line.proc) for line in got] == [
+        (r["cursor"], r["stream"], r["proc"]) for r in combined_log(server, "big")
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_stream_cut_every_few_thousand_lines_is_still_exact(server: LocalServer) -> None:
+    """A proxy that drops each connection after ~150 kB does not lose or repeat a line."""
+    host, port = httpx.URL(server.url).host, httpx.URL(server.url).port
+    assert port is not None
+    async with (
+        dropping_proxy(host, port, cut_after=150_000) as proxy,
+        server_context(server, proxy.url, retries=FAST_RETRY) as ctx,
+    ):
+        spec = await submit_printer(ctx, server, "cut", 50_000, burst=5_000, pause=0.01)
+        got = await _collect(ctx.tail_logs(spec, poll=FAST_POLL))
+    assert_exact(got, server, "cut", 50_000)
+    assert [line.cursor for line in got] == list(range(1, 50_001))
+    assert proxy.cuts >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_poll_path_receives_100k_lines_exactly(server: LocalServer) -> None:
+    """Polling tailJob keeps up with a job writing 100k lines in bursts: exact output."""
+    async with server_context(server) as ctx:
+        spec = await submit_printer(ctx, server, "polled", 100_000, burst=4_000, pause=0.02)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LogGapWarning)
+            got = await _collect(ctx.tail_logs(spec, mode="poll", poll=FAST_POLL))
+    assert_exact(got, server, "polled", 100_000)
+
+
+@pytest.mark.anyio
+async def test_breaking_out_leaves_no_open_stream(server: LocalServer) -> None:
+    """After breaking out of tail_logs the pool holds no busy connection."""
+    async with server_context(server) as ctx:
+        spec = await submit_printer(ctx, server, "early", 20_000, burst=1_000, pause=0.05)
+        async with contextlib.aclosing(ctx.tail_logs(spec)) as lines:
+            async for line in lines:
+                if line.cursor == 10:
+                    break
+        assert open_pool_connections(ctx) == 0
+        assert ctx._slots.borrowed_tokens == 0
+        follow_up = await _collect(ctx.tail_logs(spec, follow=False, since=10))
+        assert follow_up[0].cursor == 11
+        await ctx.delete_job(spec, force=True)

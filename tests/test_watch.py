@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 import respx
-from streaming_support import URL, envelope, mock_context, not_found
+from streaming_support import URL, envelope, mock_context, not_found, server_context, write_script
 
-from juliarun_aio import JobNotFoundError, JobRef, JobScale, JobStatus, WaitTimeoutError
+from juliarun_aio import (
+    JobNotFoundError,
+    JobRef,
+    JobScale,
+    JobStatus,
+    JuliaBatch,
+    JuliaParBatch,
+    WaitTimeoutError,
+)
 from juliarun_aio._watch import PollPolicy
+from juliarun_aio.server import LocalServer
 
 JOB = JobRef("JuliaParBatch", "par1")
 NO_WAIT = PollPolicy(initial=0.0, maximum=0.0)
@@ -171,3 +181,52 @@ def test_bad_arguments_raise_at_once() -> None:
         ctx.wait_for_workers(JOB, -1)
     with pytest.raises(ValueError, match="timeout"):
         ctx.watch_job(JOB, timeout=-1)
+
+
+# -- against the local server -------------------------------------------------------------
+
+FAST_POLL = PollPolicy(initial=0.02, maximum=0.1)
+MASTER = "import os, time\nwhile not os.path.exists('stop'):\n    time.sleep(0.05)\n"
+WORKER = "import time\ntime.sleep(60)\n"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A local server on a free loopback port."""
+    with LocalServer(tmp_path / "data", kill_grace=0.5) as running:
+        yield running
+
+
+@pytest.mark.anyio
+async def test_wait_for_workers_follows_a_scale_up(server: LocalServer) -> None:
+    """Scaling a parallel job to 2 is followed until 2 run; 3 of 1 times out."""
+    write_script(server, "master.py", MASTER)
+    write_script(server, "worker.py", WORKER)
+    spec = JuliaParBatch(
+        name="par", start_script="master.py", worker_start_script="worker.py", run_volume="work"
+    )
+    async with server_context(server) as ctx:
+        await ctx.submit_job(spec)
+        await ctx.set_job_scale(spec, 2)
+        seen = [s async for s in ctx.wait_for_workers(spec, 2, timeout=20, poll=FAST_POLL)]
+        assert seen[-1] == JobScale(2, 2)
+        assert [s.running for s in seen] == sorted(s.running for s in seen)
+        await ctx.set_job_scale(spec, 1)
+        await ctx.wait_for_scale(spec, 1, poll=FAST_POLL)
+        with pytest.raises(WaitTimeoutError, match=r"3 running.*1 running, 1 requested"):
+            await ctx.wait_for_scale(spec, 3, timeout=0.3, poll=FAST_POLL)
+        await ctx.delete_job(spec, force=True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("code", "phase"), [(0, "succeeded"), (3, "failed")])
+async def test_watch_job_ends_when_the_job_ends(server: LocalServer, code: int, phase: str) -> None:
+    """watch_job's last status is the job's outcome, success or failure."""
+    write_script(server, "job.py", f"import sys, time\ntime.sleep(0.3)\nsys.exit({code})\n")
+    spec = JuliaBatch(name="once", start_script="job.py", run_volume="work")
+    async with server_context(server) as ctx:
+        await ctx.submit_job(spec)
+        seen = [s async for s in ctx.watch_job(spec, timeout=20, poll=FAST_POLL)]
+    assert seen[-1].phase == phase
+    assert seen[-1].failed == (code != 0)
+    assert all(not s.completed for s in seen[:-1])
