@@ -86,50 +86,48 @@ def test_token_never_appears_in_logs(api: Api, caplog: pytest.LogCaptureFixture)
         assert secret not in caplog.text
 
 
-@pytest.mark.parametrize(
-    ("path", "params", "status"),
-    [
-        ("/nosuchverb/", {}, 404),
-        ("/getJobStatus/NoSuchType/", {"name": "x"}, 404),
-        ("/getJobStatus/", {"name": "x"}, 404),
-        ("/listJobs/JuliaBatch/", {}, 404),
-        ("/a/b/c/", {}, 404),
-        ("/getJobStatus/JuliaBatch/", {}, 400),
-        ("/getJobStatus/JuliaBatch/", {"name": "Bad_Name"}, 400),
-        ("/getJobStatus/JuliaBatch/", {"name": "a" * 70}, 400),
-        ("/tailJob/JuliaBatch/", {"name": "x", "count": "many"}, 400),
-        ("/setJobScale/JuliaBatch/", {"name": "x", "parallelism": "-2"}, 400),
-        ("/setJobScale/JuliaBatch/", {"name": "x"}, 400),
-        ("/deleteJob/JuliaBatch/", {"name": "x", "force": "maybe"}, 400),
-        ("/tailJob/JuliaBatch/", {"name": "x", "stream": "stdin"}, 400),
-        (
-            "/submitJob/JuliaBatch/",
-            {"name": "x", "start_script": "a", "run_volume": "w", "envvars": "{"},
-            400,
-        ),
-        (
-            "/submitJob/JuliaBatch/",
-            {"name": "x", "start_script": "a", "run_volume": "w", "ports": "Dict("},
-            400,
-        ),
-        (
-            "/submitJob/Generic/",
-            {"name": "x", "image": "i", "run_volume": "w", "args": "[1, 2]"},
-            400,
-        ),
-        ("/submitJob/JuliaBatch/", {"name": "x", "start_script": "a\x00b", "run_volume": "w"}, 400),
-    ],
-)
-def test_malformed_requests_are_4xx_with_the_envelope(
-    api: Api, path: str, params: dict[str, str], status: int
-) -> None:
+MALFORMED: list[tuple[str, dict[str, str], int]] = [
+    ("/nosuchverb/", {}, 404),
+    ("/getJobStatus/NoSuchType/", {"name": "x"}, 404),
+    ("/getJobStatus/", {"name": "x"}, 404),
+    ("/listJobs/JuliaBatch/", {}, 404),
+    ("/a/b/c/", {}, 404),
+    ("/getJobStatus/JuliaBatch/", {}, 400),
+    ("/getJobStatus/JuliaBatch/", {"name": "Bad_Name"}, 400),
+    ("/getJobStatus/JuliaBatch/", {"name": "a" * 70}, 400),
+    ("/tailJob/JuliaBatch/", {"name": "x", "count": "many"}, 400),
+    ("/setJobScale/JuliaBatch/", {"name": "x", "parallelism": "-2"}, 400),
+    ("/setJobScale/JuliaBatch/", {"name": "x"}, 400),
+    ("/deleteJob/JuliaBatch/", {"name": "x", "force": "maybe"}, 400),
+    ("/tailJob/JuliaBatch/", {"name": "x", "stream": "stdin"}, 400),
+    (
+        "/submitJob/JuliaBatch/",
+        {"name": "x", "start_script": "a", "run_volume": "w", "envvars": "{"},
+        400,
+    ),
+    (
+        "/submitJob/JuliaBatch/",
+        {"name": "x", "start_script": "a", "run_volume": "w", "ports": "Dict("},
+        400,
+    ),
+    (
+        "/submitJob/Generic/",
+        {"name": "x", "image": "i", "run_volume": "w", "args": "[1, 2]"},
+        400,
+    ),
+    ("/submitJob/JuliaBatch/", {"name": "x", "start_script": "a\x00b", "run_volume": "w"}, 400),
+]
+
+
+def test_malformed_requests_are_4xx_with_the_envelope(api: Api) -> None:
     """Malformed requests answer a 4xx status and the error envelope, never a 500."""
-    query = {"jruntok": encode_token(api.token), "jrunns": api.namespace} | params
-    response = api.http.get(path, params=query)
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == status
-    assert isinstance(body["data"], str)
+    for path, params, status in MALFORMED:
+        query = {"jruntok": encode_token(api.token), "jrunns": api.namespace} | params
+        response = api.http.get(path, params=query)
+        assert response.status_code == status, (path, params, response.text)
+        body = response.json()
+        assert body["code"] == status
+        assert isinstance(body["data"], str)
 
 
 def test_odd_http_is_handled(api: Api) -> None:
