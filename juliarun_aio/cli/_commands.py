@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import time
 from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
 
 from .. import _errors as errors
 from .._context import Context
@@ -25,6 +28,9 @@ __all__ = ["COMMANDS", "Command", "check_outcome", "follow_logs", "resolve_job"]
 
 #: How many lines ``logs`` prints without ``-f`` and ``--tail``.
 _DEFAULT_TAIL = 50
+
+#: The shortest wait, in seconds, so that a spent ``--timeout`` still reads the status.
+_MIN_WAIT = 0.01
 
 #: A subcommand: ``await command(ctx, args, out)`` returns the exit code.
 Command = Callable[[Context, argparse.Namespace, Output], Awaitable[int]]
@@ -221,18 +227,24 @@ async def submit(ctx: Context, args: argparse.Namespace, out: Output) -> int:
     spec = spec_from_args(args.kind, args.name, args)
     await ctx.submit_job(spec)
     ref = spec.ref
+    waiting = args.follow or args.wait
     if out.json_mode:
-        out.json({"submitted": {"type": ref.kind, "name": ref.name}})
+        # One JSON document per line when log lines and a final status follow.
+        out.json({"submitted": {"type": ref.kind, "name": ref.name}}, compact=waiting)
     else:
         out.info(f"submitted {_label(ref)}", style="green")
+    if not waiting:
+        return ExitCode.OK
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     if args.follow:
-        await follow_logs(ctx, ref, out)
-    if args.follow or args.wait:
-        final = await _wait(ctx, ref, out, args.timeout)
-        if out.json_mode:
-            out.json({"name": ref.name, "type": ref.kind, **status_to_json(final)})
-        return check_outcome(ref, final)
-    return ExitCode.OK
+        with anyio.move_on_after(args.timeout):
+            await follow_logs(ctx, ref, out)
+    # What is left of --timeout after following; a spent one still checks the job once.
+    left = None if deadline is None else max(deadline - time.monotonic(), _MIN_WAIT)
+    final = await _wait(ctx, ref, out, left)
+    if out.json_mode:
+        out.json({"name": ref.name, "type": ref.kind, **status_to_json(final)}, compact=True)
+    return check_outcome(ref, final)
 
 
 async def update(ctx: Context, args: argparse.Namespace, out: Output) -> int:

@@ -374,3 +374,55 @@ def test_demo_runs_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "demo-parallel  JuliaParBatch  running    3/3" in out
     assert "deleted demo-parallel" in out
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.usefixtures("env")
+def test_submit_follow_timeout_exits_6(
+    capsys: pytest.CaptureFixture[str], scripts: dict[str, str], job_name: str
+) -> None:
+    """submit -f --timeout bounds the whole command: exit 6 for a job that keeps running."""
+    code, out, err = run(
+        capsys,
+        "submit",
+        "JuliaBatch",
+        job_name,
+        "--start-script",
+        scripts["forever.py"],
+        "--run-volume",
+        "work",
+        "-f",
+        "--timeout",
+        "1",
+    )
+    assert code == 6
+    assert "up" in out.splitlines()
+    assert_one_line_error(err)
+    assert run(capsys, "delete", job_name, "--force")[0] == 0
+
+
+@pytest.mark.usefixtures("env")
+def test_submit_follow_json_is_one_document_per_line(
+    capsys: pytest.CaptureFixture[str], scripts: dict[str, str], job_name: str
+) -> None:
+    """submit -f --json prints JSON lines: the submission, each log line, the final status."""
+    code, out, err = run(
+        capsys,
+        "submit",
+        "JuliaBatch",
+        job_name,
+        "--start-script",
+        scripts["ok.py"],
+        "--run-volume",
+        "work",
+        "-f",
+        "--json",
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[0] == {"submitted": {"type": "JuliaBatch", "name": job_name}}
+    assert [r["text"] for r in records[1:-1] if r["text"].startswith("line")] == [
+        "line 1",
+        "line 2",
+        "line 3",
+    ]
+    assert records[-1]["phase"] == "succeeded"
