@@ -364,16 +364,21 @@ async def test_streams_leave_half_the_slots_to_short_calls() -> None:
             return_value=envelope({"succeeded": False})
         )
         first_lines: list[int] = []
+        two_streaming = anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def tail(i: int) -> None:
                 async with contextlib.aclosing(ctx.tail_logs(JOB, idle_timeout=60)) as lines:
                     async for _line in lines:
                         first_lines.append(i)
+                        if len(first_lines) == 2:
+                            two_streaming.set()
 
             for i in range(3):
                 tg.start_soon(tail, i)
-            await anyio.sleep(0.02)
+            with anyio.fail_after(5):
+                await two_streaming.wait()
+            await anyio.sleep(0.05)
             assert len(first_lines) == 2  # 2 of 4 slots carry streams, the third waits
             with anyio.fail_after(1):
                 for _ in range(10):
