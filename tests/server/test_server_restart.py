@@ -1,0 +1,160 @@
+"""A server killed with SIGKILL and restarted on the same data directory loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from server_support import Api, ServerProcess, encode_token, wait_until, write_script
+
+TOKEN = "restart-token"
+CHATTY = (
+    "import os, sys, time\n"
+    "open('chatty.pid', 'w').write(str(os.getpid()))\n"
+    "for i in range(1, 601):\n"
+    "    print(f'line {i}', flush=True)\n"
+    "    if i % 50 == 0:\n"
+    "        print(f'err {i}', file=sys.stderr, flush=True)\n"
+    "    time.sleep(0.002)\n"
+    "while not os.path.exists('finish'):\n"
+    "    time.sleep(0.01)\n"
+    "sys.stdout.write('no newline at the end')\n"
+)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory whose job processes are killed after the test."""
+    path = tmp_path / "data"
+    yield path
+    for pid_file in path.glob("namespaces/*/volumes/*/*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            continue
+
+
+def _volume(data_dir: Path) -> Path:
+    path = data_dir / "namespaces" / "default" / "volumes" / "work"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _source_size(data_dir: Path, job: str) -> int:
+    return sum(
+        p.stat().st_size
+        for p in (data_dir / "namespaces/default/jobs" / job / "logs").glob("master-*.out")
+    )
+
+
+def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> None:
+    """After SIGKILL and a restart the job is listed, its process re-adopted, its log exact."""
+    volume = _volume(data_dir)
+    write_script(volume, "chatty.py", CHATTY)
+    first = ServerProcess(data_dir, TOKEN)
+    api = Api(first.url, TOKEN, "default")
+    try:
+        api.data(
+            "submitJob", "JuliaBatch", name="chatty", start_script="chatty.py", run_volume="work"
+        )
+        api.wait_lines("JuliaBatch", "chatty", 50)
+    finally:
+        api.close()
+        first.kill()
+    pid = int((volume / "chatty.pid").read_text())
+    # The job goes on writing while no server runs.
+    size = _source_size(data_dir, "chatty")
+    wait_until(lambda: _source_size(data_dir, "chatty") > size + 1000, what="output while down")
+
+    second = ServerProcess(data_dir, TOKEN)
+    api = Api(second.url, TOKEN, "default")
+    try:
+        assert api.data("listJobs") == {"chatty": {"type": "JuliaBatch"}}
+        status = api.status("JuliaBatch", "chatty")
+        assert status["phase"] == "running"
+        assert status["restarts"] == {}
+        assert psutil.pid_exists(pid)
+        api.wait_lines("JuliaBatch", "chatty", 600, stream="stdout")
+        (volume / "finish").touch()
+        status = api.wait_done("JuliaBatch", "chatty")
+        assert status["phase"] == "succeeded"
+        assert status["exit_codes"] == {"master": 0}
+
+        expected_out = [f"line {i}" for i in range(1, 601)] + ["no newline at the end"]
+        assert api.lines("JuliaBatch", "chatty", stream="stdout") == expected_out
+        assert api.lines("JuliaBatch", "chatty", stream="stderr") == [
+            f"err {i}" for i in range(50, 601, 50)
+        ]
+        query = {"jruntok": encode_token(TOKEN), "jrunns": "default", "name": "chatty"}
+        with api.http.stream("GET", "/streamLogs/JuliaBatch/", params=query) as response:
+            items = [json.loads(line) for line in response.iter_lines() if line]
+        assert [item["cursor"] for item in items[:-1]] == list(range(1, 614))
+        assert items[-1] == {"end": True, "cursor": 613, "phase": "succeeded"}
+    finally:
+        api.close()
+        second.stop()
+
+
+def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
+    """A job whose process vanished while the server was down is reported lost, with a reason."""
+    volume = _volume(data_dir)
+    write_script(volume, "chatty.py", CHATTY)
+    first = ServerProcess(data_dir, TOKEN)
+    api = Api(first.url, TOKEN, "default")
+    try:
+        api.data(
+            "submitJob", "JuliaBatch", name="victim", start_script="chatty.py", run_volume="work"
+        )
+        api.wait_lines("JuliaBatch", "victim", 1)
+    finally:
+        api.close()
+        first.kill()
+    child = psutil.Process(int((volume / "chatty.pid").read_text()))
+    launcher = child.parent()
+    assert launcher is not None
+    for proc in (launcher, child):
+        proc.kill()
+    psutil.wait_procs([launcher, child], timeout=10)
+
+    second = ServerProcess(data_dir, TOKEN)
+    api = Api(second.url, TOKEN, "default")
+    try:
+        status = api.wait_done("JuliaBatch", "victim")
+        assert status["phase"] == "lost"
+        assert status["failed"] is True
+        assert "without reporting an exit code" in status["message"]
+        assert api.lines("JuliaBatch", "victim")[0] == "line 1"
+    finally:
+        api.close()
+        second.stop()
+
+
+def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path) -> None:
+    """SIGTERM stops the server but not its jobs; the next server finishes them normally."""
+    volume = _volume(data_dir)
+    write_script(volume, "chatty.py", CHATTY)
+    first = ServerProcess(data_dir, TOKEN)
+    api = Api(first.url, TOKEN, "default")
+    try:
+        api.data(
+            "submitJob", "JuliaBatch", name="calm", start_script="chatty.py", run_volume="work"
+        )
+        api.wait_lines("JuliaBatch", "calm", 1)
+    finally:
+        api.close()
+        first.stop()
+    assert psutil.pid_exists(int((volume / "chatty.pid").read_text()))
+    second = ServerProcess(data_dir, TOKEN, "--stop-jobs")
+    api = Api(second.url, TOKEN, "default")
+    try:
+        (volume / "finish").touch()
+        assert api.wait_done("JuliaBatch", "calm")["phase"] == "succeeded"
+        assert len(api.lines("JuliaBatch", "calm", stream="stdout")) == 601
+    finally:
+        api.close()
+        second.stop()
