@@ -1,0 +1,90 @@
+"""3. Log throughput: ``tail_logs(follow=False)`` over a finished job's whole log.
+
+- the wire floor: the same ``streamLogs`` request with bare httpx, bytes read and
+  newlines counted, nothing parsed;
+- ours: the stream path of ``tail_logs`` (every line parsed into a ``LogLine``);
+- the polling path (``mode="poll"``): ``tailJob`` windows, as against a plain JuliaRun
+  server.  Its window is capped (``MAX_POLL_WINDOW``), so on a log longer than that it
+  yields only the newest lines and warns of the gap; the row says how many it yielded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+
+from juliarun_aio import Context, JuliaBatch
+from juliarun_aio._logs import LogGapWarning
+
+from ._support import Row, ServerProcess, Sizes, bare_client, bulk_log, fmt_rate, median
+
+
+async def wire_lines(ctx: Context, job: JuliaBatch) -> int:
+    """Read the job's whole ``streamLogs`` body with bare httpx; return its newline count."""
+    url = ctx.build_url("streamLogs", job.ref, {"cursor": "0", "follow": "false"})
+    lines = 0
+    async with bare_client() as client, client.stream("GET", url) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_bytes():
+            lines += chunk.count(b"\n")
+    return lines - 1  # the end marker
+
+
+async def sdk_lines(ctx: Context, job: JuliaBatch, mode: str = "auto") -> int:
+    lines = 0
+    tail = ctx.tail_logs(job, follow=False, mode=mode)  # type: ignore[arg-type]
+    async with contextlib.aclosing(tail):
+        async for _ in tail:
+            lines += 1
+    return lines
+
+
+async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
+    async with server.context() as ctx:
+        job = await bulk_log(server, ctx, sizes.log_lines)
+        small = await bulk_log(server, ctx, sizes.small_log_lines)
+        # Warm up: imports, the path choice, connections, the server's page cache.
+        await wire_lines(ctx, small)
+        await sdk_lines(ctx, small)
+        await sdk_lines(ctx, small, "poll")
+        floors, streams, polls = [], [], []
+        polled = 0
+        gap = False
+        for _ in range(sizes.log_repeats):
+            started = time.perf_counter()
+            count = await wire_lines(ctx, job)
+            floors.append(count / (time.perf_counter() - started))
+            assert count == sizes.log_lines, count
+            started = time.perf_counter()
+            count = await sdk_lines(ctx, job)
+            streams.append(count / (time.perf_counter() - started))
+            assert count == sizes.log_lines, count
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", LogGapWarning)
+                started = time.perf_counter()
+                polled = await sdk_lines(ctx, job, "poll")
+                polls.append(polled / (time.perf_counter() - started))
+            gap = any(issubclass(w.category, LogGapWarning) for w in caught)
+    f, s, p = median(floors), median(streams), median(polls)
+    coverage = f"{polled:,} of {sizes.log_lines:,} lines" + ("; gap warned" if gap else "")
+    return [
+        Row(
+            f"3. log throughput: {sizes.log_lines:,} lines, stream path",
+            f"bare httpx bytes {fmt_rate(f, 'lines')}",
+            f"tail_logs {fmt_rate(s, 'lines')}",
+            s / f,
+            ">= 0.5",
+            s / f >= 0.5,
+            {"floor_lines_per_s": f, "stream_lines_per_s": s},
+        ),
+        Row(
+            f"3b. log throughput: {sizes.log_lines:,} lines, polling path",
+            f"bare httpx bytes {fmt_rate(f, 'lines')}",
+            f"tail_logs(mode='poll') {fmt_rate(p, 'lines')} ({coverage})",
+            p / f,
+            "report",
+            None,
+            {"poll_lines_per_s": p, "poll_lines": polled},
+        ),
+    ]

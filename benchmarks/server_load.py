@@ -1,0 +1,86 @@
+"""8. The server: ``getJobStatus`` latency with many live jobs, and submit throughput.
+
+A fresh server process of its own.  Latency is measured with a bare pooled httpx client
+(so it is the server's, not the SDK's), as the median of sequential calls for one probe
+job: first with no other job, then after ``short_jobs`` short jobs were submitted (one
+after another through ``Context.submit_job``, timed: jobs/s) and ``live_jobs`` jobs that
+keep running were started.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._support import (
+    Row,
+    Sizes,
+    bare_client,
+    fmt_ms,
+    median,
+    server_process,
+    wait_finished,
+    wait_running,
+)
+
+#: The calls are timed in this many blocks; the median block is reported.
+BLOCKS = 5
+
+
+async def _status_latency(url: str, calls: int, warmup: int) -> float:
+    async with bare_client() as client:
+        for _ in range(warmup):
+            (await client.get(url)).raise_for_status()
+        blocks = []
+        for _ in range(BLOCKS):
+            started = time.perf_counter()
+            for _ in range(calls // BLOCKS):
+                (await client.get(url)).raise_for_status()
+            blocks.append((time.perf_counter() - started) / (calls // BLOCKS))
+    return median(blocks)
+
+
+async def run(sizes: Sizes) -> list[Row]:
+    with server_process() as server:
+        async with server.context() as ctx:
+            probe = server.sleep_job("probe")
+            await ctx.submit_job(probe)
+            await wait_running(ctx, [probe])
+            url = str(ctx.build_url("getJobStatus", probe.ref, {}))
+            idle = await _status_latency(url, sizes.status_calls, sizes.warmup)
+
+            short = [server.short_job(f"short-{i}") for i in range(sizes.short_jobs)]
+            started = time.perf_counter()
+            for job in short:
+                await ctx.submit_job(job)
+            submit_rate = len(short) / (time.perf_counter() - started)
+            for job in short:
+                await wait_finished(ctx, job)
+
+            live = [server.sleep_job(f"live-{i}") for i in range(sizes.live_jobs)]
+            started = time.perf_counter()
+            for job in live:
+                await ctx.submit_job(job)
+            live_submit_rate = len(live) / (time.perf_counter() - started)
+            await wait_running(ctx, live)
+            busy = await _status_latency(url, sizes.status_calls, sizes.warmup)
+    ratio = busy / idle
+    return [
+        Row(
+            f"8. server: getJobStatus latency, {sizes.live_jobs} live jobs",
+            f"no other job {fmt_ms(idle)}",
+            f"{sizes.live_jobs} live jobs {fmt_ms(busy)}",
+            ratio,
+            "<= 2",
+            ratio <= 2,
+            {"idle_s": idle, "busy_s": busy},
+        ),
+        Row(
+            f"8b. server: submit throughput, {sizes.short_jobs} short jobs",
+            f"status call {1 / idle:.0f} calls/s",
+            f"submitJob {submit_rate:.1f} jobs/s (live jobs: {live_submit_rate:.1f} jobs/s)",
+            submit_rate * idle,
+            "report",
+            None,
+            {"submit_per_s": submit_rate, "live_submit_per_s": live_submit_rate},
+        ),
+    ]
