@@ -1,0 +1,27 @@
+"""The benchmark harness still runs: every measure of the quick size produces numbers."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import anyio
+import pytest
+
+from benchmarks._runner import ALL, format_table, run_benchmarks
+from benchmarks._support import QUICK
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_produce_numbers() -> None:
+    """Each of the eight measures yields rows of finite numbers and leaves no files behind."""
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("juliarun-bench-*"))
+    rows = anyio.run(run_benchmarks, QUICK, ALL)
+    assert {row.measure.split(".")[0].rstrip("b") for row in rows} == {str(n) for n in ALL}
+    for row in rows:
+        assert row.numbers, row.measure
+        assert all(math.isfinite(value) for value in row.numbers.values()), row
+    assert len(format_table(rows).splitlines()) >= len(rows) + 2
+    assert set(temp.glob("juliarun-bench-*")) == before
