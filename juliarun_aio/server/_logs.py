@@ -288,11 +288,14 @@ class JobLog:
 
     def _append(self, source: _Source, lines: list[bytes], offset: int) -> None:
         first = self._last + 1
-        prefix, quote = source.prefix, encode_basestring_ascii
+        prefix = source.prefix
+        # One decode for the batch ("\n" never occurs inside a UTF-8 sequence).
+        texts = b"\n".join(lines).decode("utf-8", "replace").split("\n")
+        quoted = map(encode_basestring_ascii, texts)
         encoded = "".join(
             [
-                f'{{"cursor":{cursor}{prefix}{quote(line.decode("utf-8", "replace"))}}}\n'
-                for cursor, line in enumerate(lines, first)
+                f'{{"cursor":{cursor}{prefix}{text}}}\n'
+                for cursor, text in zip(range(first, first + len(texts)), quoted)
             ]
         ).encode("ascii")
         end = self._size + len(encoded)
