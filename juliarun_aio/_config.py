@@ -95,7 +95,7 @@ def secret_forms(raw: str) -> tuple[str, ...]:
 
 
 class _RedactingFilter(logging.Filter):
-    """Rewrites records of the ``httpx`` logger, which prints request URLs in full."""
+    """Rewrites records of the httpx and httpcore loggers, which print request URLs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -107,10 +107,22 @@ class _RedactingFilter(logging.Filter):
 
 _FILTER = _RedactingFilter()
 
+# A logger's filters see only the records logged to that very logger, not those of its
+# children, so each logger httpx and httpcore log to is listed.
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
 
 def install_log_redaction() -> None:
-    """Make the ``httpx`` logger drop ``jruntok`` values from its records (idempotent)."""
-    for name in ("httpx", "httpcore"):
+    """Make the httpx and httpcore loggers drop ``jruntok`` values (idempotent)."""
+    for name in _HTTP_LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
@@ -164,7 +176,13 @@ class TokenSource:
                 stat = None
             if stat is not None and (stat.st_ino, stat.st_size, stat.st_mtime_ns) != self._stamp:
                 with self._lock:
-                    self._reload()
+                    try:
+                        self._reload()
+                    except ConfigurationError:
+                        # Caught mid-rewrite (empty, or briefly unreadable): keep the
+                        # token we have; the stamp is unchanged, so the next call retries.
+                        if self._token is None:
+                            raise
         assert self._token is not None
         return self._token
 
@@ -228,7 +246,10 @@ def resolve_config(
             "no JuliaRun URL: pass url=... or set JRUN_URL (e.g. http://127.0.0.1:8080; "
             "start a local server with `juliarun server`)"
         )
-    parsed = httpx.URL(url)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigurationError(f"invalid JuliaRun URL {url!r}: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigurationError(f"JuliaRun URL must be http(s)://host[:port], got {url!r}")
     if parsed.query:

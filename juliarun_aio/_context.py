@@ -58,6 +58,9 @@ DEFAULT_RETRY: Final = RetryPolicy()
 
 _T = TypeVar("_T")
 
+#: How much of a plain-text error body goes into an exception message.
+_MAX_MESSAGE = 500
+
 
 class _Unset:
     """Tells "not given" from ``None``."""
@@ -137,6 +140,8 @@ class Context:
         self._closed = False
         self._secrets: tuple[str, ...] = ()
         self._token_seen: str | None = None
+        # Known from the start, so that even an error before the first request is clean.
+        self._token_param()
         self._features: dict[str, Any] = {}
         install_log_redaction()
 
@@ -241,9 +246,9 @@ class Context:
     ) -> errors.TransportError:
         """Translate an httpx error, in this one place, with the credential removed."""
         # httpx puts the URL into some messages; scrub the original too, since it is
-        # kept as __cause__ and printed in tracebacks.
-        detail = self.redact(str(exc)) or type(exc).__name__
-        exc.args = (detail,)
+        # kept as __cause__ and printed in tracebacks, and so is whatever it chains to.
+        self._scrub_chain(exc)
+        detail = str(exc) or type(exc).__name__
         cls = (
             errors.TimeoutError
             if isinstance(exc, httpx.TimeoutException)
@@ -256,10 +261,38 @@ class Context:
         )
         return cls(message, verb=verb, job=job.name if job else None, attempts=attempts)
 
+    def _scrub_chain(self, exc: BaseException) -> None:
+        """Redact ``exc`` and the exceptions it was raised from (or during), in place.
+
+        Their messages lose the credential, and an httpx error's ``request`` (whose URL
+        carries ``jruntok``) is replaced by a copy with the credential removed.
+        """
+        seen: set[int] = set()
+        link: BaseException | None = exc
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            text = str(link)
+            clean = self.redact(text)
+            if clean != text:
+                link.args = (clean,)
+            if isinstance(link, httpx.HTTPError):
+                try:
+                    request = link.request
+                except RuntimeError:  # httpx raises this when no request is attached
+                    pass
+                else:
+                    link.request = httpx.Request(request.method, self.redact(str(request.url)))
+            link = link.__cause__ or link.__context__
+
+    def _excerpt(self, value: object) -> str:
+        """Quote ``value`` for a message: credentials removed first, then cut short."""
+        return _shorten(self.redact(repr(value)), 200)
+
     def _api_error(
         self, verb: str, job: JobRef | None, status: int, code: int | None, message: str
     ) -> errors.ApiError:
-        message = self.redact(message)
+        # A proxy's error page can be long; its start says what happened.
+        message = _shorten(self.redact(message), _MAX_MESSAGE)
         cls = errors.api_error_class(status, message)
         hint = errors.hint_for(cls)
         text = f"server answered {status}" + (f" (code {code})" if code is not None else "")
@@ -282,24 +315,24 @@ class Context:
             body: Any = response.json()
         except ValueError:
             body = None
-            text = self.redact(response.text.strip())
+            text = response.text.strip()
         else:
             text = ""
         envelope = isinstance(body, dict) and "code" in body
         if 200 <= status <= 206:
             if not envelope:
+                shown = self._excerpt(body if body is not None else response.text)
                 raise errors.ResponseError(
-                    "expected a {code, data} envelope, got "
-                    + (excerpt(body) if body is not None else excerpt(text)),
+                    f"expected a {{code, data}} envelope, got {shown}",
                     verb=verb,
                     job=job.name if job else None,
                     status_code=status,
-                    body=excerpt(body if body is not None else text),
+                    body=shown,
                 )
-            code = body.get("code")
+            code = _code(body.get("code"))
             if code == 0:
                 return body.get("data")
-            raise self._api_error(verb, job, status, _code(code), _message(body.get("data")))
+            raise self._api_error(verb, job, status, code, _message(body.get("data")))
         if envelope:
             raise self._api_error(
                 verb, job, status, _code(body.get("code")), _message(body.get("data"))
@@ -368,9 +401,11 @@ class Context:
                             raise _AmbiguousWriteError(exc) from None
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 except errors.ResponseError as exc:
+                    # A 2xx answer we cannot read: a write probably applied, so settle it
+                    # by a read; a read would only get the same answer again.
                     if not idempotent:
                         raise _AmbiguousWriteError(exc) from None
-                    error, cause, retryable, retry_after = exc, None, True, None
+                    raise
             delay = (
                 next_delay(
                     retry,
@@ -600,7 +635,7 @@ class Context:
         Raises:
             ValueError: ``parallelism`` is negative.
         """
-        if isinstance(parallelism, bool) or parallelism < 0:
+        if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
             raise ValueError(f"parallelism must be a non-negative int, got {parallelism!r}")
         ref = job.ref
 
@@ -653,12 +688,15 @@ class Context:
         try:
             return reader(data)
         except ValueError as exc:
-            raise errors.ResponseError(
-                f"unexpected {verb} answer: {self.redact(str(exc))}",
-                verb=verb,
-                job=job.name if job else None,
-                body=excerpt(data),
-            ) from None
+            problem = self.redact(str(exc))
+        # Raised outside the handler so that the unredacted ValueError is not kept as
+        # __context__ (``from None`` only hides it from tracebacks).
+        raise errors.ResponseError(
+            f"unexpected {verb} answer: {problem}",
+            verb=verb,
+            job=job.name if job else None,
+            body=self._excerpt(data),
+        )
 
     # -- long-running helpers (implemented in _logs.py and _watch.py) -----------------
 
@@ -698,10 +736,7 @@ class Context:
         Raises:
             JobNotFoundError: the job was deleted while tailed.
             WaitTimeoutError: the job did not appear within ``start_timeout``.
-            TransportError: the stream stayed down for the retry policy's total timeout.
-
-        Warns:
-            LogGapWarning: polled lines may have been missed.
+            LogGapWarning: (a warning) polled lines may have been missed.
         """
         return _logs.tail_logs(
             self,
@@ -809,7 +844,11 @@ def _code(value: object) -> int | None:
 def _message(value: object) -> str:
     if value is None:
         return ""
-    return value if isinstance(value, str) else excerpt(value, 500)
+    return value if isinstance(value, str) else repr(value)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_timeout(value: float | httpx.Timeout) -> httpx.Timeout:
