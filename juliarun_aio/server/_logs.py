@@ -293,10 +293,7 @@ class JobLog:
         texts = b"\n".join(lines).decode("utf-8", "replace").split("\n")
         quoted = map(encode_basestring_ascii, texts)
         encoded = "".join(
-            [
-                f'{{"cursor":{cursor}{prefix}{text}}}\n'
-                for cursor, text in zip(range(first, first + len(texts)), quoted)
-            ]
+            [f'{{"cursor":{cursor}{prefix}{text}}}\n' for cursor, text in enumerate(quoted, first)]
         ).encode("ascii")
         end = self._size + len(encoded)
         entry = {"c": first, "n": len(lines), "b": self._size, "e": end, "o": {source.key: offset}}

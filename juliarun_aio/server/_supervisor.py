@@ -210,12 +210,14 @@ class Engine:
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.supervise_interval):
-            try:
-                with self._lock:
-                    for job in list(self._jobs.values()):
+            with self._lock:
+                for job in list(self._jobs.values()):
+                    try:
                         self._supervise(job)
-            except Exception:
-                logger.exception("supervising jobs failed")
+                    except Exception:
+                        logger.exception(
+                            "supervising job %s/%s failed", job.row.namespace, job.row.name
+                        )
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -277,7 +279,8 @@ class Engine:
         job.log.add_source(f"{slot.key}.err", stream="stderr", proc=slot.label)
 
     def _token(self, namespace: str) -> str:
-        return self.config.tokens[namespace]
+        # Empty when the namespace lost its token in the configuration since submission.
+        return self.config.tokens.get(namespace, "")
 
     def _start(self, job: _Job, slot: _Slot) -> None:
         """Start a process in ``slot``; on failure record why (and fail the job if fatal)."""

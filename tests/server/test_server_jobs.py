@@ -268,3 +268,19 @@ def test_pkg_builder_runs_builder_script(api: Api, volume: Path) -> None:
     )
     assert api.wait_done("PkgBuilder", "pkg")["phase"] == "succeeded"
     assert api.lines("PkgBuilder", "pkg") == ["True"]
+
+
+def test_service_runs_the_installed_program(api: Api, volume: Path, tmp_path: Path) -> None:
+    """A Webserver job runs the nginx found on PATH with -c cfg_file, in the foreground."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_script(bin_dir, "nginx", f"#!{sys.executable}\nimport sys\nprint(sys.argv[1:])\n")
+    (volume / "site.conf").write_text("events {}\n")
+    env = json.dumps({"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    api.data(
+        "submitJob", "Webserver", name="web", run_volume="work", cfg_file="site.conf", envvars=env
+    )
+    assert api.wait_done("Webserver", "web")["phase"] == "succeeded"
+    assert api.lines("Webserver", "web") == [
+        str(["-c", str(volume.resolve() / "site.conf"), "-g", "daemon off;"])
+    ]

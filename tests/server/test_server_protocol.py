@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_support import FAST, Api, encode_token, write_script
 
-from juliarun_aio.server import LocalServer
+from juliarun_aio.server import Engine, LocalServer
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
 
@@ -244,3 +244,21 @@ def test_replay_of_juliarunclient_requests(server: LocalServer, volume: Path) ->
     finally:
         client.close()
         helper.close()
+
+
+def test_unexpected_errors_are_500_and_the_server_survives(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside a verb answers a 500 envelope; later requests work."""
+
+    def broken(self: Engine, namespace: str) -> dict[str, object]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Engine, "list_jobs", broken)
+    response = api.get("listJobs")
+    assert response.status_code == 500
+    body = response.json()
+    assert body["code"] == 500
+    assert "boom" not in body["data"]
+    monkeypatch.undo()
+    assert api.data("listJobs") == {}

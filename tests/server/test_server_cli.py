@@ -1,0 +1,62 @@
+"""The command line: credentials generated once and reused, configuration files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from juliarun_aio.server._config import ConfigError, parse_token_flag, read_tokens_file
+
+
+def _start(data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JRUN_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "juliarun_aio.server", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(5)]
+    return proc, lines
+
+
+def test_generated_token_is_stored_private_and_reused(tmp_path: Path) -> None:
+    """Without credentials the server generates a token (0600 file), prints exports, reuses it."""
+    data_dir = tmp_path / "data"
+    exports: list[list[str]] = []
+    for _ in range(2):
+        proc, lines = _start(data_dir)
+        try:
+            assert lines[0].startswith("JuliaRun server listening on http://127.0.0.1:")
+            exports.append([line for line in lines if line.startswith("export JRUN_TOKEN=")])
+            assert any(line.startswith("export JRUN_NAMESPACE=default") for line in lines)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    credentials = data_dir / "credentials.json"
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    token = json.loads(credentials.read_text())["default"]
+    assert exports[0] == exports[1] == [f"export JRUN_TOKEN={token}\n"]
+
+
+def test_token_files_and_flags(tmp_path: Path) -> None:
+    """JSON and TOML token files and NS=TOKEN flags are read; bad ones are refused clearly."""
+    (tmp_path / "tokens.json").write_text('{"team-a": "secret-a"}')
+    (tmp_path / "tokens.toml").write_text('team-b = "secret-b"\n')
+    assert read_tokens_file(tmp_path / "tokens.json") == {"team-a": "secret-a"}
+    assert read_tokens_file(tmp_path / "tokens.toml") == {"team-b": "secret-b"}
+    assert parse_token_flag("ns=a=b") == ("ns", "a=b")
+    (tmp_path / "bad.json").write_text('{"Bad_NS": "x"}')
+    with pytest.raises(ConfigError, match="namespace"):
+        read_tokens_file(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="NAMESPACE=TOKEN"):
+        parse_token_flag("just-a-token")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_tokens_file(tmp_path / "missing.json")
