@@ -11,12 +11,13 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ._errors import ConfigurationError
+from ._errors import ApiError, ConfigurationError
 from ._jobs import JobRef
 from ._models import JobScale
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._watch import PollPolicy
 
 __all__ = ["initialize_cluster", "release_cluster", "self_job"]
 
@@ -42,7 +43,11 @@ def self_job(env: Mapping[str, str] | None = None) -> JobRef:
 
 
 async def initialize_cluster(
-    ctx: Context, n: int, *, timeout: float = DEFAULT_CLUSTER_TIMEOUT
+    ctx: Context,
+    n: int,
+    *,
+    timeout: float = DEFAULT_CLUSTER_TIMEOUT,
+    poll: PollPolicy | None = None,
 ) -> JobScale:
     """Scale the current job to ``n`` workers and wait until ``n`` are running.
 
@@ -50,16 +55,26 @@ async def initialize_cluster(
         ctx: The Context to use (``Context()`` works inside a job).
         n: The number of workers wanted.
         timeout: Seconds to wait for the workers.
+        poll: How often to poll the scale (default: the watchers' default rhythm).
 
     Returns:
         The scale once at least ``n`` workers run.
 
     Raises:
+        ConfigurationError: not running inside a JuliaRun job.
+        ApiError: the server refused the new scale (it answered ``false``), so there is
+            nothing to wait for.
         WaitTimeoutError: fewer than ``n`` workers ran within ``timeout``.
     """
     job = self_job()
-    await ctx.set_job_scale(job, n)
-    return await ctx.wait_for_scale(job, n, timeout=timeout)
+    if not await ctx.set_job_scale(job, n):
+        raise ApiError(
+            f"the server refused to scale job {job.name!r} to {n} worker(s); check that "
+            f"{job.kind} jobs can be scaled and that the namespace has room",
+            verb="setJobScale",
+            job=job.name,
+        )
+    return await ctx.wait_for_scale(job, n, timeout=timeout, poll=poll)
 
 
 async def release_cluster(ctx: Context) -> bool:
