@@ -1,0 +1,171 @@
+"""Lifecycle: the server killed with SIGKILL while jobs run loses nothing and lies about nothing."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import anyio
+import pytest
+from reliability_support import (
+    ServerProcess,
+    free_port,
+    record,
+    scaled,
+    wait_until,
+    write_script,
+)
+
+from juliarun_aio import Context, JobSpec, JuliaBatch, JuliaParBatchWorkers, LogLine
+from juliarun_aio._watch import PollPolicy
+
+#: Each writer prints LINES long lines, one ``os.write`` per line, pausing now and then so
+#: that the server is killed while they write.
+WRITER = """\
+import os, subprocess, sys, time
+LINES = {lines}
+
+def size(i):
+    return 1000 + (i * 7919) % {spread}
+
+def write(who, fd):
+    for i in range(LINES):
+        fill = "abcdefghij"[i % 10] * size(i)
+        os.write(fd, f"{{who}}:{{i}}:{{fill}}:{{i}}:end\\n".encode())
+        if i % 10 == 9:
+            time.sleep({pause})
+
+if len(sys.argv) > 1:
+    write(sys.argv[1], 1)
+    sys.exit(0)
+me = os.environ["JRUN_NAME"] + "-" + os.environ["JRUN_PROC"]
+children = [
+    subprocess.Popen([sys.executable, __file__, f"{{me}}-child{{k}}"]) for k in range({children})
+]
+write(me + "-err", 2) if os.environ["JRUN_PROC"] != "master" else None
+write(me, 1)
+sys.exit(max(child.wait() for child in children) if children else 0)
+"""
+LINE = re.compile(r"(?P<who>[a-z0-9-]+):(?P<i>[0-9]+):(?P<fill>[a-j]*):(?P=i):end")
+POLL = PollPolicy(initial=0.05, maximum=0.2)
+
+
+def _size(i: int, spread: int) -> int:
+    return 1000 + (i * 7919) % spread
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_sigkill_while_jobs_run_loses_no_line_and_keeps_true_states(
+    tmp_path: Path,
+) -> None:
+    """Lifecycle: after SIGKILLs mid-write, records, states and logs are complete and whole."""
+    lines = scaled(150, 20)
+    spread = 60_000
+    data_dir = tmp_path / "data"
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(
+        volume, "writer.py", WRITER.format(lines=lines, spread=spread, pause=0.15, children=2)
+    )
+    write_script(
+        volume, "unit.py", WRITER.format(lines=lines, spread=spread, pause=0.15, children=0)
+    )
+    write_script(volume, "sleeper.py", "import time\ntime.sleep(4)\nprint('slept well')\n")
+    write_script(volume, "failer.py", "import sys, time\ntime.sleep(3)\nsys.exit(3)\n")
+    write_script(volume, "early.py", "print('early bird')\n")
+    jobs: dict[str, JobSpec] = {
+        "early": JuliaBatch(name="early", start_script="early.py", run_volume="work"),
+        "writer": JuliaBatch(name="writer", start_script="writer.py", run_volume="work"),
+        "units": JuliaParBatchWorkers(
+            name="units", start_script="unit.py", run_volume="work", nworkers=2
+        ),
+        "sleeper": JuliaBatch(name="sleeper", start_script="sleeper.py", run_volume="work"),
+        "failer": JuliaBatch(name="failer", start_script="failer.py", run_volume="work"),
+    }
+    token = "crash-test-token"
+    port = free_port()
+    server = ServerProcess(data_dir, port, {"default": token})
+    kills = 0
+    try:
+        async with Context(server.url, token, "default", timeout=10.0) as ctx:
+            await ctx.submit_job(jobs["early"])
+            with anyio.fail_after(30):
+                await ctx.wait_for_job(jobs["early"], poll=POLL)
+            for name in ("writer", "units", "sleeper", "failer"):
+                await ctx.submit_job(jobs[name])
+            # Kill while the writers are busy, then again while the new server catches up.
+            combined = data_dir / "namespaces" / "default" / "jobs" / "writer" / "logs"
+            await anyio.to_thread.run_sync(
+                lambda: wait_until(
+                    lambda: _size_of(combined / "combined.ndjson") > 2_000_000, 30, "2 MB of log"
+                )
+            )
+            server.kill()
+            kills += 1
+            await anyio.sleep(0.5)
+            server.start()
+            server.kill()
+            kills += 1
+            server.start()
+            finals = {}
+            with anyio.fail_after(60):
+                for name, spec in jobs.items():
+                    finals[name] = await ctx.wait_for_job(spec, poll=POLL)
+            info = await ctx.get_all_job_info()
+            logs: dict[str, list[LogLine]] = {}
+            for name, spec in jobs.items():
+                logs[name] = [line async for line in ctx.tail_logs(spec, follow=False)]
+    finally:
+        server.stop()
+
+    # States are true.
+    assert set(info) == set(jobs)
+    assert finals["early"].succeeded
+    assert finals["writer"].succeeded, finals["writer"]
+    assert finals["units"].succeeded, finals["units"]
+    assert finals["sleeper"].succeeded, finals["sleeper"]
+    assert finals["failer"].failed, finals["failer"]
+    assert not finals["failer"].succeeded
+    assert finals["failer"].extra["exit_codes"]["master"] == 3
+    assert [line.text for line in logs["early"]] == ["early bird"]
+    assert [line.text for line in logs["sleeper"]] == ["slept well"]
+
+    # Logs are complete: every writer's lines once, in order, none cut or interleaved.
+    delivered = 0
+    for name in ("writer", "units"):
+        seen: dict[str, list[int]] = defaultdict(list)
+        cursors = [line.cursor for line in logs[name]]
+        assert cursors == list(range(1, len(cursors) + 1))
+        for line in logs[name]:
+            match = LINE.fullmatch(line.text)
+            assert match is not None, (
+                f"{name}: damaged line {line.text[:80]!r}...{line.text[-40:]!r}"
+            )
+            i = int(match["i"])
+            assert match["fill"] == "abcdefghij"[i % 10] * _size(i, spread), f"{name}: line {i}"
+            seen[match["who"]].append(i)
+        expected_writers = (
+            {"writer-master", "writer-master-child0", "writer-master-child1"}
+            if name == "writer"
+            else {f"units-worker-{k}{suffix}" for k in (1, 2) for suffix in ("", "-err")}
+        )
+        assert set(seen) == expected_writers
+        for who, numbers in seen.items():
+            assert numbers == list(range(lines)), f"{who}: {len(numbers)} lines, out of order?"
+        delivered += len(logs[name])
+    record(
+        "sigkill while jobs run",
+        server_kills=kills,
+        jobs=len(jobs),
+        long_lines_checked=delivered,
+        log_bytes=sum(len(line.text) + 1 for name in logs for line in logs[name]),
+    )
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
