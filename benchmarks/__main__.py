@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
 import time
 
@@ -34,12 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
 
+    # Stopped with SIGTERM, unwind as for Ctrl-C: the server and its jobs are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
 
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:5.0f} s] {message}", file=sys.stderr, flush=True)
 
-    rows = anyio.run(run_benchmarks, sizes, args.only, progress)
+    try:
+        rows = anyio.run(run_benchmarks, sizes, args.only, progress)
+    except KeyboardInterrupt:
+        sys.exit("interrupted; the server and its jobs were stopped")
     elapsed = time.monotonic() - started
     print(format_table(rows, markdown=args.markdown))
     print(

@@ -78,6 +78,7 @@ class Sizes:
     naive_calls: int
     repeats: int
     concurrent_calls: int
+    concurrent_repeats: int
     concurrency: int
     log_lines: int
     small_log_lines: int
@@ -95,10 +96,11 @@ class Sizes:
 
 FULL = Sizes(
     warmup=50,
-    calls=1000,
-    naive_calls=200,
+    calls=200,
+    naive_calls=40,
     repeats=5,
     concurrent_calls=5000,
+    concurrent_repeats=3,
     concurrency=64,
     log_lines=1_000_000,
     small_log_lines=100_000,
@@ -120,6 +122,7 @@ QUICK = Sizes(
     naive_calls=3,
     repeats=1,
     concurrent_calls=128,
+    concurrent_repeats=1,
     concurrency=64,
     log_lines=5_000,
     small_log_lines=1_000,

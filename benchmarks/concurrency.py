@@ -47,7 +47,7 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
         await run_concurrently(floor, max(workers, total // 10), workers)
         await run_concurrently(ours, max(workers, total // 10), workers)
         floors, sdks = [], []
-        for _ in range(sizes.repeats):
+        for _ in range(sizes.concurrent_repeats):
             for call, rates in ((floor, floors), (ours, sdks)):
                 started = time.perf_counter()
                 await run_concurrently(call, total, workers)

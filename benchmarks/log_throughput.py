@@ -2,6 +2,8 @@
 
 - the wire floor: the same ``streamLogs`` request with bare httpx, bytes read and
   newlines counted, nothing parsed;
+- a hand-written peer: the same request with bare httpx, ``aiter_lines`` and
+  ``json.loads`` per line (what parsing costs without the SDK);
 - ours: the stream path of ``tail_logs`` (every line parsed into a ``LogLine``);
 - the polling path (``mode="poll"``): ``tailJob`` windows, as against a plain JuliaRun
   server.  Its window is capped (``MAX_POLL_WINDOW``), so on a log longer than that it
@@ -11,8 +13,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import warnings
+
+import httpx
 
 from juliarun_aio import Context, JuliaBatch
 from juliarun_aio._logs import LogGapWarning
@@ -20,15 +25,29 @@ from juliarun_aio._logs import LogGapWarning
 from ._support import Row, ServerProcess, Sizes, bare_client, bulk_log, fmt_rate, median
 
 
-async def wire_lines(ctx: Context, job: JuliaBatch) -> int:
-    """Read the job's whole ``streamLogs`` body with bare httpx; return its newline count."""
-    url = ctx.build_url("streamLogs", job.ref, {"cursor": "0", "follow": "false"})
+def _url(ctx: Context, job: JuliaBatch) -> httpx.URL:
+    return ctx.build_url("streamLogs", job.ref, {"cursor": "0", "follow": "false"})
+
+
+async def wire_lines(client: httpx.AsyncClient, url: httpx.URL) -> int:
+    """Read a whole ``streamLogs`` body with bare httpx; return its newline count."""
     lines = 0
-    async with bare_client() as client, client.stream("GET", url) as response:
+    async with client.stream("GET", url) as response:
         response.raise_for_status()
         async for chunk in response.aiter_bytes():
             lines += chunk.count(b"\n")
     return lines - 1  # the end marker
+
+
+async def parsed_lines(client: httpx.AsyncClient, url: httpx.URL) -> int:
+    """Read and parse a ``streamLogs`` body by hand; return the log lines seen."""
+    lines = 0
+    async with client.stream("GET", url) as response:
+        response.raise_for_status()
+        async for raw in response.aiter_lines():
+            if "text" in json.loads(raw):
+                lines += 1
+    return lines
 
 
 async def sdk_lines(ctx: Context, job: JuliaBatch, mode: str = "auto") -> int:
@@ -41,20 +60,25 @@ async def sdk_lines(ctx: Context, job: JuliaBatch, mode: str = "auto") -> int:
 
 
 async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
-    async with server.context() as ctx:
+    async with server.context() as ctx, bare_client() as bare:
         job = await bulk_log(server, ctx, sizes.log_lines)
         small = await bulk_log(server, ctx, sizes.small_log_lines)
         # Warm up: imports, the path choice, connections, the server's page cache.
-        await wire_lines(ctx, small)
+        await wire_lines(bare, _url(ctx, small))
+        await parsed_lines(bare, _url(ctx, small))
         await sdk_lines(ctx, small)
         await sdk_lines(ctx, small, "poll")
-        floors, streams, polls = [], [], []
+        floors, peers, streams, polls = [], [], [], []
         polled = 0
         gap = False
         for _ in range(sizes.log_repeats):
             started = time.perf_counter()
-            count = await wire_lines(ctx, job)
+            count = await wire_lines(bare, _url(ctx, job))
             floors.append(count / (time.perf_counter() - started))
+            assert count == sizes.log_lines, count
+            started = time.perf_counter()
+            count = await parsed_lines(bare, _url(ctx, job))
+            peers.append(count / (time.perf_counter() - started))
             assert count == sizes.log_lines, count
             started = time.perf_counter()
             count = await sdk_lines(ctx, job)
@@ -66,7 +90,7 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
                 polled = await sdk_lines(ctx, job, "poll")
                 polls.append(polled / (time.perf_counter() - started))
             gap = any(issubclass(w.category, LogGapWarning) for w in caught)
-    f, s, p = median(floors), median(streams), median(polls)
+    f, h, s, p = median(floors), median(peers), median(streams), median(polls)
     coverage = f"{polled:,} of {sizes.log_lines:,} lines" + ("; gap warned" if gap else "")
     return [
         Row(
@@ -86,5 +110,14 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
             "report",
             None,
             {"poll_lines_per_s": p, "poll_lines": polled},
+        ),
+        Row(
+            f"3c. log throughput: {sizes.log_lines:,} lines, vs hand-written parser",
+            f"httpx aiter_lines + json.loads {fmt_rate(h, 'lines')}",
+            f"tail_logs {fmt_rate(s, 'lines')}",
+            s / h,
+            "report",
+            None,
+            {"hand_parsed_lines_per_s": h},
         ),
     ]

@@ -1,6 +1,6 @@
 """5. Memory: peak RSS growth of a process streaming a job's whole log.
 
-Each measurement is a fresh process (:mod:`benchmarks._memory_child`): bare httpx
+Each measurement is one fresh process (:mod:`benchmarks._memory_child`): bare httpx
 reading the ``streamLogs`` bytes (the floor: the HTTP stack's buffers) and the SDK's
 ``tail_logs(follow=False)``, over the big and the small log.  Flat means the growth
 does not follow the log's size.
@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from ._support import Row, ServerProcess, Sizes, bulk_log, median
+from ._support import Row, ServerProcess, Sizes, bulk_log
 
 MB = 1 << 20
 #: Growth from the small to the big log that still counts as flat.
@@ -40,12 +40,10 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
     async with server.context() as ctx:
         big = await bulk_log(server, ctx, sizes.log_lines)
         small = await bulk_log(server, ctx, sizes.small_log_lines)
-    repeats = max(1, sizes.log_repeats)
     results: dict[tuple[str, int], float] = {}
     for job, lines in ((small, sizes.small_log_lines), (big, sizes.log_lines)):
         for mode in ("bare", "sdk"):
-            values = [_growth(server, job.name, lines, mode) for _ in range(repeats)]
-            results[(mode, lines)] = median(values)
+            results[(mode, lines)] = _growth(server, job.name, lines, mode)
     bare = results[("bare", sizes.log_lines)]
     ours = results[("sdk", sizes.log_lines)]
     ours_small = results[("sdk", sizes.small_log_lines)]
