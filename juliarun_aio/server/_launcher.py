@@ -61,6 +61,20 @@ def run(argv: list[str]) -> int:
         if memory is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
+    child: subprocess.Popen[bytes] | None = None
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if child is None:
+            received.append(signum)  # delivered as soon as the program exists
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    # Installed before the program starts, so that no signal can kill the launcher alone
+    # and leave the program running unobserved.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     try:
         child = subprocess.Popen(args.command, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
     except FileNotFoundError:
@@ -71,13 +85,8 @@ def run(argv: list[str]) -> int:
         print(f"juliarun: cannot run {args.command[0]!r}: {exc.strerror}", file=sys.stderr)
         _write_exit_file(args.exit_file, EXIT_NOT_EXECUTABLE)
         return EXIT_NOT_EXECUTABLE
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for signum in received:
+        forward(signum, None)
     code = child.wait()
     _write_exit_file(args.exit_file, code)
     return code if code >= 0 else 128 - code

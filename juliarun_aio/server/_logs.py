@@ -161,17 +161,11 @@ class JobLog:
         """True once the job is complete and every line of it is in the log."""
         return self._finished
 
-    @property
-    def closed(self) -> bool:
-        """True once the log was closed (job deleted or server stopping)."""
-        return self._closed
-
     def snapshot(self) -> tuple[int, int]:
         """Return ``(last cursor, byte size)`` of the combined log, consistently."""
         with self._lock:
             return self._last, self._size
 
-    @property
     def readable(self) -> bool:
         """False once streams of this log should end (log closed or readers released)."""
         return not (self._closed or self._released)
@@ -319,12 +313,14 @@ class JobLog:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if self._last > after or self._finished or not self.readable:
+            if self._last > after or self._finished or not self.readable():
                 return
             self._waiters.append((loop, future))
         try:
             await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
+            pass
+        finally:
             with self._lock:
                 if (loop, future) in self._waiters:
                     self._waiters.remove((loop, future))
@@ -436,13 +432,18 @@ async def stream_log(
     byte_pos: int | None = None
     limit = log.snapshot() if not follow else None
     last_sent = time.monotonic()
-    while log.readable:
+    while log.readable():
         finished, phase = log.finished, log.phase
         last, size = limit or log.snapshot()
         if pos < last:
-            if byte_pos is None:
-                byte_pos = await asyncio.to_thread(log.offset_of, pos + 1)
-            data = await asyncio.to_thread(log.read, byte_pos, size)
+            try:
+                if byte_pos is None:
+                    byte_pos = await asyncio.to_thread(log.offset_of, pos + 1)
+                data = await asyncio.to_thread(log.read, byte_pos, size)
+            except OSError:
+                if log.readable():
+                    raise
+                return  # the log was closed under us (job deleted)
             byte_pos += len(data)
             pos += data.count(b"\n")
             if marker is not None:

@@ -132,7 +132,9 @@ class Process:
             if returncode is None:
                 return None
             code = _read_exit_file(self.exit_path)
-            if code is None:  # the launcher itself was killed
+            if code is None:
+                # The launcher itself was killed: do not leave its program behind.
+                _kill_session(self.pid)
                 code = returncode
             return ExitInfo(code, describe_exit(code))
         code = _read_exit_file(self.exit_path)

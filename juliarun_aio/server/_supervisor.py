@@ -664,8 +664,7 @@ class Engine:
         """
         with self._lock:
             job = self._job(namespace, kind, name)
-            running = any(slot.process is not None for slot in job.slots.values())
-            if not force and (not job.terminal or running):
+            if not force and not job.terminal:
                 raise _conflict(
                     f"job {job.row.name!r} is incomplete ({job.row.phase}); pass force=true "
                     "to stop its processes and delete it"
