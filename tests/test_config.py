@@ -221,16 +221,15 @@ def test_bad_urls(no_sa: Path, url: str, match: str) -> None:
         resolve_config(url, "t", NS, env={}, service_account_dir=no_sa)
 
 
-def test_context_reads_the_process_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.anyio
+async def test_context_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Context() with no arguments resolves from os.environ."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("JRUN_URL", URL)
     monkeypatch.setenv("JRUN_TOKEN", TOKEN)
     monkeypatch.setenv("JRUN_NAMESPACE", "from-env")
-    ctx = Context(client=httpx.AsyncClient())
-    assert (ctx.url, ctx.namespace) == (URL, "from-env")
+    async with Context() as ctx:
+        assert (ctx.url, ctx.namespace) == (URL, "from-env")
 
 
 def test_context_configuration_error_names_the_variable() -> None:

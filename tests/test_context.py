@@ -1028,10 +1028,11 @@ async def test_injected_client_is_used_and_left_open() -> None:
         assert route.call_count == 1
 
 
-def test_repr_shows_url_and_namespace_only() -> None:
+@pytest.mark.anyio
+async def test_repr_shows_url_and_namespace_only() -> None:
     """repr(ctx) names the URL and namespace and never the credential."""
-    ctx = make_ctx(client=httpx.AsyncClient())
-    text = repr(ctx)
+    async with make_ctx() as ctx:
+        text = repr(ctx)
     assert text == f"<Context url={URL!r} namespace={NS!r}>"
     assert ctx.namespace == NS
     for secret in (TOKEN, B64, B64_PCT):
