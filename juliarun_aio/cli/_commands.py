@@ -24,7 +24,15 @@ from ._errors import CliError, ExitCode, JobFailedError, UsageError
 from ._output import Output, endpoint_text, phase_of, status_to_json
 from ._spec_flags import spec_from_args
 
-__all__ = ["COMMANDS", "Command", "check_outcome", "follow_logs", "resolve_job"]
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "check_outcome",
+    "follow_logs",
+    "info_to_json",
+    "print_info_table",
+    "resolve_job",
+]
 
 #: How many lines ``logs`` prints without ``-f`` and ``--tail``.
 _DEFAULT_TAIL = 50
