@@ -196,13 +196,13 @@ class Engine:
         with self._lock:
             jobs = list(self._jobs.values())
             self._jobs.clear()
-        for job in jobs:
-            if leave_running:
+        if leave_running:
+            for job in jobs:
                 for slot in job.slots.values():
                     if slot.process is not None:
                         slot.process.detach()
-            else:
-                self._stop_processes(job, "stopped with the server")
+        else:
+            self._stop_processes(jobs, "stopped with the server")
         self._collector.stop()
         for job in jobs:
             job.log.close()
@@ -474,39 +474,44 @@ class Engine:
                 job, "failed", f"{len(failed)} of {len(units)} units failed; {first.label} {reason}"
             )
 
-    def _stop_processes(self, job: _Job, message: str) -> None:
-        """SIGTERM every process of ``job``, SIGKILL after the grace period, record the exits."""
-        slots = [slot for slot in job.slots.values() if slot.process is not None]
-        for slot in slots:
+    def _stop_processes(self, jobs: list[_Job], message: str) -> None:
+        """SIGTERM every process of ``jobs``, SIGKILL after the grace period, record the exits.
+
+        Jobs that had not ended are marked failed with ``message``.
+        """
+        running = [
+            (job, slot) for job in jobs for slot in job.slots.values() if slot.process is not None
+        ]
+        for _, slot in running:
             assert slot.process is not None
             slot.process.terminate()
         deadline = time.monotonic() + self.config.kill_grace
         killed = False
-        while True:
-            for slot in slots:
-                if slot.process is not None:
-                    info = slot.process.poll()
-                    if info is not None:
-                        self._record_exit(job, slot, info)
-            slots = [slot for slot in slots if slot.process is not None]
-            if not slots:
-                break
-            if not killed and time.monotonic() >= deadline:
-                for slot in slots:
+        while running:
+            for job, slot in running:
+                assert slot.process is not None
+                info = slot.process.poll()
+                if info is not None:
+                    self._record_exit(job, slot, info)
+            running = [(job, slot) for job, slot in running if slot.process is not None]
+            if running and not killed and time.monotonic() >= deadline:
+                for _, slot in running:
                     assert slot.process is not None
                     slot.process.kill()
                 killed = True
-            time.sleep(0.01)
-        if not job.terminal:
-            job.row.phase, job.row.message = "failed", message
-            job.row.finished_at = time.time()
-            self._store.update_job(
-                job.row.namespace,
-                job.row.name,
-                phase="failed",
-                message=message,
-                finished_at=job.row.finished_at,
-            )
+            if running:
+                time.sleep(0.01)
+        for job in jobs:
+            if not job.terminal:
+                job.row.phase, job.row.message = "failed", message
+                job.row.finished_at = time.time()
+                self._store.update_job(
+                    job.row.namespace,
+                    job.row.name,
+                    phase="failed",
+                    message=message,
+                    finished_at=job.row.finished_at,
+                )
 
     # -- verbs ------------------------------------------------------------------------------------
 
@@ -675,7 +680,7 @@ class Engine:
             self._collector.unregister(key)
         try:
             job.log.release_readers()
-            self._stop_processes(job, "deleted")
+            self._stop_processes([job], "deleted")
             job.log.close()
             shutil.rmtree(self.layout.job(namespace, job.row.name), ignore_errors=True)
             self._store.delete_job(namespace, job.row.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_support import FAST, Api, encode_token, write_script
 
-from juliarun_aio.server import Engine, LocalServer
+from juliarun_aio.server import Engine, LocalServer, ServerConfig, create_app
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
 
@@ -262,3 +263,20 @@ def test_unexpected_errors_are_500_and_the_server_survives(
     assert "boom" not in body["data"]
     monkeypatch.undo()
     assert api.data("listJobs") == {}
+
+
+def test_create_app_manages_its_engine(tmp_path: Path) -> None:
+    """create_app starts the engine on startup and stops it on shutdown when mounted alone."""
+    engine = Engine(ServerConfig(data_dir=tmp_path / "data", tokens={"default": "t"}))
+    app = create_app(engine, url=lambda: "http://testserver")
+    query = {"jruntok": encode_token("t"), "jrunns": "default"}
+
+    async def main() -> object:
+        async with app.router.lifespan_context(app):
+            assert engine.url == "http://testserver"
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=engine.url) as client:
+                response = await client.get("/getSystemStatus/", params=query)
+                return response.json()
+
+    assert asyncio.run(main()) == {"code": 0, "data": True}
