@@ -1,4 +1,4 @@
-"""The ``juliarun`` command line (also ``python -m juliarun_aio``).
+"""The body of ``juliarun``: parse, run the subcommand on its own loop, map failures.
 
 ``main(argv)`` parses the command line, runs the subcommand on its own event loop and
 returns the exit code (see :mod:`juliarun_aio.cli._errors` for the table).  User errors

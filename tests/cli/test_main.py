@@ -10,6 +10,7 @@ import pytest
 
 from juliarun_aio import __version__
 from juliarun_aio.cli import main
+from juliarun_aio.cli._demo import demo_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,3 +75,31 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     """juliarun with no command exits 2."""
     assert main([]) == 2
     assert "juliarun: error: " in capsys.readouterr().err
+
+
+def test_missing_rich_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the [cli] extra, juliarun says what to install instead of a traceback."""
+    for name in [m for m in sys.modules if m.startswith(("juliarun_aio.cli.", "rich"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)
+    assert main(["list"]) == 1
+    assert capsys.readouterr().err == (
+        "juliarun: error: the command line needs rich, which is not installed -- "
+        "pip install 'juliarun_aio[cli]'\n"
+    )
+
+
+def test_demo_uses_julia_scripts_only_with_julia(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The demo picks the .jl scripts when julia is on PATH, the .py ones otherwise."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert {Path(p).suffix for p in demo_scripts().values()} == {".py"}
+    julia = tmp_path / "julia"
+    julia.write_text("#!/bin/sh\n")
+    julia.chmod(0o755)
+    scripts = demo_scripts()
+    assert {Path(p).suffix for p in scripts.values()} == {".jl"}
+    assert all(Path(p).is_file() for p in scripts.values())
