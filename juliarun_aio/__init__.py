@@ -42,10 +42,11 @@ from ._jobs import (
     Webserver,
     make_spec,
 )
-from ._logs import LogLine
+from ._logs import LogGapWarning, LogLine
 from ._models import Endpoint, JobInfo, JobScale, JobStatus
 from ._retry import NO_RETRIES, RetryPolicy
 from ._version import __version__
+from ._watch import PollPolicy
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -71,11 +72,13 @@ __all__ = [
     "JuliaParBatch",
     "JuliaParBatchWorkers",
     "JuliaRunError",
+    "LogGapWarning",
     "LogLine",
     "MessageQ",
     "Notebook",
     "PermissionDeniedError",
     "PkgBuilder",
+    "PollPolicy",
     "RateLimitError",
     "ResponseError",
     "RetryPolicy",

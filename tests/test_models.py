@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from juliarun_aio import Endpoint, JobInfo, JobRef, JobScale, JobStatus
+from juliarun_aio import Endpoint, JobInfo, JobRef, JobScale, JobStatus, SpecError
 from juliarun_aio._models import excerpt
 
 OBSERVED_STATUS = {
@@ -391,3 +391,14 @@ def test_excerpt_cuts_long_values() -> None:
     long = excerpt("x" * 1000, limit=50)
     assert len(long) == 50
     assert long.endswith("...")
+
+
+def test_job_info_keeps_an_unknown_job_type() -> None:
+    """A job type newer than the SDK is listed; only asking for its ref fails."""
+    jobs = JobInfo.mapping_from_wire(
+        {"future": {"type": "QuantumBatch"}, "b": {"type": "JuliaBatch"}}
+    )
+    assert jobs["future"].kind == "QuantumBatch"
+    assert jobs["b"].ref == JobRef("JuliaBatch", "b")
+    with pytest.raises(SpecError):
+        _ = jobs["future"].ref
