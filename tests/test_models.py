@@ -305,7 +305,6 @@ def test_job_info_null_is_empty() -> None:
         (["sim"], "['sim']"),
         ({"sim": "JuliaBatch"}, "'JuliaBatch'"),
         ({"sim": {"kind": "JuliaBatch"}}, "{'kind': 'JuliaBatch'}"),
-        ({"sim": {"type": "Spark"}}, "'Spark'"),
         ({"sim": {"type": "JuliaBatch", "scale": "two"}}, "'two'"),
         ({"sim": {"type": "JuliaBatch", "status": {"created": "perhaps"}}}, "'perhaps'"),
     ],
