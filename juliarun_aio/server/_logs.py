@@ -2,29 +2,32 @@
 
 Every job has a log directory holding
 
-- one *source* file per process stream (``p12.out``, ``p12.err``), written directly by the
-  process (the server only reads them);
+- one *source* file per process stream (``master-1a2b3c4d.out``, ``...err``), written
+  directly by the process (the server only reads them);
 - ``combined.ndjson``: the job's combined log.  Line N is the JSON object of the log line
   with cursor N, exactly as the ``streamLogs`` extension sends it::
 
       {"cursor":N,"stream":"stdout","proc":"worker-1","text":"..."}
 
   Cursors are therefore the line numbers of this file: contiguous, 1-based, stable.
-- ``journal.ndjson``: one entry per batch of lines appended to the combined log, written
-  *before* the batch: ``{"c": first cursor, "n": lines, "b": byte offset of the batch,
-  "e": byte offset after it, "o": {source: bytes consumed after the batch}}``.
+- ``journal.ndjson``: one entry per batch of lines appended to the combined log since the
+  last checkpoint, written *before* the batch: ``{"c": first cursor, "n": lines, "b": byte
+  offset of the batch, "e": byte offset after it, "o": {source: bytes consumed after it}}``.
+- ``checkpoint.json``: ``{"c": next cursor, "b": log size, "o": {source: bytes consumed}}``,
+  replaced atomically every :data:`CHECKPOINT_EVERY` batches, after which the journal is
+  emptied -- so the journal stays small however long the job runs.
+- ``index.txt``: the sparse cursor -> byte offset index, one ``cursor offset`` line at
+  least :data:`INDEX_EVERY` lines apart, appended after the lines it points to.
 
-Recovery (at open) keeps the longest run of complete, contiguous journal entries whose
-batch is entirely in the combined log, truncates both files to it and folds the ``o``
-maps into the consumed offset of every source.  A server killed at any instant thus
-resumes with no line lost, none repeated and none cut: a half-written batch is dropped
-and read again from the sources.
+Recovery (at open) starts from the checkpoint, applies the longest run of complete,
+contiguous journal entries whose batch is entirely in the combined log, and truncates the
+combined log, the journal and the index to that state.  A server killed at any instant
+thus resumes with no line lost, none repeated and none cut: a half-written batch is
+dropped and read again from the sources.
 
 The collector cuts complete lines only; a trailing partial line is emitted when its
 process has exited (:meth:`JobLog.drain`).  A line longer than :data:`MAX_LINE` bytes is
-split into pieces of that size.  A sparse cursor -> byte offset index (one point every
-:data:`INDEX_EVERY` lines or more, rebuilt from the journal) makes resuming from any cursor
-cheap.
+split into pieces of that size.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ logger = logging.getLogger("juliarun_aio.server")
 
 COMBINED = "combined.ndjson"
 JOURNAL = "journal.ndjson"
+CHECKPOINT = "checkpoint.json"
+INDEX = "index.txt"
 
 #: Bytes read from one source per collection pass, and the longest line kept whole.
 MAX_LINE = 1 << 20
@@ -56,6 +61,8 @@ MAX_LINE = 1 << 20
 BATCH_LINES = 8192
 #: Minimum distance in lines between two points of the sparse index.
 INDEX_EVERY = 1024
+#: Batches between two checkpoints (and so the most entries the journal holds).
+CHECKPOINT_EVERY = 256
 #: Bytes sent per chunk of a log stream.
 STREAM_CHUNK = 1 << 20
 
@@ -106,48 +113,69 @@ class JobLog:
         self._finished = False
         self._closed = False
         self._released = False
+        self._journal_entries = 0
         self._recover()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         self._log_fd = os.open(directory / COMBINED, flags, 0o644)
         self._journal_fd = os.open(directory / JOURNAL, flags, 0o644)
+        self._index_fd = os.open(directory / INDEX, flags, 0o644)
         self._read_fd = os.open(directory / COMBINED, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
     # -- recovery -------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        journal_path = self.directory / JOURNAL
         combined_path = self.directory / COMBINED
-        journal = journal_path.read_bytes() if journal_path.exists() else b""
         log_size = combined_path.stat().st_size if combined_path.exists() else 0
-        kept_journal = 0
         next_cursor, next_byte = 1, 0
-        pos = 0
-        while True:
-            end = journal.find(b"\n", pos)
-            if end < 0:
-                break
+        try:
+            checkpoint = json.loads((self.directory / CHECKPOINT).read_bytes())
+            if checkpoint["b"] <= log_size:
+                next_cursor, next_byte = checkpoint["c"], checkpoint["b"]
+                self._offsets.update(checkpoint["o"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no checkpoint yet: the journal holds everything
+        journal_path = self.directory / JOURNAL
+        journal = journal_path.read_bytes() if journal_path.exists() else b""
+        kept_journal = pos = 0
+        while (end := journal.find(b"\n", pos)) >= 0:
             try:
                 entry = json.loads(journal[pos:end])
                 first, count, start, stop = entry["c"], entry["n"], entry["b"], entry["e"]
                 offsets = entry["o"]
             except (ValueError, KeyError, TypeError):
                 break
-            if first != next_cursor or start != next_byte or stop > log_size:
-                break
-            self._add_index_point(first, start)
-            self._offsets.update(offsets)
-            next_cursor, next_byte = first + count, stop
+            if first + count > next_cursor:  # else: already in the checkpoint
+                if first != next_cursor or start != next_byte or stop > log_size:
+                    break
+                self._offsets.update(offsets)
+                next_cursor, next_byte = first + count, stop
+                self._journal_entries += 1
             pos = kept_journal = end + 1
         self._last, self._size = next_cursor - 1, next_byte
         if journal_path.exists() and kept_journal != len(journal):
             os.truncate(journal_path, kept_journal)
         if log_size != next_byte:
             os.truncate(combined_path, next_byte)
+        self._recover_index()
 
-    def _add_index_point(self, cursor: int, byte: int) -> None:
-        if not self._idx_cursor or cursor - self._idx_cursor[-1] >= INDEX_EVERY:
-            self._idx_cursor.append(cursor)
-            self._idx_byte.append(byte)
+    def _recover_index(self) -> None:
+        path = self.directory / INDEX
+        kept = 0
+        if path.exists():
+            data = path.read_bytes()
+            pos = 0
+            while (end := data.find(b"\n", pos)) >= 0:
+                cursor, _, byte = data[pos:end].partition(b" ")
+                if not (cursor.isdigit() and byte.isdigit()) or int(cursor) > self._last:
+                    break
+                self._idx_cursor.append(int(cursor))
+                self._idx_byte.append(int(byte))
+                pos = kept = end + 1
+            if kept != len(data):
+                os.truncate(path, kept)
+        if not self._idx_cursor:
+            self._idx_cursor.append(1)
+            self._idx_byte.append(0)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -194,9 +222,8 @@ class JobLog:
                 if source.fh is not None:
                     source.fh.close()
             self._sources.clear()
-            os.close(self._log_fd)
-            os.close(self._journal_fd)
-            os.close(self._read_fd)
+            for fd in (self._log_fd, self._journal_fd, self._index_fd, self._read_fd):
+                os.close(fd)
         self._notify()
 
     # -- collection -----------------------------------------------------------------------
@@ -293,9 +320,24 @@ class JobLog:
         entry = {"c": first, "n": len(lines), "b": self._size, "e": end, "o": {source.key: offset}}
         _write_all(self._journal_fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
         _write_all(self._log_fd, encoded)
-        self._add_index_point(first, self._size)
+        if first - self._idx_cursor[-1] >= INDEX_EVERY:
+            _write_all(self._index_fd, b"%d %d\n" % (first, self._size))
+            self._idx_cursor.append(first)
+            self._idx_byte.append(self._size)
         self._last += len(lines)
         self._size = end
+        self._journal_entries += 1
+        if self._journal_entries >= CHECKPOINT_EVERY:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Record the whole state in the checkpoint file, then empty the journal."""
+        state = {"c": self._last + 1, "b": self._size, "o": self._offsets}
+        tmp = self.directory / f"{CHECKPOINT}.tmp"
+        tmp.write_text(json.dumps(state, separators=(",", ":")), encoding="ascii")
+        os.replace(tmp, self.directory / CHECKPOINT)
+        os.ftruncate(self._journal_fd, 0)
+        self._journal_entries = 0
 
     # -- waiting ----------------------------------------------------------------------------
 

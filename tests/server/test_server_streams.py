@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from server_support import Api, encode_token, wait_until, write_script
 
+from juliarun_aio.server import _logs
 from juliarun_aio.server._logs import COMBINED, JOURNAL, MAX_LINE, JobLog
 
 NUMBERED = (
@@ -231,4 +232,33 @@ def test_log_wakes_waiters(tmp_path: Path) -> None:
 
     assert asyncio.run(main()) < 1
     wait_until(lambda: log.last_cursor == 1)
+    log.close()
+
+
+def test_log_checkpoints_keep_the_journal_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints empty the journal; recovery from checkpoint plus journal is exact."""
+    monkeypatch.setattr(_logs, "CHECKPOINT_EVERY", 3)
+    log = JobLog(tmp_path)
+    log.add_source("a.out", stream="stdout", proc="master")
+    for i in range(10):
+        _source(tmp_path, "a.out", b"line %d\n" % i)
+        assert log.collect()
+    stale = (tmp_path / JOURNAL).read_bytes()
+    _source(tmp_path, "a.out", b"line 10\n")
+    assert log.collect()
+    log.close()
+    assert len((tmp_path / JOURNAL).read_bytes().splitlines()) < 3
+    # The server died after writing a checkpoint but before emptying the journal.
+    with open(tmp_path / JOURNAL, "r+b") as fh:
+        rest = fh.read()
+        fh.seek(0)
+        fh.write(stale + rest)
+    _source(tmp_path, "a.out", b"line 11\n")
+    log = JobLog(tmp_path)
+    log.add_source("a.out", stream="stdout", proc="master")
+    log.collect()
+    assert log.tail(100) == [f"line {i}" for i in range(12)]
+    assert log.last_cursor == 12
     log.close()
