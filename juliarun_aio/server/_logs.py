@@ -39,7 +39,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -92,7 +93,8 @@ class JobLog:
     """The combined log of one job, its sources, and the waiters on it.
 
     Writers (the collector thread and :meth:`drain`) hold an internal lock; readers take
-    consistent snapshots and read with ``pread``, so streaming never blocks collection.
+    consistent snapshots and read with ``pread`` on their own descriptor, so streaming
+    never blocks collection.
 
     Args:
         directory: The job's log directory (created if missing).
@@ -115,11 +117,10 @@ class JobLog:
         self._released = False
         self._journal_entries = 0
         self._recover()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        self._log_fd = os.open(directory / COMBINED, flags, 0o644)
-        self._journal_fd = os.open(directory / JOURNAL, flags, 0o644)
-        self._index_fd = os.open(directory / INDEX, flags, 0o644)
-        self._read_fd = os.open(directory / COMBINED, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # Opened on the first write and closed once the log is complete, so that finished
+        # jobs hold no file descriptors; readers open the log per call.
+        self._writers: tuple[int, int, int] | None = None
+        (directory / COMBINED).touch()
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -205,6 +206,8 @@ class JobLog:
                 return
             self.phase = phase
             self._finished = finished
+            if finished:
+                self._close_writers()
         self._notify()
 
     def release_readers(self) -> None:
@@ -222,9 +225,32 @@ class JobLog:
                 if source.fh is not None:
                     source.fh.close()
             self._sources.clear()
-            for fd in (self._log_fd, self._journal_fd, self._index_fd, self._read_fd):
-                os.close(fd)
+            self._close_writers()
         self._notify()
+
+    def _open_writers(self) -> tuple[int, int, int]:
+        if self._writers is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            self._writers = (
+                os.open(self.directory / COMBINED, flags, 0o644),
+                os.open(self.directory / JOURNAL, flags, 0o644),
+                os.open(self.directory / INDEX, flags, 0o644),
+            )
+        return self._writers
+
+    def _close_writers(self) -> None:
+        if self._writers is not None:
+            for fd in self._writers:
+                os.close(fd)
+            self._writers = None
+
+    @contextmanager
+    def _reader(self) -> Iterator[int]:
+        fd = os.open(self.directory / COMBINED, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     # -- collection -----------------------------------------------------------------------
 
@@ -318,10 +344,11 @@ class JobLog:
         ).encode("ascii")
         end = self._size + len(encoded)
         entry = {"c": first, "n": len(lines), "b": self._size, "e": end, "o": {source.key: offset}}
-        _write_all(self._journal_fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-        _write_all(self._log_fd, encoded)
+        log_fd, journal_fd, index_fd = self._open_writers()
+        _write_all(journal_fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        _write_all(log_fd, encoded)
         if first - self._idx_cursor[-1] >= INDEX_EVERY:
-            _write_all(self._index_fd, b"%d %d\n" % (first, self._size))
+            _write_all(index_fd, b"%d %d\n" % (first, self._size))
             self._idx_cursor.append(first)
             self._idx_byte.append(self._size)
         self._last += len(lines)
@@ -336,7 +363,7 @@ class JobLog:
         tmp = self.directory / f"{CHECKPOINT}.tmp"
         tmp.write_text(json.dumps(state, separators=(",", ":")), encoding="ascii")
         os.replace(tmp, self.directory / CHECKPOINT)
-        os.ftruncate(self._journal_fd, 0)
+        os.ftruncate(self._open_writers()[1], 0)
         self._journal_entries = 0
 
     # -- waiting ----------------------------------------------------------------------------
@@ -377,19 +404,20 @@ class JobLog:
         i = bisect.bisect_right(self._idx_cursor, cursor) - 1
         point_cursor, pos = self._idx_cursor[i], self._idx_byte[i]
         skip = cursor - point_cursor
-        while skip:
-            data = os.pread(self._read_fd, STREAM_CHUNK, pos)
-            if not data:
-                break
-            newlines = data.count(b"\n")
-            if newlines < skip:
-                skip -= newlines
-                pos += len(data)
-                continue
-            at = -1
-            for _ in range(skip):
-                at = data.find(b"\n", at + 1)
-            return pos + at + 1
+        with self._reader() as fd:
+            while skip:
+                data = os.pread(fd, STREAM_CHUNK, pos)
+                if not data:
+                    break
+                newlines = data.count(b"\n")
+                if newlines < skip:
+                    skip -= newlines
+                    pos += len(data)
+                    continue
+                at = -1
+                for _ in range(skip):
+                    at = data.find(b"\n", at + 1)
+                return pos + at + 1
         return pos
 
     def read(self, start: int, stop: int) -> bytes:
@@ -398,12 +426,13 @@ class JobLog:
         ``stop`` must be the end of a line (a size from :meth:`snapshot`).
         """
         want = min(stop - start, STREAM_CHUNK)
-        while True:
-            data = os.pread(self._read_fd, want, start)
-            cut = data.rfind(b"\n") + 1
-            if cut or want >= stop - start:
-                return data[:cut]
-            want *= 2
+        with self._reader() as fd:
+            while True:
+                data = os.pread(fd, want, start)
+                cut = data.rfind(b"\n") + 1
+                if cut or want >= stop - start:
+                    return data[:cut]
+                want *= 2
 
     def tail(self, count: int, stream: str | None = None) -> list[str]:
         """Return the text of the last ``count`` lines, optionally of one ``stream`` only."""
@@ -413,18 +442,19 @@ class JobLog:
         _, pos = self.snapshot()
         found: list[bytes] = []
         rest = b""
-        while pos > 0 and len(found) < count:
-            size = min(pos, 1 << 16)
-            pos -= size
-            block = os.pread(self._read_fd, size, pos) + rest
-            lines = block.split(b"\n")
-            rest = lines[0] if pos > 0 else b""
-            complete = lines[1:] if pos > 0 else lines
-            for line in reversed(complete):
-                if line and (marker is None or marker in line):
-                    found.append(line)
-                    if len(found) == count:
-                        break
+        with self._reader() as fd:
+            while pos > 0 and len(found) < count:
+                size = min(pos, 1 << 16)
+                pos -= size
+                block = os.pread(fd, size, pos) + rest
+                lines = block.split(b"\n")
+                rest = lines[0] if pos > 0 else b""
+                complete = lines[1:] if pos > 0 else lines
+                for line in reversed(complete):
+                    if line and (marker is None or marker in line):
+                        found.append(line)
+                        if len(found) == count:
+                            break
         return [json.loads(line)["text"] for line in reversed(found)]
 
 
