@@ -168,7 +168,10 @@ def test_fuzzed_queries_never_fail_the_server(server: LocalServer) -> None:
 
 def julia_query(params: dict[str, str]) -> str:
     """Build a query string the way HTTP.jl does for JuliaRunClient.jl (RFC 3986, space=%20)."""
-    return "&".join(f"{quote(k, safe='-._~')}={quote(v, safe='-._~')}" for k, v in params.items())
+    query = "&".join(f"{quote(k, safe='-._~')}={quote(v, safe='-._~')}" for k, v in params.items())
+    assert "+" not in query
+    assert " " not in query
+    return query
 
 
 def test_replay_of_juliarunclient_requests(server: LocalServer, volume: Path) -> None:
@@ -176,8 +179,10 @@ def test_replay_of_juliarunclient_requests(server: LocalServer, volume: Path) ->
     write_script(
         volume,
         "master.py",
-        "import os, time\nprint('A =', os.environ['A'], 'port', os.environ['JRUN_PORT_HTTP'],\n"
-        "      flush=True)\nwhile not os.path.exists('finish'):\n    time.sleep(0.02)\n",
+        "import os, time\n"
+        "env = os.environ\n"
+        "print('A =', env['A'], env['GREETING'], 'port', env['JRUN_PORT_HTTP'], flush=True)\n"
+        "while not os.path.exists('finish'):\n    time.sleep(0.02)\n",
     )
     write_script(volume, "worker.py", "import time\ntime.sleep(60)\n")
     # The Julia client sends base64 of the token file's bytes, which may end in a newline.
@@ -207,7 +212,7 @@ def test_replay_of_juliarunclient_requests(server: LocalServer, volume: Path) ->
             worker_start_script="worker.py",
             nworkers="1",
             ports='Dict("http" => (80, 80))',
-            envvars='Dict("A"=>"1")',
+            envvars='Dict("A"=>"1", "GREETING"=>"hello world")',
             additional_volumes='["data"]',
             external="false",
             restart="Never",
@@ -237,7 +242,7 @@ def test_replay_of_juliarunclient_requests(server: LocalServer, volume: Path) ->
             f"http://127.0.0.1:{ports['http']}/"
         )
         tail = helper.wait_lines("JuliaParBatch", "jlpar", 1)
-        assert tail == [f"A = 1 port {ports['http']}"]
+        assert tail == [f"A = 1 hello world port {ports['http']}"]
         assert call("tailJob", "JuliaParBatch", name="jlpar", count="50") == tail[0]
         assert call("tailJob", "JuliaParBatch", name="jlpar", count="50", stream="stderr") == ""
         assert call("deleteJob", "JuliaParBatch", name="jlpar", force="true") is True
