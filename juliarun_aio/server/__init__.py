@@ -11,6 +11,14 @@ and adds the ``serverInfo`` and ``streamLogs`` extensions (PROTOCOL-EXTENSIONS.m
 
 from __future__ import annotations
 
+try:
+    import starlette  # noqa: F401 - probing the optional dependencies
+    import uvicorn  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "juliarun_aio.server needs the [server] extra: pip install 'juliarun_aio[server]'"
+    ) from exc
+
 from ._app import create_app
 from ._config import ConfigError, ServerConfig
 from ._serve import LocalServer

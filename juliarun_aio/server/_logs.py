@@ -258,7 +258,7 @@ class JobLog:
         """Start tailing ``directory/key``, resuming where an earlier server stopped.
 
         Args:
-            key: The source's file name in the log directory (``p12.out``).
+            key: The source's file name in the log directory (``master-1a2b3c4d.out``).
             stream: ``stdout`` or ``stderr``.
             proc: The process label shown in log lines (``master``, ``worker-2``).
 
