@@ -28,6 +28,7 @@ import anyio
 import attrs
 import httpcore
 import httpx
+import psutil
 
 from juliarun_aio import Context, JobRef, JuliaBatch, JuliaRunError
 
@@ -376,20 +377,24 @@ async def log_complete(ctx: Context, job: JuliaBatch, lines: int, timeout: float
 
 
 class CountingBackend(httpcore.AsyncNetworkBackend):
-    """Wraps the pool's network backend: counts TCP connections opened and held."""
+    """Wraps a pool's network backend: counts the TCP connections it opens.
+
+    :meth:`held` counts those of them that are established right now, as the kernel
+    sees them (``psutil``): a pool closes a connection the server let expire only after
+    opening its replacement, so counting ``aclose`` calls would over-count.
+    """
 
     def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
         self._inner = inner
         self.opened = 0
-        self.open = 0
-        self.max_open = 0
+        self._ports: set[int] = set()
+        self._process = psutil.Process()
 
     async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
         stream = await self._inner.connect_tcp(*args, **kwargs)
         self.opened += 1
-        self.open += 1
-        self.max_open = max(self.max_open, self.open)
-        return _CountedStream(stream, self)
+        self._ports.add(stream.get_extra_info("socket").getsockname()[1])
+        return stream
 
     async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
         return await self._inner.connect_unix_socket(*args, **kwargs)
@@ -397,27 +402,34 @@ class CountingBackend(httpcore.AsyncNetworkBackend):
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
 
+    def held(self) -> int:
+        """How many connections opened here are established now."""
+        return sum(
+            1
+            for conn in self._process.net_connections("tcp")
+            if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port in self._ports
+        )
 
-class _CountedStream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream, owner: CountingBackend) -> None:
-        self._inner = inner
-        self._owner = owner
-        self._closed = False
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
+@contextlib.asynccontextmanager
+async def sampling_held(
+    *backends: CountingBackend, every: float = 0.05
+) -> AsyncIterator[list[int]]:
+    """Sample the connections ``backends`` hold while the block runs; yield the maxima."""
+    maxima = [0] * len(backends)
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
+    async def sample() -> None:
+        while True:
+            for i, backend in enumerate(backends):
+                maxima[i] = max(maxima[i], backend.held())
+            await anyio.sleep(every)
 
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._owner.open -= 1
-        await self._inner.aclose()
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+    async with anyio.create_task_group() as group:
+        group.start_soon(sample)
+        try:
+            yield maxima
+        finally:
+            group.cancel_scope.cancel()
 
 
 def count_connections(client: httpx.AsyncClient) -> CountingBackend:
