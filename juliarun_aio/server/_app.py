@@ -7,8 +7,8 @@ carry an HTTP status and ``{"code": <status>, "data": "<message>"}``:
 
 - 400 malformed input, 401 missing/undecodable/wrong credential, 403 a valid credential
   of another namespace, 404 unknown verb, job type or job (jobs of other namespaces are
-  invisible), 405 not a GET, 409 name taken / incomplete job without ``force``, 500 a bug
-  (logged; the server keeps running).
+  invisible), 405 not a GET, 409 name taken / incomplete job without ``force``, 414 a
+  query string over :data:`MAX_QUERY`, 500 a bug (logged; the server keeps running).
 
 The extensions ``serverInfo`` and ``streamLogs`` are described in PROTOCOL-EXTENSIONS.md.
 Verb handlers run in worker threads (they touch SQLite and files); the log stream runs on
@@ -60,6 +60,8 @@ JOB_VERBS = frozenset(
     }
 )
 STREAMS = ("stdout", "stderr")
+#: Longest query string accepted (a submitJob with large envvars stays well below).
+MAX_QUERY = 256 * 1024
 
 
 class HttpError(Exception):
@@ -80,6 +82,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _single_params(request: Request) -> dict[str, str]:
+    if len(request.scope["query_string"]) > MAX_QUERY:
+        raise HttpError(414, f"the query string is longer than {MAX_QUERY // 1024} KiB")
     params: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
         if key in params:

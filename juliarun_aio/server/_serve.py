@@ -23,6 +23,8 @@ __all__ = ["LocalServer", "bind_socket", "make_uvicorn"]
 
 #: Seconds uvicorn waits for open connections when stopping.
 GRACEFUL_SHUTDOWN = 2
+#: Bytes of request line and headers uvicorn accepts.
+MAX_REQUEST_HEAD = 1024 * 1024
 
 
 class _Server(uvicorn.Server):
@@ -72,6 +74,9 @@ def make_uvicorn(engine: Engine, *, log_level: str = "warning") -> uvicorn.Serve
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        # h11's default of 16 KiB would refuse, as plain text, a long request line that
+        # arrives in several reads; the app answers queries over MAX_QUERY with a 414.
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     return _Server(config, engine)
 

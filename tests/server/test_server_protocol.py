@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -285,3 +288,35 @@ def test_create_app_manages_its_engine(tmp_path: Path) -> None:
                 return response.json()
 
     assert asyncio.run(main()) == {"code": 0, "data": True}
+
+
+def _raw_get(url: str, target: str) -> tuple[int, Any]:
+    """GET with http.client, which (unlike httpx) sends URLs of any length."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", target)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_long_queries_work_and_too_long_ones_get_414(api: Api, volume: Path) -> None:
+    """A 100 KB submitJob query is served; a query over 256 KiB is a 414 envelope."""
+    write_script(volume, "env.py", "import os\nprint(len(os.environ['BIG']))\n")
+    auth = julia_query({"jruntok": encode_token(api.token), "jrunns": "default"})
+    big = julia_query(
+        {
+            "name": "big",
+            "start_script": "env.py",
+            "run_volume": "work",
+            "envvars": json.dumps({"BIG": "x" * 100_000}),
+        }
+    )
+    status, body = _raw_get(api.url, f"/submitJob/JuliaBatch/?{auth}&{big}")
+    assert (status, body) == (200, {"code": 0, "data": None})
+    assert api.wait_done("JuliaBatch", "big")["phase"] == "succeeded"
+    assert api.lines("JuliaBatch", "big") == ["100000"]
+    status, body = _raw_get(api.url, f"/getSystemStatus/?{auth}&pad={'x' * 300_000}")
+    assert status == body["code"] == 414
