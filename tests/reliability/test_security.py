@@ -1,0 +1,390 @@
+"""Security: credentials, namespaces, the listening address, and secrets kept out of text."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import httpx
+import psutil
+import pytest
+from conftest import OTHER_NAMESPACE
+from faultproxy import FaultProxy
+from reliability_support import FAST_SERVER, ServerProcess, free_port, record, write_script
+
+import juliarun_aio as jr
+from juliarun_aio import Context, JuliaBatch, JuliaParBatchWorkers, RetryPolicy
+from juliarun_aio._watch import PollPolicy
+from juliarun_aio.server import LocalServer, ServerConfig
+
+#: A token whose base64 holds '+', '/' and '=' (``czM+Y3I/dC10b2tlbi12NGx1ZX4=``), so that
+#: every encoded form of it differs from the others.
+TOKEN = "s3>cr?t-token-v4lue~"
+WRONG_TOKEN = "wr0ng~>?" + TOKEN[::-1]
+
+
+def secret_forms(*tokens: str) -> list[str]:
+    """Every way a token could show up in text: raw, base64, and percent-encoded forms."""
+    forms: set[str] = set()
+    for token in tokens:
+        b64 = base64.b64encode(token.encode()).decode()
+        forms |= {token, b64, quote(b64, safe=""), quote(b64), quote(token, safe=""), quote(token)}
+    return sorted(forms)
+
+
+def leaks(text: str, forms: list[str]) -> list[str]:
+    """The secret forms found in ``text``."""
+    return [form for form in forms if form in text]
+
+
+def _status(url: str, params: dict[str, str], verb: str = "getSystemStatus") -> tuple[int, object]:
+    response = httpx.get(f"{url}/{verb}/", params=params, timeout=30)
+    return response.status_code, response.json()
+
+
+def _b64(token: str) -> str:
+    return base64.b64encode(token.encode()).decode()
+
+
+# -- credentials -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_wrong_or_missing_token_gets_401(server: LocalServer) -> None:
+    """Security: a missing, undecodable or wrong token gets 401; another namespace's, 403."""
+    other = server.config.tokens[OTHER_NAMESPACE]
+    cases = {
+        "missing": {"jrunns": "default"},
+        "empty": {"jruntok": "", "jrunns": "default"},
+        "not base64": {"jruntok": "***", "jrunns": "default"},
+        "raw token, not base64": {"jruntok": server.token + "!", "jrunns": "default"},
+        "wrong token": {"jruntok": _b64("wrong"), "jrunns": "default"},
+        "token with a suffix": {"jruntok": _b64(server.token + "x"), "jrunns": "default"},
+        "unknown namespace": {"jruntok": _b64("wrong"), "jrunns": "nobody"},
+    }
+    for what, params in cases.items():
+        status, body = await anyio.to_thread.run_sync(_status, server.url, params)
+        assert status == 401, what
+        assert isinstance(body, dict)
+        assert body["code"] != 0, what
+    status, body = await anyio.to_thread.run_sync(
+        _status, server.url, {"jruntok": _b64(other), "jrunns": "default"}
+    )
+    assert status == 403
+    for token in ("wrong", server.token + "x"):
+        async with Context(server.url, token, server.namespace) as ctx:
+            with pytest.raises(jr.AuthenticationError) as caught:
+                await ctx.get_system_status()
+            assert caught.value.status_code == 401
+            with pytest.raises(jr.AuthenticationError):
+                await ctx.submit_job(JuliaBatch(name="sneaky", start_script="s", run_volume="w"))
+    async with Context(server.url, server.token, server.namespace) as ctx:
+        assert await ctx.list_jobs() == {}
+
+
+# -- namespaces --------------------------------------------------------------------------
+
+
+def _stored(server: LocalServer, namespace: str, name: str) -> tuple[str, int, str] | None:
+    database = server.data_dir / "state.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        row = db.execute(
+            "SELECT params, requested, phase FROM jobs WHERE namespace = ? AND name = ?",
+            (namespace, name),
+        ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+@pytest.mark.anyio
+async def test_another_namespace_job_is_invisible_and_untouchable(
+    server: LocalServer, volume: Path
+) -> None:
+    """Security: from namespace B, A's job is 404 everywhere and nothing B does changes it."""
+    write_script(volume, "unit.py", "import time\nprint('unit up', flush=True)\ntime.sleep(60)\n")
+    job = JuliaParBatchWorkers(name="secret", start_script="unit.py", run_volume="work", nworkers=1)
+    other_token = server.config.tokens[OTHER_NAMESPACE]
+    poll = PollPolicy(initial=0.02, maximum=0.1)
+    async with (
+        Context(server.url, server.token, server.namespace) as owner,
+        Context(server.url, other_token, OTHER_NAMESPACE) as intruder,
+    ):
+        await owner.submit_job(job)
+        with anyio.fail_after(30):
+            await owner.wait_for_scale(job, 1, poll=poll)
+        before = (_stored(server, "default", "secret"), await owner.get_job_scale(job))
+
+        assert "secret" not in await intruder.list_jobs()
+        assert "secret" not in await intruder.get_all_job_info()
+        reads = [
+            intruder.get_job_status(job),
+            intruder.get_job_scale(job),
+            intruder.get_job_endpoint(job),
+            intruder.get_encoded_url(job, 80),
+            intruder.tail_job(job),
+        ]
+        writes = [
+            intruder.set_job_scale(job, 5),
+            intruder.update_job(
+                JuliaParBatchWorkers(
+                    name="secret", start_script="evil.py", run_volume="work", nworkers=3
+                )
+            ),
+            intruder.delete_job(job, force=True),
+        ]
+        refused = 0
+        for call in [*reads, *writes]:
+            with pytest.raises(jr.JobNotFoundError):
+                await call
+            refused += 1
+        with pytest.raises((jr.JobNotFoundError, jr.WaitTimeoutError)):
+            async for _ in intruder.tail_logs(job, start_timeout=0.2, poll=poll):
+                pass
+        # B's own job of the same name is B's alone; deleting it leaves A's alone.
+        await intruder.submit_job(
+            JuliaBatch(name="secret", start_script="missing.py", run_volume="work")
+        )
+        await intruder.delete_job(JuliaBatch(name="secret", start_script="m", run_volume="w"))
+        status = await owner.get_job_status(job)
+        after = (_stored(server, "default", "secret"), await owner.get_job_scale(job))
+        lines = await owner.tail_job(job)
+    # A's credential presented for B's namespace is refused too.
+    code, _ = await anyio.to_thread.run_sync(
+        _status, server.url, {"jruntok": _b64(server.token), "jrunns": OTHER_NAMESPACE}, "listJobs"
+    )
+    assert code == 403
+    assert after == before
+    assert status.phase == "running"
+    assert lines == "unit up"
+    assert (server.data_dir / "namespaces" / "default" / "jobs" / "secret").is_dir()
+    record("namespace isolation", refused_calls=refused + 1)
+
+
+# -- the listening address ---------------------------------------------------------------
+
+
+def test_the_server_binds_loopback_by_default(tmp_path: Path) -> None:
+    """Security: the server listens on 127.0.0.1 unless told otherwise (config, class, CLI)."""
+    assert ServerConfig(data_dir=tmp_path, tokens={"default": "t"}).host == "127.0.0.1"
+    with LocalServer(tmp_path / "local", **FAST_SERVER) as local:
+        assert local.url.startswith("http://127.0.0.1:")
+    server = ServerProcess(tmp_path / "cli", 0, {"default": "t"})
+    try:
+        assert server.url == f"http://127.0.0.1:{server.port}"
+        assert server.proc is not None
+        listening = [
+            conn.laddr
+            for conn in psutil.Process(server.proc.pid).net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+    finally:
+        server.stop()
+    assert listening
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}
+
+
+# -- secrets in text ---------------------------------------------------------------------
+
+
+class _Capture(logging.Handler):
+    """Keeps every record, formatted with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.texts: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(self.format(record))
+
+
+#: Loggers that do not propagate to the root logger get the handler themselves.
+_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "juliarun_aio")
+
+
+@pytest.fixture
+def every_log_record() -> Iterator[_Capture]:
+    """Capture every record of every logger at DEBUG level."""
+    capture = _Capture()
+    saved = []
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        for logger, level in saved:
+            logger.removeHandler(capture)
+            logger.setLevel(level)
+
+
+def _error_texts(exc: BaseException) -> list[str]:
+    return [
+        str(exc),
+        repr(exc),
+        "".join(traceback.format_exception(exc)),
+        repr(vars(exc)),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_the_token_never_appears_in_logs_errors_or_reprs(
+    tmp_path: Path, every_log_record: _Capture
+) -> None:
+    """Security: the token (raw, base64, encoded) is in no log record, error text or repr."""
+    forms = secret_forms(TOKEN, WRONG_TOKEN)
+    texts: list[str] = []
+    errors: list[BaseException] = []
+    quick = RetryPolicy(attempts=3, initial=0, maximum=0.01, total_timeout=10)
+    poll = PollPolicy(initial=0.02, maximum=0.1)
+    async with LocalServer(tmp_path / "data", tokens={"default": TOKEN}, **FAST_SERVER) as server:
+        # The server configures uvicorn's loggers as it starts: open them up again.
+        for name in _LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        volume = server.data_dir / "namespaces" / "default" / "volumes" / "work"
+        write_script(
+            volume, "hello.py", "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
+        )
+        job = JuliaBatch(name="hello", start_script="hello.py", run_volume="work")
+
+        async def attempt(call: Awaitable[object]) -> None:
+            try:
+                await call
+            except jr.JuliaRunError as exc:
+                errors.append(exc)
+
+        async def drain(lines: AsyncIterator[object]) -> None:
+            async for _ in lines:
+                pass
+
+        async with Context(server.url, TOKEN, "default", retries=quick) as ctx:
+            texts += [repr(ctx), str(ctx), repr(ctx.retry_policy)]
+            await ctx.submit_job(job)
+            with anyio.fail_after(30):
+                await ctx.wait_for_job(job, poll=poll)
+            await ctx.list_jobs()
+            await ctx.get_all_job_info()
+            texts.append(await ctx.tail_job(job))
+            texts += [repr(line) async for line in ctx.tail_logs(job, follow=False)]
+            await attempt(ctx.submit_job(job))  # 409
+            await attempt(ctx.get_job_status(jr.JobRef("JuliaBatch", "missing")))  # 404
+            await attempt(ctx.wait_for_scale(job, 3, timeout=0.1, poll=poll))
+            await attempt(ctx.set_job_scale(jr.JobRef("JuliaBatch", "missing"), 2))
+        port = int(server.url.rsplit(":", 1)[1])
+        # Retries, resets, bad answers, stalls and timeouts through a faulty proxy.
+        async with (
+            FaultProxy(port, rate=0.5, seed=3) as proxy,
+            Context(proxy.url, TOKEN, "default", retries=quick, timeout=0.5) as ctx,
+        ):
+            for _ in range(40):
+                await attempt(ctx.get_job_status(job))
+            for i in range(10):
+                spec = JuliaBatch(name=f"leak-{i}", start_script="m.py", run_volume="work")
+                await attempt(ctx.submit_job(spec))
+            await attempt(ctx.update_job(job))
+        async with Context(server.url, WRONG_TOKEN, "default", retries=quick) as ctx:
+            await attempt(ctx.get_system_status())  # 401
+            await attempt(ctx.tail_job(job))
+        closed = f"http://127.0.0.1:{free_port()}"
+        brief = RetryPolicy(attempts=2, initial=0, maximum=0, total_timeout=0.5)
+        async with Context(closed, TOKEN, "default", retries=brief) as ctx:
+            await attempt(ctx.get_system_status())  # connection refused
+            await attempt(ctx.delete_job(job))
+            await attempt(drain(ctx.tail_logs(job, follow=False, mode="stream")))
+    for exc in errors:
+        texts += _error_texts(exc)
+    found = {
+        "log records": [t for t in every_log_record.texts if leaks(t, forms)],
+        "errors and reprs": [t for t in texts if leaks(t, forms)],
+    }
+    record(
+        "token never in text",
+        log_records=len(every_log_record.texts),
+        errors=len(errors),
+        texts=len(texts),
+        faults=proxy.total_injected,
+    )
+    assert len(errors) > 20
+    assert any("jruntok" in t for t in every_log_record.texts)  # URLs were logged, redacted
+    assert found == {"log records": [], "errors and reprs": []}
+
+
+@pytest.mark.slow
+def test_the_token_never_appears_in_cli_output(tmp_path: Path) -> None:
+    """Security: `python -m juliarun_aio` prints no form of the token, in --json or on errors."""
+    forms = secret_forms(TOKEN, WRONG_TOKEN)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JRUN_")}
+    outputs: list[str] = []
+    codes: list[int] = []
+    with LocalServer(tmp_path / "data", tokens={"default": TOKEN}, **FAST_SERVER) as server:
+        volume = server.data_dir / "namespaces" / "default" / "volumes" / "work"
+        write_script(volume, "hello.py", "print('hello from the cli job')\n")
+        good = ["--url", server.url, "--token", TOKEN, "--namespace", "default"]
+        by_file = ["--url", server.url, "--token-file", str(token_file), "--namespace", "default"]
+        wrong = ["--url", server.url, "--token", WRONG_TOKEN, "--namespace", "default"]
+        closed = ["--url", f"http://127.0.0.1:{free_port()}", "--token", TOKEN, "--namespace", "d"]
+        runs: list[tuple[list[str], dict[str, str]]] = [
+            ([*good, "--json", "status"], {}),
+            (
+                [
+                    *good,
+                    "--json",
+                    "submit",
+                    "JuliaBatch",
+                    "cli-job",
+                    "--start-script",
+                    "hello.py",
+                    "--run-volume",
+                    "work",
+                    "--wait",
+                ],
+                {},
+            ),
+            ([*good, "--json", "list"], {}),
+            ([*good, "--json", "info"], {}),
+            ([*good, "logs", "cli-job"], {}),
+            ([*good, "--json", "job-status", "JuliaBatch/missing"], {}),
+            ([*wrong, "--json", "list"], {}),
+            ([*closed, "--json", "list"], {}),
+            (
+                ["--json", "list"],
+                {"JRUN_URL": server.url, "JRUN_TOKEN": TOKEN, "JRUN_NAMESPACE": "default"},
+            ),
+            (
+                ["--json", "logs", "missing"],
+                {"JRUN_URL": server.url, "JRUN_TOKEN": WRONG_TOKEN, "JRUN_NAMESPACE": "default"},
+            ),
+            ([*by_file, "--json", "delete", "JuliaBatch/cli-job"], {}),
+        ]
+        for args, extra in runs:
+            done = subprocess.run(
+                [sys.executable, "-m", "juliarun_aio", *args],
+                capture_output=True,
+                text=True,
+                env={**env, **extra},
+                timeout=60,
+                check=False,
+            )
+            codes.append(done.returncode)
+            outputs.append(f"{done.stdout}\n{done.stderr}")
+    leaked = [(runs[i][0][-2:], out) for i, out in enumerate(outputs) if leaks(out, forms)]
+    record("token never in cli output", cli_runs=len(runs), failing_runs=sum(map(bool, codes)))
+    assert not leaked, leaked[:3]
+    assert [codes[i] for i in (0, 1, 2, 3, 4, 8, 10)] == [0] * 7, outputs
+    assert all(codes[i] != 0 for i in (5, 6, 7, 9)), outputs
+    assert "hello from the cli job" in outputs[4]
+    assert json.loads(outputs[2])[0]["name"] == "cli-job"
