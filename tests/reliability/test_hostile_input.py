@@ -182,7 +182,7 @@ def _harmless(spec: JobSpec) -> JobSpec:
 
 @pytest.mark.slow
 @settings(
-    max_examples=scaled(80, 20),
+    max_examples=scaled(50, 20),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -121,7 +122,15 @@ async def test_another_namespace_job_is_invisible_and_untouchable(
         await owner.submit_job(job)
         with anyio.fail_after(30):
             await owner.wait_for_scale(job, 1, poll=poll)
-        before = (_stored(server, "default", "secret"), await owner.get_job_scale(job))
+        with anyio.fail_after(30):  # until the unit's first line is in the log
+            async with contextlib.aclosing(owner.tail_logs(job, poll=poll)) as lines:
+                async for _ in lines:
+                    break
+        before = (
+            _stored(server, "default", "secret"),
+            await owner.get_job_scale(job),
+            await owner.tail_job(job),
+        )
 
         assert "secret" not in await intruder.list_jobs()
         assert "secret" not in await intruder.get_all_job_info()
@@ -155,8 +164,11 @@ async def test_another_namespace_job_is_invisible_and_untouchable(
         )
         await intruder.delete_job(JuliaBatch(name="secret", start_script="m", run_volume="w"))
         status = await owner.get_job_status(job)
-        after = (_stored(server, "default", "secret"), await owner.get_job_scale(job))
-        lines = await owner.tail_job(job)
+        after = (
+            _stored(server, "default", "secret"),
+            await owner.get_job_scale(job),
+            await owner.tail_job(job),
+        )
     # A's credential presented for B's namespace is refused too.
     code, _ = await anyio.to_thread.run_sync(
         _status, server.url, {"jruntok": _b64(server.token), "jrunns": OTHER_NAMESPACE}, "listJobs"
@@ -164,7 +176,7 @@ async def test_another_namespace_job_is_invisible_and_untouchable(
     assert code == 403
     assert after == before
     assert status.phase == "running"
-    assert lines == "unit up"
+    assert after[2] == "unit up"
     assert (server.data_dir / "namespaces" / "default" / "jobs" / "secret").is_dir()
     record("namespace isolation", refused_calls=refused + 1)
 
