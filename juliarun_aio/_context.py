@@ -58,6 +58,10 @@ DEFAULT_RETRY: Final = RetryPolicy()
 
 _T = TypeVar("_T")
 
+#: httpx refuses longer URLs (and many servers refuse far shorter ones): every value
+#: travels in the query string, so this bounds the size of a spec.
+MAX_URL_LENGTH = 65_536
+
 #: How much of a plain-text error body goes into an exception message.
 _MAX_MESSAGE = 500
 
@@ -218,6 +222,10 @@ class Context:
             verb: The protocol verb (``"getJobStatus"``).
             job: The job for job verbs; ``None`` for system verbs.
             params: The verb's own query parameters (``name`` is added from ``job``).
+
+        Raises:
+            SpecError: the URL would exceed :data:`MAX_URL_LENGTH`; names the longest
+                parameter.  Nothing has been sent.
         """
         path = f"{self.url}/{verb}/" if job is None else f"{self.url}/{verb}/{job.kind}/"
         query: list[tuple[str, str]] = [
@@ -227,7 +235,15 @@ class Context:
         if job is not None:
             query.append(("name", job.name))
         query.extend((k, v) for k, v in params.items() if k != "name")
-        return httpx.URL(f"{path}?{build_query(query)}")
+        url = f"{path}?{build_query(query)}"
+        if len(url) > MAX_URL_LENGTH:
+            field = max(params, key=lambda key: len(params[key]), default="name")
+            raise errors.SpecError(
+                field,
+                f"too long to send: the request URL would be {len(url):,} characters, over "
+                f"the {MAX_URL_LENGTH:,} allowed; keep large values in a file on the run volume",
+            )
+        return httpx.URL(url)
 
     def _timeout_for(self, timeout: TimeoutArg) -> httpx.Timeout:
         return self._timeout if isinstance(timeout, _Unset) else _as_timeout(timeout)
@@ -718,7 +734,8 @@ class Context:
         cursor after any disconnect), else polls ``tailJob``; see :mod:`._logs` for
         what each path guarantees.  Use as
         ``async with contextlib.aclosing(ctx.tail_logs(job)) as lines:`` so that leaving
-        the block closes the stream at once; a plain ``async for`` works too.
+        the block closes the stream at once.  Breaking out of a plain ``async for``
+        leaves the closing to garbage collection (trio warns about that).
 
         Args:
             job: The job.

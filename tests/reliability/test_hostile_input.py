@@ -463,15 +463,6 @@ def test_a_very_long_request_line_gets_the_envelope(server: LocalServer) -> None
     assert status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "juliarun_aio/_context.py Context.build_url/_send_once: a valid spec whose encoded "
-        "query exceeds httpx's 65,536-character URL limit makes submit_job raise "
-        "httpx.InvalidURL('URL too long'), an untranslated library error; expected a "
-        "JuliaRunError (SpecError) before any request"
-    ),
-)
 @pytest.mark.anyio
 async def test_a_spec_too_long_for_a_url_raises_a_typed_error_before_any_request() -> None:
     """Hostile input: a spec whose wire form cannot fit in a URL raises a JuliaRunError."""
@@ -481,8 +472,9 @@ async def test_a_spec_too_long_for_a_url_raises_a_typed_error_before_any_request
         name="big", start_script="s.py", run_volume="work", envvars={"BIG": "x" * 100_000}
     )
     async with client, Context("http://juliarun.invalid", "t", "ns", client=client) as ctx:
-        with pytest.raises(jr.JuliaRunError):
+        with pytest.raises(jr.SpecError, match="too long to send") as caught:
             await ctx.submit_job(spec)
+    assert caught.value.field == "envvars"
     assert router.calls.call_count == 0
 
 
