@@ -97,7 +97,7 @@ class Sizes:
 
 FULL = Sizes(
     warmup=50,
-    calls=200,
+    calls=400,
     naive_calls=40,
     repeats=5,
     concurrent_calls=5000,
