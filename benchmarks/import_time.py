@@ -4,6 +4,10 @@ Each sample is a new ``python`` process that times only the import statement
 (``perf_counter`` around it), alternating the two modules; the median is reported.
 ``python -X importtime`` then names what the time is spent on.
 
+Where rich, click and pygments are installed (juliarun_aio's ``[cli]`` extra brings rich),
+``import httpx`` loads them for its command line, which inflates the baseline; row 7b
+hides them in both interpreters, as in a lean install.
+
 Both modules are imported from cached bytecode, kept in a temporary directory
 (``PYTHONPYCACHEPREFIX``) that a first, untimed import fills: a source checkout
 has no ``__pycache__`` while an installed httpx has, and with
@@ -24,6 +28,20 @@ from ._support import Row, Sizes, fmt_ms, median
 
 _CODE = "import time; t = time.perf_counter(); import {0}; print(time.perf_counter() - t)"
 
+#: Packages that ``import httpx`` loads only when installed (its command line, ``httpx._main``).
+HTTPX_CLI = ("rich", "click", "pygments")
+
+# Makes those packages look absent, as in an environment without them (juliarun_aio's
+# ``[cli]`` extra installs rich, so they are usually present where the benchmarks run).
+_HIDE = """
+import importlib.abc, sys
+class _Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in {0!r}:
+            raise ImportError(name)
+sys.meta_path.insert(0, _Hide())
+"""
+
 
 def _env(cache: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -31,9 +49,10 @@ def _env(cache: str) -> dict[str, str]:
     return env
 
 
-def _sample(module: str, cache: str) -> float:
+def _sample(module: str, cache: str, *, hide_cli: bool = False) -> float:
+    code = (_HIDE.format(HTTPX_CLI) if hide_cli else "") + _CODE.format(module)
     done = subprocess.run(
-        [sys.executable, "-c", _CODE.format(module)],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
@@ -64,17 +83,20 @@ async def run(sizes: Sizes) -> list[Row]:
     cache = tempfile.mkdtemp(prefix="juliarun-bench-pycache-")
     try:
         _sample("juliarun_aio", cache)  # fills the cache for both: it imports httpx
-        ours, base = [], []
+        ours, base, lean_ours, lean_base = [], [], [], []
         for _ in range(sizes.import_repeats):
             base.append(_sample("httpx", cache))
             ours.append(_sample("juliarun_aio", cache))
+            lean_base.append(_sample("httpx", cache, hide_cli=True))
+            lean_ours.append(_sample("juliarun_aio", cache, hide_cli=True))
         heavy = ", ".join(
             f"{name} {fmt_ms(t)}" for name, t in heaviest_packages("juliarun_aio", cache)
         )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     b, s = median(base), median(ours)
-    ratio = s / b
+    lb, ls = median(lean_base), median(lean_ours)
+    ratio, lean_ratio = s / b, ls / lb
     return [
         Row(
             "7. import time",
@@ -85,5 +107,14 @@ async def run(sizes: Sizes) -> list[Row]:
             ratio <= 1.5,
             {"httpx_s": b, "juliarun_aio_s": s},
             note=f"self time by package: {heavy}",
-        )
+        ),
+        Row(
+            "7b. import time, httpx's optional CLI packages absent",
+            f"import httpx {fmt_ms(lb)}",
+            f"import juliarun_aio {fmt_ms(ls)}",
+            lean_ratio,
+            "<= 1.5",
+            lean_ratio <= 1.5,
+            {"httpx_lean_s": lb, "juliarun_aio_lean_s": ls},
+        ),
     ]
