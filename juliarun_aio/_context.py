@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from . import _errors as errors
@@ -61,6 +62,9 @@ _T = TypeVar("_T")
 #: httpx refuses longer URLs (and many servers refuse far shorter ones): every value
 #: travels in the query string, so this bounds the size of a spec.
 MAX_URL_LENGTH = 65_536
+
+#: Signed URLs remembered per Context (cleared when full).
+_URL_CACHE_SIZE = 256
 
 #: How much of a plain-text error body goes into an exception message.
 _MAX_MESSAGE = 500
@@ -147,6 +151,9 @@ class Context:
         # Known from the start, so that even an error before the first request is clean.
         self._token_param()
         self._features: dict[str, Any] = {}
+        # Pollers ask for the same few URLs over and over; parsing one costs more than
+        # the rest of a call's client-side work.  Keyed by the token, so rotation misses.
+        self._urls: dict[tuple[Any, ...], httpx.URL] = {}
         install_log_redaction()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -227,9 +234,14 @@ class Context:
             SpecError: the URL would exceed :data:`MAX_URL_LENGTH`; names the longest
                 parameter.  Nothing has been sent.
         """
+        token = self._token_param()
+        key = (verb, job, tuple(params.items()), token)
+        cached = self._urls.get(key)
+        if cached is not None:
+            return cached
         path = f"{self.url}/{verb}/" if job is None else f"{self.url}/{verb}/{job.kind}/"
         query: list[tuple[str, str]] = [
-            ("jruntok", self._token_param()),
+            ("jruntok", token),
             ("jrunns", self.namespace),
         ]
         if job is not None:
@@ -243,7 +255,10 @@ class Context:
                 f"too long to send: the request URL would be {len(url):,} characters, over "
                 f"the {MAX_URL_LENGTH:,} allowed; keep large values in a file on the run volume",
             )
-        return httpx.URL(url)
+        if len(self._urls) >= _URL_CACHE_SIZE:
+            self._urls.clear()
+        self._urls[key] = signed = httpx.URL(url)
+        return signed
 
     def _timeout_for(self, timeout: TimeoutArg) -> httpx.Timeout:
         return self._timeout if isinstance(timeout, _Unset) else _as_timeout(timeout)
@@ -254,8 +269,19 @@ class Context:
         """Send one GET and read its body; httpx errors are passed through untouched."""
         self._check_open()
         url = self.build_url(verb, job, params)
-        async with self._slots:
+        # Every call checkpoints (as trio expects of async functions; concurrent watchers
+        # join a shared poll here even when a transport answers without waiting).  Then a
+        # free slot, the common case, is taken directly: acquire() would add a shielded
+        # checkpoint, a second trip through the event loop.
+        await anyio.lowlevel.checkpoint()
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._slots.acquire()
+        try:
             return await self._client.get(url, timeout=timeout)
+        finally:
+            self._slots.release()
 
     def _transport_error(
         self, exc: httpx.HTTPError, verb: str, job: JobRef | None, attempts: int

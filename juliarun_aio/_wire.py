@@ -29,18 +29,21 @@ on each parameter's declared type, owns these rules in both directions:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import attrs
-import cattrs
 
 from ._errors import SpecError
 from ._jobs import SPEC_TYPES, FrozenDict, JobSpec, check_parameters, make_spec, quote
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["decode_spec", "decode_value", "encode_spec", "encode_value"]
 
@@ -342,7 +345,12 @@ def _is_literal(declared: Any) -> bool:
     return typing.get_origin(declared) is Literal
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def _converter() -> cattrs.Converter:
+    # Built on first use: importing cattrs is a good part of the package's import time,
+    # and most programs only read results.
+    import cattrs  # noqa: PLC0415
+
     converter = cattrs.Converter()
     # Python value -> query-parameter text.
     converter.register_unstructure_hook(str, str)
@@ -367,9 +375,6 @@ def _make_converter() -> cattrs.Converter:
     return converter
 
 
-_converter = _make_converter()
-
-
 def _parameter_type(field: str) -> Any:
     try:
         return _PARAMETER_TYPES[field]
@@ -390,7 +395,7 @@ def encode_value(field: str, value: object) -> str:
     Raises:
         SpecError: If ``field`` is not a parameter of any job type.
     """
-    text: str = _converter.unstructure(value, unstructure_as=_parameter_type(field))
+    text: str = _converter().unstructure(value, unstructure_as=_parameter_type(field))
     return text
 
 
@@ -413,7 +418,7 @@ def decode_value(field: str, text: str) -> object:
     """
     declared = _parameter_type(field)
     try:
-        return _converter.structure(text, declared)
+        return _converter().structure(text, declared)
     except _WireError as exc:
         raise SpecError(field, f"{exc}; got {quote(text)}") from None
 
