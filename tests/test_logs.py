@@ -30,7 +30,15 @@ from streaming_support import (
     write_script,
 )
 
-from juliarun_aio import Context, JobNotFoundError, JobRef, JuliaBatch, LogLine, WaitTimeoutError
+from juliarun_aio import (
+    Context,
+    JobNotFoundError,
+    JobRef,
+    JuliaBatch,
+    LogLine,
+    ResponseError,
+    WaitTimeoutError,
+)
 from juliarun_aio import _logs as logs
 from juliarun_aio._logs import LogGapWarning, WindowTracker, overlap_end
 from juliarun_aio._watch import PollPolicy
@@ -275,6 +283,57 @@ async def test_stream_reassembles_lines_split_anywhere() -> None:
         _stream_server(router, StreamServer(ScriptedStream(chunks)))
         got = await _collect(ctx.tail_logs(JOB, follow=False))
     assert got == [LogLine("caf\u00e9 \u2603", stream="stderr", cursor=1, proc="worker-2")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "bad",
+    [b"not json", b'{"cursor": 3, "text": "a"},{"cursor": 4, "text": "b"}', b"[1]", b"42"],
+)
+async def test_stream_names_a_malformed_line_in_a_chunk_of_good_ones(bad: bytes) -> None:
+    """Lines before a malformed one in the same chunk arrive; the error names that line."""
+    body = ndjson(log_events(1, 2)) + b"\n  \n" + bad + b"\n" + ndjson(log_events(3, 4))
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(ScriptedStream([body])))
+        got: list[LogLine] = []
+        with pytest.raises(ResponseError, match="unreadable log stream line") as caught:
+            await _collect(ctx.tail_logs(JOB, follow=False), into=got)
+    assert [line.cursor for line in got] == [1, 2]
+    assert repr(bad.decode()) in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_stream_skips_blank_lines_heartbeats_and_repeats_within_a_chunk() -> None:
+    """One chunk mixing blank lines, heartbeats, unknown events and resent lines."""
+    events = [
+        *log_events(1, 2),
+        {"heartbeat": True, "cursor": 2},
+        {"cursor": 2, "text": "line 2 again"},
+        {"cursor": True, "text": "a boolean is not a cursor"},
+        {"something": "new"},
+        {"cursor": 3, "text": "line 3", "stream": 1, "proc": None},
+        {"end": True, "cursor": 3},
+        *log_events(4, 4),
+    ]
+    body = b"\n" + ndjson(events).replace(b"\n", b"\n \r\n", 1)
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(ScriptedStream([body])))
+        got = await _collect(ctx.tail_logs(JOB, follow=False))
+    assert got == [
+        *(LogLine(f"line {c}", "stdout", c, "master") for c in (1, 2)),
+        LogLine("line 3", None, 3, None),
+    ]
+
+
+def test_fast_log_lines_equal_constructed_ones() -> None:
+    """The stream path's LogLine constructor builds the same frozen objects."""
+    fast = logs._new_line("text", "stderr", 7, "worker-1")
+    slow = LogLine("text", stream="stderr", cursor=7, proc="worker-1")
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert repr(fast) == repr(slow)
+    with pytest.raises(AttributeError):
+        fast.text = "changed"  # type: ignore[misc]
 
 
 @pytest.mark.anyio
