@@ -39,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -106,6 +106,7 @@ class JobLog:
         self._lock = threading.Lock()
         self._sources: dict[str, _Source] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._on_wait: Callable[[], None] | None = None
         self._idx_cursor: list[int] = []
         self._idx_byte: list[int] = []
         self._offsets: dict[str, int] = {}
@@ -194,6 +195,15 @@ class JobLog:
         """Return ``(last cursor, byte size)`` of the combined log, consistently."""
         with self._lock:
             return self._last, self._size
+
+    @property
+    def has_waiters(self) -> bool:
+        """True while a stream is waiting for new lines of this log."""
+        return bool(self._waiters)
+
+    def set_wait_hook(self, hook: Callable[[], None] | None) -> None:
+        """Call ``hook`` whenever a stream starts waiting for new lines (the collector's nudge)."""
+        self._on_wait = hook
 
     def readable(self) -> bool:
         """False once streams of this log should end (log closed or readers released)."""
@@ -385,6 +395,9 @@ class JobLog:
             if self._last > after or self._finished or not self.readable():
                 return
             self._waiters.append((loop, future))
+        hook = self._on_wait
+        if hook is not None:
+            hook()  # a reader is waiting: collect this log promptly from now on
         try:
             await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -535,18 +548,45 @@ async def stream_log(
         await log.wait(pos, heartbeat - idle)
 
 
+@attrs.define
+class _Tail:
+    """The collector's schedule for one log."""
+
+    log: JobLog
+    due: float = 0.0  # monotonic time of the next pass over this log
+    idle: int = 0  # passes in a row that found nothing new
+
+
 class Collector:
     """A thread that tails the sources of every registered log.
 
+    Sources are plain files, so the only way to see them grow is to look.  Looking at
+    every source every ``interval`` costs one ``pread`` per source per pass -- with
+    hundreds of quiet jobs that is tens of thousands of empty reads a second.  So each
+    log has its own interval: ``interval`` while it grows (a line reaches a stream in
+    about that time), doubling after each pass that found nothing, up to ``max_interval``.
+    A log goes back to ``interval`` as soon as it grows, and is kept there while a stream
+    waits on it (:meth:`JobLog.wait` nudges the collector), so the readers that care see
+    new lines within ``interval`` even after a quiet spell.  The lines of a process that
+    exits never wait for the schedule: the supervisor drains its sources at once.
+
     Args:
-        interval: Seconds between passes while nothing is pending.
+        interval: Seconds between passes over a log that is growing or being streamed.
+        max_interval: Longest time between passes over a quiet log.
     """
 
-    def __init__(self, interval: float = 0.01) -> None:
+    #: Quiet passes at ``interval`` before backing off: the pass right after a growth
+    #: (which drains a backlog larger than one read) and one more, so that a process
+    #: printing a line every few milliseconds stays at the short interval.
+    FAST_PASSES = 2
+
+    def __init__(self, interval: float = 0.01, max_interval: float = 0.25) -> None:
         self._interval = interval
-        self._logs: dict[tuple[str, str], JobLog] = {}
+        self._max_interval = max(max_interval, interval)
+        self._tails: dict[tuple[str, str], _Tail] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="juliarun-log-collector", daemon=True
         )
@@ -558,28 +598,63 @@ class Collector:
     def stop(self) -> None:
         """Stop the thread (after its current pass)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
 
     def register(self, key: tuple[str, str], log: JobLog) -> None:
         """Tail ``log``'s sources from now on."""
         with self._lock:
-            self._logs[key] = log
+            self._tails[key] = _Tail(log)
+        log.set_wait_hook(lambda: self.nudge(key))
+        self._wake.set()
 
     def unregister(self, key: tuple[str, str]) -> None:
         """Stop tailing the log registered under ``key``."""
         with self._lock:
-            self._logs.pop(key, None)
+            tail = self._tails.pop(key, None)
+        if tail is not None:
+            tail.log.set_wait_hook(None)
+
+    def nudge(self, key: tuple[str, str]) -> None:
+        """Collect the log registered under ``key`` now, and at the short interval again."""
+        with self._lock:
+            tail = self._tails.get(key)
+            if tail is None:
+                return
+            tail.due, tail.idle = 0.0, 0
+        self._wake.set()
+
+    def _next_interval(self, tail: _Tail) -> float:
+        if tail.idle < self.FAST_PASSES or tail.log.has_waiters:
+            return self._interval
+        doublings = min(tail.idle - self.FAST_PASSES + 1, 16)
+        return min(self._interval * (1 << doublings), self._max_interval)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # Cleared before the pass: a nudge during it makes the wait below return at once.
+            self._wake.clear()
             with self._lock:
-                logs = list(self._logs.values())
-            busy = False
-            for log in logs:
-                try:
-                    busy = log.collect() or busy
-                except OSError:
-                    logger.exception("collecting the log in %s failed", log.directory)
-            if not busy:
-                self._stop.wait(self._interval)
+                tails = list(self._tails.values())
+            now = time.monotonic()
+            next_due = now + self._max_interval
+            for tail in tails:
+                if tail.due <= now:
+                    try:
+                        grew = tail.log.collect()
+                    except OSError:
+                        logger.exception("collecting the log in %s failed", tail.log.directory)
+                        grew = False
+                    # Under the lock, so that a nudge is never overwritten by this update.
+                    with self._lock:
+                        if grew:
+                            # Look again right away: a pass reads at most MAX_LINE per source.
+                            tail.idle, tail.due = 0, now
+                        else:
+                            tail.idle += 1
+                            tail.due = now + self._next_interval(tail)
+                next_due = min(next_due, tail.due)
+            delay = next_due - time.monotonic()
+            if delay > 0:
+                self._wake.wait(delay)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["ExitInfo", "LaunchPlan", "Process", "describe_exit", "launch"]
+__all__ = ["ExitInfo", "LaunchPlan", "Process", "any_child_exited", "describe_exit", "launch"]
 
 _LAUNCHER = Path(__file__).with_name("_launcher.py")
 # Linux: start times and sessions come from /proc.  Elsewhere pids are trusted as they are
@@ -155,6 +155,29 @@ class Process:
         code = _read_exit_file(self.exit_path)
         return ExitInfo(code, describe_exit(code))
 
+    @property
+    def is_child(self) -> bool:
+        """True when this server started the process (so the kernel reports its exit)."""
+        return self._popen is not None
+
+    def has_exited(self) -> bool:
+        """Whether the process has ended, without reaping it or acting on it.
+
+        Cheap enough to call on every process at each supervision pass, and safe without
+        the engine's lock: :meth:`poll` then collects the exit.
+        """
+        if self._popen is None:
+            return self.poll() is not None  # reads the exit file and /proc only
+        if self._popen.returncode is not None:
+            return True
+        if not hasattr(os, "waitid"):
+            return self._popen.poll() is not None
+        try:
+            peek = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped
+        return peek is not None
+
     def terminate(self) -> None:
         """Ask the program to stop (SIGTERM, forwarded by the launcher)."""
         if self._popen is not None and self._popen.returncode is None:
@@ -177,6 +200,20 @@ class Process:
         if self._popen is not None and self._popen.poll() is None:
             _detached.append(self._popen)
         self._popen = None
+
+
+def any_child_exited() -> bool:
+    """Whether some child of this server has ended and not been reaped yet (one syscall).
+
+    A false answer means no started process needs looking at; a true one may concern a
+    child that is not a job process, and then each process is checked on its own.
+    """
+    if not hasattr(os, "waitid"):
+        return True
+    try:
+        return os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False  # no children at all
 
 
 def _kill_session(sid: int) -> None:

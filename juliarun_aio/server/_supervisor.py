@@ -43,7 +43,7 @@ from .._models import Endpoint, JobInfo, JobScale, JobStatus
 from .._wire import decode_spec, encode_spec
 from ._config import ServerConfig
 from ._logs import Collector, JobLog
-from ._processes import ExitInfo, Process, describe_exit, launch
+from ._processes import ExitInfo, Process, any_child_exited, describe_exit, launch
 from ._runtime import (
     ARRAY_KINDS,
     DEFAULT_PORTS,
@@ -62,6 +62,9 @@ __all__ = ["Engine"]
 logger = logging.getLogger("juliarun_aio.server")
 
 TERMINAL = frozenset({"succeeded", "failed", "lost"})
+#: Seconds between two checks of the processes re-adopted from an earlier server (each
+#: check reads its exit file and /proc entry; started processes are checked every pass).
+ADOPTED_CHECK = 0.1
 # Parameters that never change after submission, and those that cannot change while the
 # job runs (its master is not restarted, so a new value would never take effect).
 FIXED = frozenset({"run_volume", "ports", "external", "additional_volumes", "pkg_bundle"})
@@ -115,6 +118,9 @@ class _Job:
     spec: JobSpec
     log: JobLog
     slots: dict[str, _Slot] = attrs.field(factory=dict)
+    # The next supervision pass must reconcile the job even if none of its processes
+    # changed (set for recovered jobs, whose slots may lag behind the requested count).
+    dirty: bool = False
 
     @property
     def kind(self) -> str:
@@ -209,15 +215,53 @@ class Engine:
         self._store.close()
 
     def _run(self) -> None:
+        # Every pass looks at every process, so it must be cheap and must not hold the
+        # lock that the verbs need: the checks run without the lock (they only read, and
+        # a stale read is corrected by the next pass) and the lock is taken only for the
+        # jobs that have something to do -- an exit, a pending SIGKILL or a due restart.
+        # Processes this server started are checked with a single syscall while none has
+        # exited; re-adopted ones (not our children) need file reads each, so they are
+        # checked every ADOPTED_CHECK seconds rather than at every pass.
+        next_adopted_check = 0.0
         while not self._stop.wait(self.config.supervise_interval):
+            now = time.monotonic()
+            child_exited = any_child_exited()
+            check_adopted = now >= next_adopted_check
+            if check_adopted:
+                next_adopted_check = now + max(ADOPTED_CHECK, self.config.supervise_interval)
             with self._lock:
-                for job in list(self._jobs.values()):
-                    try:
-                        self._supervise(job)
-                    except Exception:
-                        logger.exception(
-                            "supervising job %s/%s failed", job.row.namespace, job.row.name
-                        )
+                jobs = list(self._jobs.items())
+            for key, job in jobs:
+                try:
+                    if not self._needs_attention(job, now, child_exited, check_adopted):
+                        continue
+                    with self._lock:
+                        if self._jobs.get(key) is job:  # not deleted meanwhile
+                            self._supervise(job)
+                except Exception:
+                    logger.exception(
+                        "supervising job %s/%s failed", job.row.namespace, job.row.name
+                    )
+
+    @staticmethod
+    def _needs_attention(job: _Job, now: float, child_exited: bool, check_adopted: bool) -> bool:
+        """Whether :meth:`_supervise` has anything to do for ``job`` (read without the lock)."""
+        if job.dirty:
+            return True
+        for slot in list(job.slots.values()):
+            process = slot.process
+            if process is None:
+                if slot.waiting_until is not None and now >= slot.waiting_until:
+                    return True  # a restart is due
+                continue
+            if slot.term_sent is not None:
+                return True  # stopping: its exit is awaited, SIGKILL may be due
+            if process.is_child:
+                if child_exited and process.has_exited():
+                    return True
+            elif check_adopted and process.has_exited():
+                return True
+        return False
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -229,7 +273,7 @@ class Engine:
             logger.exception("job %s/%s has an unreadable spec", row.namespace, row.name)
             log.close()
             return
-        job = _Job(row, spec, log)
+        job = _Job(row, spec, log, dirty=True)
         for proc in self._store.processes(row.namespace, row.name):
             slot = job.slots.setdefault(proc.label, _Slot(proc.label))
             slot.key, slot.row_id = proc.key, proc.id
@@ -416,6 +460,7 @@ class Engine:
 
     def _supervise(self, job: _Job) -> None:
         now = time.monotonic()
+        job.dirty = False
         for slot in list(job.slots.values()):
             if slot.process is None:
                 continue
