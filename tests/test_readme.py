@@ -36,7 +36,7 @@ def test_python_example_runs(index: int, tmp_path: Path) -> None:
     code = _blocks("python")[index]
     with LocalServer() as server:
         env = {**os.environ, **server.env}
-        result = subprocess.run(  # noqa: S603 - our own interpreter and README text
+        result = subprocess.run(
             [sys.executable, "-c", code],
             cwd=tmp_path,
             env=env,
