@@ -191,6 +191,17 @@ def _release(ctx: Context, verb: str, ref: JobRef, poller: _SharedPoll[_T]) -> N
         del pollers[(verb, ref)]
 
 
+async def _until(
+    changes: AsyncGenerator[_T, None], done: Callable[[_T], bool]
+) -> AsyncGenerator[_T, None]:
+    """Yield from ``changes`` up to and including the first value that is ``done``."""
+    async with contextlib.aclosing(changes):
+        async for value in changes:
+            yield value
+            if done(value):
+                return
+
+
 async def _changes(
     ctx: Context,
     verb: str,
@@ -273,23 +284,16 @@ def wait_for_workers(
             f"({now}); check that the job was scaled (set_job_scale) and has resources"
         )
 
-    async def scales() -> AsyncGenerator[JobScale, None]:
-        changes = _changes(
-            ctx,
-            "getJobScale",
-            ref,
-            fetch,
-            timeout=timeout,
-            policy=poll or DEFAULT_POLL_POLICY,
-            on_timeout=on_timeout,
-        )
-        async with contextlib.aclosing(changes):
-            async for scale in changes:
-                yield scale
-                if scale.running >= n:
-                    return
-
-    return scales()
+    changes = _changes(
+        ctx,
+        "getJobScale",
+        ref,
+        fetch,
+        timeout=timeout,
+        policy=poll or DEFAULT_POLL_POLICY,
+        on_timeout=on_timeout,
+    )
+    return _until(changes, lambda scale: scale.running >= n)
 
 
 async def wait_for_scale(
@@ -349,23 +353,16 @@ def watch_job(
             now = f"phase {last.phase}" if last.phase else f"succeeded={last.succeeded}"
         return f"job {ref.name!r} did not complete within {timeout:g} s ({now})"
 
-    async def statuses() -> AsyncGenerator[JobStatus, None]:
-        changes = _changes(
-            ctx,
-            "getJobStatus",
-            ref,
-            fetch,
-            timeout=timeout,
-            policy=poll or DEFAULT_POLL_POLICY,
-            on_timeout=on_timeout,
-        )
-        async with contextlib.aclosing(changes):
-            async for status in changes:
-                yield status
-                if status.completed:
-                    return
-
-    return statuses()
+    changes = _changes(
+        ctx,
+        "getJobStatus",
+        ref,
+        fetch,
+        timeout=timeout,
+        policy=poll or DEFAULT_POLL_POLICY,
+        on_timeout=on_timeout,
+    )
+    return _until(changes, lambda status: status.completed)
 
 
 async def wait_for_job(
