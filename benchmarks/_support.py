@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import secrets
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -31,6 +29,7 @@ import httpx
 import psutil
 
 from juliarun_aio import Context, JobRef, JuliaBatch, JuliaRunError
+from juliarun_aio.server import ServerProcess as BaseServerProcess
 
 NAMESPACE = "default"
 VOLUME = "bench"
@@ -194,76 +193,35 @@ def fmt_rate(per_second: float, unit: str) -> str:
 # -- the server process -----------------------------------------------------------------
 
 
-class ServerProcess:
-    """``python -m juliarun_aio.server`` on a free loopback port, in a temporary directory.
+class ServerProcess(BaseServerProcess):
+    """The server on a free loopback port, in a temporary directory.
 
     Jobs are stopped with the server (``--stop-jobs``) and the directory is removed.
     """
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="juliarun-bench-"))
-        self.token = secrets.token_urlsafe(16)
-        self.url = ""
+        super().__init__(
+            self.root / "data", namespace=NAMESPACE, args=("--stop-jobs", "--kill-grace", "1")
+        )
         self.scripts = self.root / "scripts"
         self.scripts.mkdir()
-        self._process: subprocess.Popen[str] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the server and its jobs; remove the directory.
 
-    def start(self) -> ServerProcess:
-        command = [
-            sys.executable,
-            "-m",
-            "juliarun_aio.server",
-            "--port",
-            "0",
-            "--data-dir",
-            str(self.root / "data"),
-            "--token",
-            f"{NAMESPACE}={self.token}",
-            "--stop-jobs",
-            "--kill-grace",
-            "1",
-        ]
-        with open(self.root / "server.log", "w") as log:
-            self._process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL
-            )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        prefix = "JuliaRun server listening on "
-        if not line.startswith(prefix):
-            self.stop()
-            log_text = (self.root / "server.log").read_text() if self.root.exists() else ""
-            raise RuntimeError(f"the server did not start: {line!r} {log_text[-2000:]}")
-        self.url = line[len(prefix) :].strip()
-        return self
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process is not None and process.stdout is not None:
-            process.stdout.close()
+        SIGINT first: after SIGTERM the server exits without running ``--stop-jobs``.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        super().stop(timeout)
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def context(self, **kwargs: Any) -> Context:
         """A Context for this server."""
-        return Context(self.url, self.token, NAMESPACE, **kwargs)
+        return Context(self.url, self.token, self.namespace, **kwargs)
 
     def script(self, name: str, text: str) -> str:
         path = self.scripts / name

@@ -5,6 +5,7 @@ jobs in SQLite and logs in files under a data directory so that a restart loses 
 and adds the ``serverInfo`` and ``streamLogs`` extensions (PROTOCOL-EXTENSIONS.md).
 
 - :class:`LocalServer`: start it in-process (sync or async context manager).
+- :class:`ServerProcess`: start it as a subprocess, which can be killed and restarted.
 - :func:`create_app`: the ASGI application around an :class:`Engine`.
 - ``juliarun-server`` / ``python -m juliarun_aio.server``: the command line.
 """
@@ -21,7 +22,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from ._app import create_app
 from ._config import ConfigError, ServerConfig
+from ._process import ServerProcess
 from ._serve import LocalServer
 from ._supervisor import Engine
 
-__all__ = ["ConfigError", "Engine", "LocalServer", "ServerConfig", "create_app"]
+__all__ = ["ConfigError", "Engine", "LocalServer", "ServerConfig", "ServerProcess", "create_app"]

@@ -16,7 +16,8 @@ from typing import Any
 import anyio
 import pytest
 import sniffio
-from reliability_support import QUICK_RETRY, record, scaled, wait_until, write_script
+from reliability_support import QUICK_RETRY, record, scaled
+from support import wait_until, write_script
 
 from juliarun_aio import Context, JuliaBatch
 from juliarun_aio._watch import PollPolicy

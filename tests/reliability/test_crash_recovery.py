@@ -8,17 +8,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from reliability_support import (
-    ServerProcess,
-    free_port,
-    record,
-    scaled,
-    wait_until,
-    write_script,
-)
+from reliability_support import free_port, record, scaled
+from support import QUICK_KILL, wait_until, write_script
 
 from juliarun_aio import Context, JobSpec, JuliaBatch, JuliaParBatchWorkers, LogLine
 from juliarun_aio._watch import PollPolicy
+from juliarun_aio.server import ServerProcess
 
 #: Each writer prints LINES long lines, one ``os.write`` per line, pausing now and then so
 #: that the server is killed while they write.
@@ -86,7 +81,7 @@ async def test_sigkill_while_jobs_run_loses_no_line_and_keeps_true_states(
     }
     token = "crash-test-token"
     port = free_port()
-    server = ServerProcess(data_dir, port, {"default": token})
+    server = ServerProcess(data_dir, tokens={"default": token}, port=port, args=QUICK_KILL).start()
     kills = 0
     try:
         async with Context(server.url, token, "default", timeout=10.0) as ctx:

@@ -17,19 +17,13 @@ from typing import Any
 import anyio
 import pytest
 from faultproxy import FaultProxy
-from reliability_support import (
-    QUICK_RETRY,
-    ServerProcess,
-    free_port,
-    record,
-    scaled,
-    write_script,
-)
+from reliability_support import QUICK_RETRY, free_port, record, scaled
+from support import QUICK_KILL, write_script
 
 import juliarun_aio as jr
 from juliarun_aio import Context, JuliaBatch, RetryPolicy
 from juliarun_aio._watch import PollPolicy
-from juliarun_aio.server import LocalServer
+from juliarun_aio.server import LocalServer, ServerProcess
 
 #: Per-attempt timeout of the Contexts under faults; stalls last until it passes.
 ATTEMPT_TIMEOUT = 1.0
@@ -302,7 +296,7 @@ async def test_tail_logs_through_cuts_and_restarts_is_exact(tmp_path: Path) -> N
     write_script(volume, "gen.py", LOG_SCRIPT.format(total=total, burst=burst, pause=0.1))
     token = "tail-restart-token"
     port = free_port()
-    server = ServerProcess(data_dir, port, {"default": token})
+    server = ServerProcess(data_dir, tokens={"default": token}, port=port, args=QUICK_KILL).start()
     policy = RetryPolicy(attempts=5, initial=0.01, maximum=0.1, total_timeout=30.0)
     texts: list[str] = []
     cursors: list[int] = []

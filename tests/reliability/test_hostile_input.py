@@ -22,8 +22,9 @@ import pytest
 import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_support import record, scaled, write_script
+from reliability_support import record, scaled
 from strategies import specs
+from support import write_script
 
 import juliarun_aio as jr
 from juliarun_aio import Context, JobSpec, JuliaBatch, SpecError

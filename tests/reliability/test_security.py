@@ -21,12 +21,13 @@ import psutil
 import pytest
 from conftest import OTHER_NAMESPACE
 from faultproxy import FaultProxy
-from reliability_support import FAST_SERVER, ServerProcess, free_port, record, write_script
+from reliability_support import FAST_SERVER, free_port, record
+from support import QUICK_KILL, write_script
 
 import juliarun_aio as jr
 from juliarun_aio import Context, JuliaBatch, JuliaParBatchWorkers, RetryPolicy
 from juliarun_aio._watch import PollPolicy
-from juliarun_aio.server import LocalServer, ServerConfig
+from juliarun_aio.server import LocalServer, ServerConfig, ServerProcess
 
 #: A token whose base64 holds '+', '/' and '=' (``czM+Y3I/dC10b2tlbi12NGx1ZX4=``), so that
 #: every encoded form of it differs from the others.
@@ -189,7 +190,7 @@ def test_the_server_binds_loopback_by_default(tmp_path: Path) -> None:
     assert ServerConfig(data_dir=tmp_path, tokens={"default": "t"}).host == "127.0.0.1"
     with LocalServer(tmp_path / "local", **FAST_SERVER) as local:
         assert local.url.startswith("http://127.0.0.1:")
-    server = ServerProcess(tmp_path / "cli", 0, {"default": "t"})
+    server = ServerProcess(tmp_path / "cli", tokens={"default": "t"}, args=QUICK_KILL).start()
     try:
         assert server.url == f"http://127.0.0.1:{server.port}"
         assert server.proc is not None

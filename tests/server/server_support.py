@@ -1,35 +1,16 @@
-"""Helpers of the local server tests: a protocol client, polling, a server subprocess."""
+"""Helpers of the local server tests: a protocol client and its polling."""
 
 from __future__ import annotations
 
 import base64
-import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
+from support import wait_until
 
 #: Short grace and backoff so that tests about stopping and restarting are quick.
 FAST: dict[str, Any] = {"kill_grace": 0.5, "restart_backoff": 0.05, "restart_backoff_max": 0.2}
-
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(0.02)
 
 
 def encode_token(token: str) -> str:
@@ -130,56 +111,3 @@ class Api:
     def lines(self, kind: str, name: str, **params: Any) -> list[str]:
         text: str = self.data("tailJob", kind, name=name, count=10_000, **params)
         return text.split("\n") if text else []
-
-
-def write_script(directory: Path, name: str, text: str) -> str:
-    """Write a script into a volume directory and return its name."""
-    path = directory / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return name
-
-
-class ServerProcess:
-    """The server run as ``python -m juliarun_aio.server`` in a subprocess."""
-
-    def __init__(self, data_dir: Path, token: str, *extra: str) -> None:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("JRUN_")}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "juliarun_aio.server",
-                "--port",
-                "0",
-                "--data-dir",
-                str(data_dir),
-                "--token",
-                f"default={token}",
-                "--kill-grace",
-                "0.5",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", first)
-        if match is None:
-            self.stop()
-            raise AssertionError(f"unexpected first line from the server: {first!r}")
-        self.url = match.group(1)
-
-    def kill(self) -> None:
-        """SIGKILL the server (its job processes survive)."""
-        self.proc.kill()
-        self.proc.communicate()
-
-    def stop(self) -> None:
-        """SIGTERM the server and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.communicate(timeout=30)

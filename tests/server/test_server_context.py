@@ -6,7 +6,8 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from server_support import FAST, write_script
+from server_support import FAST
+from support import write_script
 
 from juliarun_aio import (
     AuthenticationError,

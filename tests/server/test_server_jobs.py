@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from server_support import Api, wait_until, write_script
+from server_support import Api
+from support import wait_until, write_script
 
 MASTER = (
     "import os, time\n"

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_support import FAST, Api, encode_token, write_script
+from server_support import FAST, Api, encode_token
+from support import write_script
 
 from juliarun_aio.server import Engine, LocalServer, ServerConfig, create_app
 

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from server_support import Api, ServerProcess, encode_token, wait_until, write_script
+from server_support import Api, encode_token
+from support import QUICK_KILL, wait_until, write_script
+
+from juliarun_aio.server import ServerProcess
 
 TOKEN = "restart-token"
+TOKENS = {"default": TOKEN}
 CHATTY = (
     "import os, sys, time\n"
     "open('chatty.pid', 'w').write(str(os.getpid()))\n"
@@ -56,7 +60,7 @@ def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> 
     """After SIGKILL and a restart the job is listed, its process re-adopted, its log exact."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = ServerProcess(data_dir, TOKEN)
+    first = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
     api = Api(first.url, TOKEN, "default")
     try:
         api.data(
@@ -71,7 +75,7 @@ def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> 
     size = _source_size(data_dir, "chatty")
     wait_until(lambda: _source_size(data_dir, "chatty") > size + 1000, what="output while down")
 
-    second = ServerProcess(data_dir, TOKEN)
+    second = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
     api = Api(second.url, TOKEN, "default")
     try:
         assert api.data("listJobs") == {"chatty": {"type": "JuliaBatch"}}
@@ -104,7 +108,7 @@ def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
     """A job whose process vanished while the server was down is reported lost, with a reason."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = ServerProcess(data_dir, TOKEN)
+    first = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
     api = Api(first.url, TOKEN, "default")
     try:
         api.data(
@@ -121,7 +125,7 @@ def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
         proc.kill()
     psutil.wait_procs([launcher, child], timeout=10)
 
-    second = ServerProcess(data_dir, TOKEN)
+    second = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
     api = Api(second.url, TOKEN, "default")
     try:
         status = api.wait_done("JuliaBatch", "victim")
@@ -138,7 +142,7 @@ def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path) -> None
     """SIGTERM stops the server but not its jobs; the next server finishes them normally."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = ServerProcess(data_dir, TOKEN)
+    first = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
     api = Api(first.url, TOKEN, "default")
     try:
         api.data(
@@ -149,7 +153,7 @@ def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path) -> None
         api.close()
         first.stop()
     assert psutil.pid_exists(int((volume / "chatty.pid").read_text()))
-    second = ServerProcess(data_dir, TOKEN, "--stop-jobs")
+    second = ServerProcess(data_dir, tokens=TOKENS, args=(*QUICK_KILL, "--stop-jobs")).start()
     api = Api(second.url, TOKEN, "default")
     try:
         (volume / "finish").touch()

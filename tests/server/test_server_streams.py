@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_support import Api, encode_token, wait_until, write_script
+from server_support import Api, encode_token
+from support import wait_until, write_script
 
 from juliarun_aio.server import _logs
 from juliarun_aio.server._logs import COMBINED, JOURNAL, MAX_LINE, JobLog

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from server_support import Api, encode_token, write_script
+from server_support import Api, encode_token
+from support import write_script
 
 LINES = 1_000_000
 WRITER = f"""\

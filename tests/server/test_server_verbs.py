@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from server_support import FAST, Api, wait_until, write_script
+from server_support import FAST, Api
+from support import wait_until, write_script
 
 from juliarun_aio.server import LocalServer
 

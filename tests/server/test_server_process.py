@@ -1,0 +1,104 @@
+"""ServerProcess: the server in a subprocess that can be killed and started again."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from server_support import Api
+from support import QUICK_KILL, write_script
+
+from juliarun_aio import Context
+from juliarun_aio.server import ServerProcess
+
+SLEEPER = (
+    "import os, time\n"
+    "open('sleeper.pid', 'w').write(str(os.getpid()))\n"
+    "print('up', flush=True)\n"
+    "while not os.path.exists('finish'):\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory whose job processes are killed after the test."""
+    path = tmp_path / "data"
+    yield path
+    for pid_file in path.glob("namespaces/*/volumes/*/*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            continue
+
+
+def test_serves_the_protocol_and_stops_cleanly(data_dir: Path) -> None:
+    """The URL answers, ``env`` describes the client's settings, SIGTERM ends it."""
+    with ServerProcess(data_dir, namespace="team", args=QUICK_KILL) as server:
+        assert server.url == f"http://127.0.0.1:{server.port}"
+        assert server.env == {
+            "JRUN_URL": server.url,
+            "JRUN_TOKEN": server.token,
+            "JRUN_NAMESPACE": "team",
+        }
+        assert psutil.Process(server.pid).is_running()
+        api = Api(server.url, server.token, server.namespace)
+        try:
+            assert api.data("getSystemStatus") is True
+        finally:
+            api.close()
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
+    assert server.proc is not None
+    assert server.proc.returncode == -signal.SIGTERM, server.output()
+    assert "Traceback" not in server.output()
+
+
+def test_a_killed_server_restarts_on_its_url_and_readopts_its_job(data_dir: Path) -> None:
+    """After SIGKILL the job goes on; ``start`` again serves on the same URL and finishes it."""
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "sleeper.py", SLEEPER)
+    server = ServerProcess(data_dir, args=QUICK_KILL).start()
+    try:
+        api = Api(server.url, server.token, server.namespace)
+        api.data(
+            "submitJob", "JuliaBatch", name="sleeper", start_script="sleeper.py", run_volume="work"
+        )
+        api.wait_lines("JuliaBatch", "sleeper", 1)
+        api.close()
+        url = server.url
+        server.kill()
+        assert psutil.pid_exists(int((volume / "sleeper.pid").read_text()))
+
+        server.start()
+        assert server.url == url
+        api = Api(server.url, server.token, server.namespace)
+        assert api.status("JuliaBatch", "sleeper")["phase"] == "running"
+        (volume / "finish").touch()
+        assert api.wait_done("JuliaBatch", "sleeper")["phase"] == "succeeded"
+        api.close()
+    finally:
+        server.stop()
+
+
+def test_a_server_that_does_not_start_reports_what_it_printed(tmp_path: Path) -> None:
+    """A server that exits at once makes ``start`` fail with its message."""
+    server = ServerProcess(tmp_path / "data", args=("--config", str(tmp_path / "missing.toml")))
+    with pytest.raises(RuntimeError, match=r"did not start:\n.*juliarun-server:"):
+        server.start()
+
+
+@pytest.mark.anyio
+async def test_async_context_manager(tmp_path: Path) -> None:
+    """``async with`` starts and stops the server without blocking the event loop."""
+    async with (
+        ServerProcess(tmp_path / "data", args=QUICK_KILL) as server,
+        Context(server.url, server.token, server.namespace) as ctx,
+    ):
+        assert await ctx.get_system_status() is True
+    assert server.proc is not None
+    assert server.proc.returncode == -signal.SIGTERM, server.output()
