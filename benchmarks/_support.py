@@ -13,9 +13,7 @@ import contextlib
 import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -208,14 +206,7 @@ class ServerProcess(BaseServerProcess):
         self.scripts.mkdir()
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Stop the server and its jobs; remove the directory.
-
-        SIGINT first: after SIGTERM the server exits without running ``--stop-jobs``.
-        """
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
+        """Stop the server and its jobs (``--stop-jobs``); remove the directory."""
         super().stop(timeout)
         shutil.rmtree(self.root, ignore_errors=True)
 

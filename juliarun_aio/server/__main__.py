@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from ._config import (
     DEFAULT_DATA_DIR,
@@ -102,11 +104,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"export JRUN_URL={shlex.quote(url)}")
         print(f"export JRUN_TOKEN={shlex.quote(token)}")
         print(f"export JRUN_NAMESPACE={shlex.quote(namespace)}", flush=True)
+    # uvicorn handles SIGINT/SIGTERM while it serves, then restores the handlers it found
+    # and raises the signal again.  With Python's default SIGTERM action that re-raise
+    # would end the process before the engine stops its jobs; turn it into SystemExit.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         make_uvicorn(engine, log_level=args.log_level).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
         sock.close()
         engine.stop(leave_running=not args.stop_jobs)
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,31 @@ def test_serves_the_protocol_and_stops_cleanly(data_dir: Path) -> None:
         with pytest.raises(RuntimeError, match="already running"):
             server.start()
     assert server.proc is not None
-    assert server.proc.returncode == -signal.SIGTERM, server.output()
+    assert server.proc.returncode == 128 + signal.SIGTERM, server.output()
     assert "Traceback" not in server.output()
+
+
+def test_sigterm_with_stop_jobs_stops_the_jobs(data_dir: Path) -> None:
+    """With --stop-jobs, SIGTERM stops the server's job processes before it exits."""
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "sleeper.py", SLEEPER)
+    with ServerProcess(data_dir, args=(*QUICK_KILL, "--stop-jobs")) as server:
+        api = Api(server.url, server.token, server.namespace)
+        try:
+            api.data(
+                "submitJob",
+                "JuliaBatch",
+                name="sleeper",
+                start_script="sleeper.py",
+                run_volume="work",
+            )
+            api.wait_lines("JuliaBatch", "sleeper", 1)
+        finally:
+            api.close()
+        pid = int((volume / "sleeper.pid").read_text())
+    assert server.proc is not None
+    assert server.proc.returncode == 128 + signal.SIGTERM, server.output()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_killed_server_restarts_on_its_url_and_readopts_its_job(data_dir: Path) -> None:
@@ -101,4 +124,4 @@ async def test_async_context_manager(tmp_path: Path) -> None:
     ):
         assert await ctx.get_system_status() is True
     assert server.proc is not None
-    assert server.proc.returncode == -signal.SIGTERM, server.output()
+    assert server.proc.returncode == 128 + signal.SIGTERM, server.output()
