@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +34,16 @@ def volume(server: LocalServer) -> Path:
     path = server.data_dir / "namespaces" / server.namespace / "volumes" / "work"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory for server processes; job processes that wrote a ``.pid`` file into a
+    volume are killed after the test."""
+    path = tmp_path / "data"
+    yield path
+    for pid_file in path.glob("namespaces/*/volumes/*/*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            continue

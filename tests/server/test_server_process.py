@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -22,18 +20,6 @@ SLEEPER = (
     "while not os.path.exists('finish'):\n"
     "    time.sleep(0.01)\n"
 )
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A data directory whose job processes are killed after the test."""
-    path = tmp_path / "data"
-    yield path
-    for pid_file in path.glob("namespaces/*/volumes/*/*.pid"):
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            continue
 
 
 def test_serves_the_protocol_and_stops_cleanly(data_dir: Path) -> None:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 from server_support import Api, encode_token
 from support import QUICK_KILL, wait_until, write_script
 
@@ -31,18 +27,6 @@ CHATTY = (
 )
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A data directory whose job processes are killed after the test."""
-    path = tmp_path / "data"
-    yield path
-    for pid_file in path.glob("namespaces/*/volumes/*/*.pid"):
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            continue
-
-
 def _volume(data_dir: Path) -> Path:
     path = data_dir / "namespaces" / "default" / "volumes" / "work"
     path.mkdir(parents=True, exist_ok=True)
@@ -56,20 +40,26 @@ def _source_size(data_dir: Path, job: str) -> int:
     )
 
 
+def _run_chatty_until(data_dir: Path, name: str, lines: int) -> ServerProcess:
+    """Start a server, submit ``chatty.py`` as job ``name``, and wait for its first lines."""
+    server = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
+    api = Api(server.url, TOKEN, "default")
+    try:
+        api.data("submitJob", "JuliaBatch", name=name, start_script="chatty.py", run_volume="work")
+        api.wait_lines("JuliaBatch", name, lines)
+    except BaseException:
+        server.stop()
+        raise
+    finally:
+        api.close()
+    return server
+
+
 def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> None:
     """After SIGKILL and a restart the job is listed, its process re-adopted, its log exact."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(first.url, TOKEN, "default")
-    try:
-        api.data(
-            "submitJob", "JuliaBatch", name="chatty", start_script="chatty.py", run_volume="work"
-        )
-        api.wait_lines("JuliaBatch", "chatty", 50)
-    finally:
-        api.close()
-        first.kill()
+    _run_chatty_until(data_dir, "chatty", 50).kill()
     pid = int((volume / "chatty.pid").read_text())
     # The job goes on writing while no server runs.
     size = _source_size(data_dir, "chatty")
@@ -108,16 +98,7 @@ def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
     """A job whose process vanished while the server was down is reported lost, with a reason."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(first.url, TOKEN, "default")
-    try:
-        api.data(
-            "submitJob", "JuliaBatch", name="victim", start_script="chatty.py", run_volume="work"
-        )
-        api.wait_lines("JuliaBatch", "victim", 1)
-    finally:
-        api.close()
-        first.kill()
+    _run_chatty_until(data_dir, "victim", 1).kill()
     child = psutil.Process(int((volume / "chatty.pid").read_text()))
     launcher = child.parent()
     assert launcher is not None
@@ -142,16 +123,7 @@ def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path) -> None
     """SIGTERM stops the server but not its jobs; the next server finishes them normally."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(first.url, TOKEN, "default")
-    try:
-        api.data(
-            "submitJob", "JuliaBatch", name="calm", start_script="chatty.py", run_volume="work"
-        )
-        api.wait_lines("JuliaBatch", "calm", 1)
-    finally:
-        api.close()
-        first.stop()
+    _run_chatty_until(data_dir, "calm", 1).stop()
     assert psutil.pid_exists(int((volume / "chatty.pid").read_text()))
     second = ServerProcess(data_dir, tokens=TOKENS, args=(*QUICK_KILL, "--stop-jobs")).start()
     api = Api(second.url, TOKEN, "default")
