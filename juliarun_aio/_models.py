@@ -77,6 +77,9 @@ class JobStatus:
             server says (the local server does; a plain JuliaRun server does not).
         failed: The job ended unsuccessfully (only servers that report failures).
         message: A human-readable reason from the server, if any.
+        uid: The identity of this submission of the job, when the server reports one (the
+            local server does): a job deleted and submitted again under the same name has
+            a new ``uid``.
         extra: Keys the server sent that this model does not know.
     """
 
@@ -91,6 +94,7 @@ class JobStatus:
     phase: str | None = None
     failed: bool = False
     message: str | None = None
+    uid: str | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @property
@@ -133,7 +137,7 @@ class JobStatus:
         for key, value in data.items():
             if key in known and value is not None:
                 values[key] = known[key](value, f"status.{key}")
-            elif key in ("phase", "message") and value is not None:
+            elif key in ("phase", "message", "uid") and value is not None:
                 values[key] = str(value)
             elif key not in known:
                 extra[key] = value
@@ -161,6 +165,8 @@ class JobStatus:
             out["failed"] = self.failed
         if self.message is not None:
             out["message"] = self.message
+        if self.uid is not None:
+            out["uid"] = self.uid
         out.update(self.extra)
         return out
 

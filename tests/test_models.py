@@ -45,6 +45,7 @@ def test_status_full_dict_form() -> None:
             "phase": "succeeded",
             "failed": False,
             "message": "done",
+            "uid": "0f3a9c2e81b4d756",
         }
     )
     assert status == JobStatus(
@@ -59,6 +60,7 @@ def test_status_full_dict_form() -> None:
         phase="succeeded",
         failed=False,
         message="done",
+        uid="0f3a9c2e81b4d756",
     )
     assert status.completed
 
@@ -329,6 +331,7 @@ STATUSES = st.builds(
     phase=st.none() | st.sampled_from(["pending", "running", "succeeded", "failed", "lost"]),
     failed=st.booleans(),
     message=st.none() | st.text(max_size=20),
+    uid=st.none() | st.text("0123456789abcdef", min_size=16, max_size=16),
 )
 
 
@@ -401,3 +404,12 @@ def test_job_info_keeps_an_unknown_job_type() -> None:
     assert jobs["b"].ref == JobRef("JuliaBatch", "b")
     with pytest.raises(SpecError):
         _ = jobs["future"].ref
+
+
+def test_status_uid_tells_submissions_apart() -> None:
+    """Two statuses that differ only in their uid (a job deleted and submitted again) differ."""
+    first = JobStatus.from_wire({**OBSERVED_STATUS, "uid": "a" * 16})
+    again = JobStatus.from_wire({**OBSERVED_STATUS, "uid": "b" * 16})
+    assert first.uid == "a" * 16
+    assert first != again
+    assert JobStatus.from_wire(OBSERVED_STATUS).uid is None
