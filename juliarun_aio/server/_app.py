@@ -204,7 +204,12 @@ def _system_verb(engine: Engine, verb: str, namespace: str) -> Any:
     if verb == "listJobs":
         return engine.list_jobs(namespace)
     if verb == "serverInfo":
-        return {"server": "juliarun_aio", "version": __version__, "extensions": list(EXTENSIONS)}
+        return {
+            "server": "juliarun_aio",
+            "version": __version__,
+            "extensions": list(EXTENSIONS),
+            "process_cleanup": engine.process_cleanup,
+        }
     assert verb == "getAllJobInfo"
     return engine.all_job_info(namespace)
 

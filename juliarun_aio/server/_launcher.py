@@ -1,6 +1,7 @@
-"""The tiny program every job process runs under.
+"""The tiny program every job process runs under, on whichever machine runs the job.
 
-``python -m juliarun_aio.server._launcher --exit-file PATH [--memory-bytes N] -- ARGV...``
+``python -I _launcher.py --exit-file PATH [--tree-file PATH] [--memory-bytes N]
+[--cleanup MODE] -- ARGV...``
 
 The server starts it in a session of its own, with stdout/stderr already pointing at the
 process's log files, so neither the job nor its output depends on the server staying up.
@@ -9,39 +10,449 @@ The launcher
 - applies ``RLIMIT_AS`` to the program when a memory limit is given,
 - runs ``ARGV`` directly (never through a shell) in a process group of its own,
 - forwards SIGTERM/SIGINT to that process group, exactly once per signal received,
-- writes the program's exit code (``-N`` when killed by signal N) atomically to the exit
-  file, which is how a server -- this one or a later one -- learns that the process ended.
+- when the program has ended, for whatever reason, kills every process it left behind
+  (see below) and reaps them,
+- then writes the program's exit code (``-N`` when killed by signal N) atomically to the
+  exit file, which is how a server -- this one or a later one -- learns that the process
+  ended.  An exit file therefore also says that no process of the slot is left.
 
-It imports nothing from the package so that it starts fast; the server runs it by path.
+**Process-tree cleanup.**  Everything the program starts belongs to its *slot* and ends
+with it, as in a container: children that called ``setsid`` or double-forked included.
+The launcher uses the strongest mechanism the machine grants it, trying in this order
+(``--cleanup`` names the strongest one to try; the default ``auto`` tries them all):
+
+- ``cgroup2``: a cgroup of its own, created under the launcher's cgroup in the unified
+  (v2) hierarchy when that directory is writable.  Nothing started inside can leave it;
+  it is killed at once with ``cgroup.kill`` (Linux 5.14+; else member by member).
+- ``cgroup1``: the same in a writable v1 ``freezer`` hierarchy (frozen, killed, thawed,
+  so that nothing forks meanwhile) or else ``pids`` hierarchy.
+- ``subreaper``: the launcher becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``), so
+  that orphans of the tree are re-parented to it rather than to init, and kills its
+  descendants until none is left.
+- ``session`` (not Linux): the program's process group only.
+
+On Linux the launcher is a subreaper under every mechanism, so that it reaps what it kills.
+Every process of the slot also inherits ``JULIARUN_AIO_SLOT=<slot id>`` in its environment.
+The *tree file* records the mechanism, the cgroup and the slot id before the program
+starts, so that :func:`kill_tree` can clean up when the launcher itself was killed (with
+``subreaper``, by finding the processes that carry the slot id, which misses only a process
+that re-executed itself with a cleared environment).
+
+A memory limit stays an address-space limit (``RLIMIT_AS``) under every mechanism: the
+memory controller could only be used for a slot's cgroup where the launcher's own cgroup
+delegates it (cgroup v2 forbids enabling it under a cgroup that holds processes, as the
+server's does), which a plain local server or a batch job usually does not have.
+
+It imports nothing from the package (and runs with ``-I -S``) so that it starts fast; the
+server runs it by path.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import resource
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from types import FrameType
+
+__all__ = [
+    "CLEANUP_MODES",
+    "EXIT_NOT_EXECUTABLE",
+    "EXIT_NOT_FOUND",
+    "SLOT_VARIABLE",
+    "Tree",
+    "describe_cleanup",
+    "kill_tree",
+    "main",
+    "run",
+]
 
 #: Exit code written when the program cannot be started (as a shell would report it).
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
+#: The environment variable that marks every process of a slot.
+SLOT_VARIABLE = "JULIARUN_AIO_SLOT"
+#: Values of ``--cleanup``: the strongest mechanism to try (``auto``: the strongest there is).
+CLEANUP_MODES = ("auto", "cgroup2", "cgroup1", "subreaper")
+#: v1 hierarchies that can hold a slot, best first: a frozen cgroup cannot fork while its
+#: members are killed.
+_V1_CONTROLLERS = ("freezer", "pids")
+_PR_SET_CHILD_SUBREAPER = 36
+#: Seconds the launcher waits for the processes it killed to be gone before it reports
+#: the exit anyway (a process in uninterruptible sleep cannot die sooner).
+LAUNCHER_KILL_WAIT = 10.0
+_LINUX = sys.platform.startswith("linux")
+
+
+# -- cgroups ---------------------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    r"""Decode the octal escapes (``\040`` for a space) of a /proc/self/mountinfo field."""
+    if "\\" not in field:
+        return field
+    return field.encode().decode("unicode_escape")
+
+
+def _cgroup_homes() -> Iterator[tuple[str, str]]:
+    """The directories of the cgroups this process is in, as ``(mechanism, path)``, best first.
+
+    Only hierarchies that are mounted here and can hold a slot are listed: the unified one
+    (``cgroup2``), then the v1 ``freezer`` and ``pids`` ones (``cgroup1``).
+    """
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            own = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            mounts = [line.split() for line in fh]
+    except OSError:
+        return
+    v2 = [path for hierarchy, controllers, path in own if hierarchy == "0" and not controllers]
+    v1 = {
+        controller: path
+        for hierarchy, controllers, path in own
+        if hierarchy != "0"
+        for controller in controllers.split(",")
+    }
+    # (mechanism, file system type, controller the mount must carry, our cgroup's path)
+    wanted = [("cgroup2", "cgroup2", "", path) for path in v2]
+    wanted += [("cgroup1", "cgroup", name, v1[name]) for name in _V1_CONTROLLERS if name in v1]
+    for mechanism, fstype, controller, path in wanted:
+        for fields in mounts:
+            if "-" not in fields:
+                continue
+            dash = fields.index("-")
+            if dash < 5 or len(fields) < dash + 4 or fields[dash + 1] != fstype:
+                continue
+            if controller and controller not in fields[dash + 3].split(","):
+                continue
+            root, mountpoint = _unescape(fields[3]).rstrip("/"), _unescape(fields[4])
+            if path != root and not path.startswith(root + "/"):
+                continue  # this mount does not show our cgroup
+            yield mechanism, os.path.normpath(mountpoint + "/" + path[len(root) :])
+            break
+
+
+def _members(cgroup: str) -> list[int]:
+    """The pids in ``cgroup``; empty when it does not exist."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), encoding="ascii") as fh:
+            return [int(line) for line in fh if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _write(path: str, text: str) -> bool:
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(text)
+    except OSError:
+        return False
+    return True
+
+
+def _kill_cgroup_once(cgroup: str) -> bool:
+    """SIGKILL every member of ``cgroup`` (which must not hold the caller); False when empty."""
+    pids = _members(cgroup)
+    if not pids:
+        return False
+    if _write(os.path.join(cgroup, "cgroup.kill"), "1"):
+        return True
+    state = os.path.join(cgroup, "freezer.state")
+    frozen = os.path.exists(state) and _write(state, "FROZEN")
+    if frozen:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), open(state, encoding="ascii") as fh:
+                if fh.read().strip() == "FROZEN":
+                    break
+            time.sleep(0.001)
+        pids = _members(cgroup)  # nothing can fork any more
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if frozen:
+        _write(state, "THAWED")  # killed tasks die once thawed
+    return True
+
+
+# -- processes found through /proc -----------------------------------------------------------
+
+
+def _proc_pids() -> list[int]:
+    try:
+        return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` (from the parent pids in /proc)."""
+    children: dict[int, list[int]] = {}
+    for pid in _proc_pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and fields[0] not in (b"Z", b"X"):
+            children.setdefault(int(fields[1]), []).append(pid)
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _marked(slot: str) -> list[int]:
+    """Every live process whose environment carries ``SLOT_VARIABLE=slot``."""
+    needle = f"{SLOT_VARIABLE}={slot}".encode()
+    found = []
+    for pid in _proc_pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and stat[stat.rfind(b")") + 2 :][:1] not in b"ZX":
+            found.append(pid)
+    return found
+
+
+def _reap() -> bool:
+    """Reap every child that has ended; False once the caller has no children at all."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _set_subreaper() -> bool:
+    if not _LINUX:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# -- the tree of one slot --------------------------------------------------------------------
+
+
+class Tree:
+    """The processes of one slot and how to find them: what a tree file records.
+
+    Args:
+        mechanism: ``cgroup2``, ``cgroup1``, ``subreaper`` or ``session``.
+        slot: The slot id (the value of :data:`SLOT_VARIABLE`).
+        cgroup: The slot's cgroup directory, for the cgroup mechanisms.
+        home: The cgroup directory the launcher came from, for the cgroup mechanisms.
+    """
+
+    def __init__(
+        self, mechanism: str, slot: str, cgroup: str | None = None, home: str | None = None
+    ) -> None:
+        self.mechanism = mechanism
+        self.slot = slot
+        self.cgroup = cgroup
+        self.home = home
+
+    def save(self, path: str | None) -> None:
+        """Write the tree file (atomically), if there is one."""
+        if path is None:
+            return
+        lines = [f"mechanism {self.mechanism}", f"slot {self.slot}"]
+        if self.cgroup is not None and self.home is not None:
+            lines += [f"cgroup {self.cgroup}", f"home {self.home}"]
+        _write_atomically(path, "\n".join(lines) + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> Tree | None:
+        """Read a tree file; ``None`` when it is missing or unreadable."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                fields = dict(line.rstrip("\n").split(" ", 1) for line in fh if " " in line)
+        except (OSError, ValueError):
+            return None
+        if "mechanism" not in fields or "slot" not in fields:
+            return None
+        return cls(fields["mechanism"], fields["slot"], fields.get("cgroup"), fields.get("home"))
+
+    def members(self) -> list[int]:
+        """The live processes of the slot, as found without its launcher."""
+        if self.cgroup is not None:
+            return _members(self.cgroup)
+        return _marked(self.slot) if _LINUX else []
+
+    def kill(self, timeout: float) -> list[int]:
+        """SIGKILL every process of the slot, wait up to ``timeout`` s for them to be gone.
+
+        For a slot whose launcher is dead; the launcher itself uses :meth:`clean_up`.  The
+        slot's cgroup is removed once empty.
+
+        Returns:
+            The processes still there after ``timeout`` (normally none).
+        """
+        return self._kill(timeout, launcher=None, group=None)
+
+    def clean_up(self, timeout: float, group: int | None) -> list[int]:
+        """From the launcher, once its program ended: kill, reap and remove what is left.
+
+        Args:
+            timeout: Seconds to wait for the killed processes to be gone.
+            group: The program's process group, killed too (all ``session`` can do).
+
+        Returns:
+            The processes still there after ``timeout`` (normally none).
+        """
+        if self.cgroup is not None and self.home is not None:
+            # Step out first: cgroup.kill and the freezer would hit the launcher too.
+            _write(os.path.join(self.home, "cgroup.procs"), str(os.getpid()))
+        return self._kill(timeout, launcher=os.getpid(), group=group)
+
+    def _kill(self, timeout: float, *, launcher: int | None, group: int | None) -> list[int]:
+        """Kill until nothing is left, reaping when ``launcher`` is this process.
+
+        What is killed: the cgroup's members, and the launcher's descendants when it runs
+        (so also a process that left the cgroup), else the processes marked with the slot id.
+        """
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            left = []
+            if self.cgroup is not None and _kill_cgroup_once(self.cgroup):
+                left += _members(self.cgroup)
+            if launcher is not None:
+                strays = _descendants(launcher)  # also catches a process that left the cgroup
+            else:
+                strays = [] if self.cgroup is not None else self.members()
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            left += strays
+            children = _reap() if launcher is not None else False
+            if not left and not children:
+                break
+            if time.monotonic() >= deadline:
+                return sorted(set(left))
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        if self.cgroup is not None:
+            for _ in range(100):  # the kernel may take a moment to let an emptied cgroup go
+                try:
+                    os.rmdir(self.cgroup)
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.001)
+                else:
+                    break
+        return []
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def contain(mode: str, slot: str, tree_file: str | None) -> Tree:
+    """Put this process in the strongest container ``mode`` allows; record it in ``tree_file``.
+
+    Children started afterwards inherit the cgroup.  Each attempt is recorded before it is
+    made, so that a launcher killed half-way leaves nothing that cannot be found.
+    """
+    order = CLEANUP_MODES[1:]
+    allowed = order if mode == "auto" else order[order.index(mode) :]
+    subreaper = _set_subreaper()
+    for mechanism, home in _cgroup_homes() if _LINUX else ():
+        if mechanism not in allowed:
+            continue
+        tree = Tree(mechanism, slot, os.path.join(home, f"juliarun-{slot}"), home)
+        assert tree.cgroup is not None
+        tree.save(tree_file)
+        try:
+            os.mkdir(tree.cgroup, 0o755)
+        except OSError:
+            continue
+        if _write(os.path.join(tree.cgroup, "cgroup.procs"), str(os.getpid())):
+            return tree
+        with contextlib.suppress(OSError):
+            os.rmdir(tree.cgroup)
+    tree = Tree("subreaper" if subreaper else "session", slot)
+    tree.save(tree_file)
+    return tree
+
+
+def describe_cleanup(mode: str = "auto") -> tuple[str, str | None]:
+    """Say which mechanism a launcher started by this process would use, and where.
+
+    The cgroup mechanisms are probed by creating and removing an empty cgroup.
+
+    Returns:
+        The mechanism (``cgroup2``, ``cgroup1``, ``subreaper`` or ``session``), and the
+        cgroup directory under which slots' cgroups would be made (``None`` for the others).
+    """
+    order = CLEANUP_MODES[1:]
+    allowed = order if mode == "auto" else order[order.index(mode) :]
+    for mechanism, home in _cgroup_homes() if _LINUX else ():
+        if mechanism not in allowed or not os.access(os.path.join(home, "cgroup.procs"), os.W_OK):
+            continue
+        probe = os.path.join(home, f"juliarun-probe-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.mkdir(probe, 0o755)
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
+        return mechanism, home
+    return ("subreaper" if _LINUX else "session"), None
+
+
+def kill_tree(tree_file: str, timeout: float = 1.0) -> list[int]:
+    """Kill whatever is left of a slot whose launcher is gone, as its tree file describes.
+
+    Returns:
+        The processes still alive after ``timeout`` seconds (normally none).
+    """
+    tree = Tree.load(tree_file)
+    if tree is None or tree.mechanism == "session":
+        return []
+    return tree.kill(timeout)
+
+
+# -- the launcher ------------------------------------------------------------------------------
 
 
 def _write_exit_file(path: str, code: int) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(f"{code}\n")
-    os.replace(tmp, path)
+    _write_atomically(path, f"{code}\n")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="juliarun_aio.server._launcher")
     parser.add_argument("--exit-file", required=True)
+    parser.add_argument("--tree-file", default=None)
     parser.add_argument("--memory-bytes", type=int, default=None)
+    parser.add_argument("--cleanup", choices=CLEANUP_MODES, default="auto")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -51,10 +462,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _wait_for(pid: int) -> int:
+    """Wait for ``pid`` to end, reaping any other (re-parented) child meanwhile."""
+    while True:
+        ended, status = os.waitpid(-1, 0)
+        if ended == pid:
+            return os.waitstatus_to_exitcode(status)
+
+
 def run(argv: list[str]) -> int:
     """Run the command described by ``argv`` (launcher arguments) and return its exit code."""
     args = _parse(argv)
     memory: int | None = args.memory_bytes
+    slot = os.urandom(8).hex()
 
     def prepare_child() -> None:  # runs in the child between fork and exec
         os.setpgid(0, 0)
@@ -75,19 +495,28 @@ def run(argv: list[str]) -> int:
     # and leave the program running unobserved.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    tree = contain(args.cleanup, slot, args.tree_file)
+    env = dict(os.environ)
+    env[SLOT_VARIABLE] = slot
     try:
-        child = subprocess.Popen(args.command, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
+        child = subprocess.Popen(args.command, env=env, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
     except FileNotFoundError:
         print(f"juliarun: cannot run {args.command[0]!r}: not found", file=sys.stderr)
-        _write_exit_file(args.exit_file, EXIT_NOT_FOUND)
-        return EXIT_NOT_FOUND
+        code = EXIT_NOT_FOUND
     except (PermissionError, OSError) as exc:
         print(f"juliarun: cannot run {args.command[0]!r}: {exc.strerror}", file=sys.stderr)
-        _write_exit_file(args.exit_file, EXIT_NOT_EXECUTABLE)
-        return EXIT_NOT_EXECUTABLE
-    for signum in received:
-        forward(signum, None)
-    code = child.wait()
+        code = EXIT_NOT_EXECUTABLE
+    else:
+        for signum in received:
+            forward(signum, None)
+        code = child.returncode = _wait_for(child.pid)
+    left = tree.clean_up(LAUNCHER_KILL_WAIT, child.pid if child is not None else None)
+    if left:
+        print(
+            f"juliarun: {len(left)} process(es) of the job could not be killed: "
+            f"{', '.join(map(str, left))}",
+            file=sys.stderr,
+        )
     _write_exit_file(args.exit_file, code)
     return code if code >= 0 else 128 - code
 

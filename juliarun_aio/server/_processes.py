@@ -6,8 +6,17 @@ by the launcher's pid plus its kernel start time (``/proc/<pid>/stat``), which g
 against pid reuse when a later server re-adopts it.  The launcher writes the program's
 exit code to an *exit file*; that file is how an adopted process's end is observed.
 
+Everything a job process starts ends with it: the launcher contains the program's whole
+process tree (a cgroup of its own where cgroups are writable, else as a child subreaper;
+see ``_launcher.py``) and kills what is left when the program ends.  It records how in a
+*tree file* beside the exit file, so that when the launcher itself dies -- killed, or while
+no server ran -- the server that notices kills the rest of the tree.  The environment
+variable ``JULIARUN_AIO_CLEANUP`` of the server (``cgroup2``, ``cgroup1`` or
+``subreaper``) names the strongest mechanism launchers may use; by default they use the
+strongest the machine offers, which :func:`describe_cleanup` names.
+
 Stopping sends SIGTERM to the launcher, which forwards it to the program's process group;
-killing sends SIGKILL to every process of the session.
+killing sends SIGKILL to every process of the session and of the tree.
 """
 
 from __future__ import annotations
@@ -22,7 +31,18 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["ExitInfo", "LaunchPlan", "Process", "any_child_exited", "describe_exit", "launch"]
+from ._launcher import CLEANUP_MODES, describe_cleanup, kill_tree
+
+__all__ = [
+    "ExitInfo",
+    "LaunchPlan",
+    "Process",
+    "any_child_exited",
+    "cleanup_mode",
+    "describe_cleanup",
+    "describe_exit",
+    "launch",
+]
 
 _LAUNCHER = Path(__file__).with_name("_launcher.py")
 # Linux: start times and sessions come from /proc.  Elsewhere pids are trusted as they are
@@ -88,6 +108,16 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
 
 
+def cleanup_mode() -> str:
+    """The ``--cleanup`` mode of the launchers: ``$JULIARUN_AIO_CLEANUP``, else ``auto``."""
+    mode = os.environ.get("JULIARUN_AIO_CLEANUP", "auto")
+    return mode if mode in CLEANUP_MODES else "auto"
+
+
+def _tree_file(exit_path: Path) -> Path:
+    return exit_path.with_suffix(".tree")
+
+
 def _read_exit_file(path: Path) -> int | None:
     try:
         return int(path.read_text(encoding="ascii").strip())
@@ -115,6 +145,7 @@ class Process:
         self.pid = pid
         self.ticks = ticks
         self.exit_path = exit_path
+        self.tree_path = _tree_file(exit_path)
         self._popen = popen
 
     @classmethod
@@ -143,7 +174,7 @@ class Process:
             code = _read_exit_file(self.exit_path)
             if code is None:
                 # The launcher itself was killed: do not leave its program behind.
-                _kill_session(self.pid)
+                self._kill_orphans()
                 code = returncode
             return ExitInfo(code, describe_exit(code))
         code = _read_exit_file(self.exit_path)
@@ -153,7 +184,14 @@ class Process:
             return None
         # The launcher writes the exit file before it exits: look once more.
         code = _read_exit_file(self.exit_path)
+        if code is None:
+            self._kill_orphans()
         return ExitInfo(code, describe_exit(code))
+
+    def _kill_orphans(self) -> None:
+        """Kill what a dead launcher left: its session and the rest of its process tree."""
+        _kill_session(self.pid)
+        kill_tree(str(self.tree_path))
 
     @property
     def is_child(self) -> bool:
@@ -188,12 +226,12 @@ class Process:
                 os.kill(self.pid, signal.SIGTERM)
 
     def kill(self) -> None:
-        """Kill the launcher, the program and everything else in their session."""
+        """Kill the launcher, the program and everything else in their session and tree."""
         if self._popen is not None:
             if self._popen.poll() is None:
-                _kill_session(self.pid)
+                self._kill_orphans()
         elif self._same_process_alive():
-            _kill_session(self.pid)
+            self._kill_orphans()
 
     def detach(self) -> None:
         """Leave the process running for a later server; keep reaping it meanwhile."""
@@ -240,7 +278,8 @@ def launch(plan: LaunchPlan, *, stdout: Path, stderr: Path, exit_path: Path) -> 
             is reported through its exit code and stderr instead).
     """
     _reap_detached()
-    command = [sys.executable, "-I", str(_LAUNCHER), "--exit-file", str(exit_path)]
+    command = [sys.executable, "-I", "-S", str(_LAUNCHER), "--exit-file", str(exit_path)]
+    command += ["--tree-file", str(_tree_file(exit_path)), "--cleanup", cleanup_mode()]
     if plan.memory_bytes is not None:
         command += ["--memory-bytes", str(plan.memory_bytes)]
     command += ["--", *plan.argv]

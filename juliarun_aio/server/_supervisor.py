@@ -43,7 +43,15 @@ from .._models import Endpoint, JobInfo, JobScale, JobStatus
 from .._wire import decode_spec, encode_spec
 from ._config import ServerConfig
 from ._logs import Collector, JobLog
-from ._processes import ExitInfo, Process, any_child_exited, describe_exit, launch
+from ._processes import (
+    ExitInfo,
+    Process,
+    any_child_exited,
+    cleanup_mode,
+    describe_cleanup,
+    describe_exit,
+    launch,
+)
 from ._runtime import (
     ARRAY_KINDS,
     DEFAULT_PORTS,
@@ -164,6 +172,9 @@ class Engine:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="juliarun-supervisor", daemon=True)
         self._started = False
+        #: How job process trees are cleaned up: ``cgroup2``, ``cgroup1``, ``subreaper`` or
+        #: ``session`` (see ``_launcher.py``); known once started.
+        self.process_cleanup = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -181,6 +192,12 @@ class Engine:
         self._collector.start()
         self._thread.start()
         self._started = True
+        self.process_cleanup, where = describe_cleanup(cleanup_mode())
+        logger.info(
+            "processes that jobs start end with their job: cleanup by %s%s",
+            self.process_cleanup,
+            f" under {where}" if where else "",
+        )
 
     def release_streams(self) -> None:
         """End every open log stream (the server is about to stop)."""

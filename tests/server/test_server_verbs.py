@@ -12,18 +12,21 @@ from server_support import FAST, Api
 from support import wait_until, write_script
 
 from juliarun_aio.server import LocalServer
+from juliarun_aio.server._launcher import describe_cleanup
 
 HELLO = "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
 
 
 def test_system_status_and_server_info(api: Api) -> None:
-    """getSystemStatus is true and serverInfo advertises the streamLogs extension."""
+    """getSystemStatus is true; serverInfo advertises streamLogs and the process cleanup."""
     assert api.data("getSystemStatus") is True
     info = api.data("serverInfo")
     assert info["server"] == "juliarun_aio"
     assert info["extensions"] == ["streamLogs"]
     assert isinstance(info["version"], str)
+    assert info["process_cleanup"] == describe_cleanup()[0]
+    assert info["process_cleanup"] in ("cgroup2", "cgroup1", "subreaper", "session")
 
 
 def test_batch_job_lifecycle(api: Api, volume: Path) -> None:

@@ -1,0 +1,165 @@
+"""Lifecycle: a job's processes end with it, however it ends."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from reliability_support import record
+from support import (
+    QUICK_KILL,
+    SPAWN_STRAYS,
+    cleanup_mechanisms,
+    marked_processes,
+    wait_until,
+    write_script,
+)
+
+from juliarun_aio import Context, JuliaBatch, JuliaParBatch
+from juliarun_aio._watch import PollPolicy
+from juliarun_aio.server import ServerProcess
+
+#: Starts a background child, a child in a session of its own and a double-forked daemon,
+#: writes its pid to ``<job>-<proc>.pid``, then exits or (LEAKY_MODE=stay) sleeps.
+LEAKY = (
+    """\
+import os, subprocess, sys, time
+stray = [sys.executable, "-c", "import time; time.sleep(300)"]
+"""
+    + SPAWN_STRAYS
+    + """\
+name = os.environ["JRUN_NAME"] + "-" + os.environ["JRUN_PROC"]
+with open(name + ".pid.tmp", "w") as fh:
+    fh.write(str(os.getpid()))
+os.replace(name + ".pid.tmp", name + ".pid")
+while os.environ.get("LEAKY_MODE") == "stay":
+    time.sleep(1)
+"""
+)
+MARK = "LEAK_TEST_MARK"
+POLL = PollPolicy(initial=0.05, maximum=0.2)
+
+
+class Leaks:
+    """Jobs that leave processes behind unless their slots clean up, and the count of those."""
+
+    def __init__(self, volume: Path) -> None:
+        self.volume = volume
+        self.run = secrets.token_hex(4)
+        self.left: dict[str, int] = {}
+        write_script(volume, "leaky.py", LEAKY)
+        write_script(volume, "sleep.sh", "exec sleep 300\n")
+
+    def marker(self, way: str) -> str:
+        return f"{self.run}-{way}"
+
+    def batch(self, way: str, *, stay: bool = True) -> JuliaBatch:
+        env = {MARK: self.marker(way), "LEAKY_MODE": "stay" if stay else "go"}
+        return JuliaBatch(name=way, start_script="leaky.py", run_volume="work", envvars=env)
+
+    def program(self, job: str, proc: str = "master") -> int:
+        """Wait until the job's program has started its children; return its pid."""
+        path = self.volume / f"{job}-{proc}.pid"
+        wait_until(path.exists, 30, f"{path.name}")
+        return int(path.read_text())
+
+    def processes(self, way: str) -> list[psutil.Process]:
+        return marked_processes(MARK, self.marker(way))
+
+    def count(self, way: str) -> None:
+        """Record how many processes of ``way`` are left once they had a moment to go."""
+        deadline = time.monotonic() + 10
+        while self.processes(way) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.left[way] = len(self.processes(way))
+
+    def kill_all(self) -> None:
+        for way in self.left:
+            for proc in self.processes(way):
+                proc.kill()
+
+
+@pytest.fixture
+def leaks(tmp_path: Path) -> Iterator[Leaks]:
+    """The leak counter of a data directory's ``work`` volume; kills what a failure left."""
+    found = Leaks(tmp_path / "data" / "namespaces" / "default" / "volumes" / "work")
+    yield found
+    found.kill_all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tree cleanup needs Linux")
+@pytest.mark.parametrize("mechanism", cleanup_mechanisms())
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_no_process_outlives_its_job_however_it_ends(
+    tmp_path: Path, leaks: Leaks, mechanism: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lifecycle: exit, delete, kill -9, scale-down, launcher killed, --stop-jobs: none left."""
+    monkeypatch.setenv("JULIARUN_AIO_CLEANUP", mechanism)
+    server = ServerProcess(tmp_path / "data", args=QUICK_KILL).start()
+    try:
+        async with Context(server.url, server.token, server.namespace) as ctx:
+            assert (await ctx.server_info() or {}).get("process_cleanup") == mechanism
+
+            await ctx.submit_job(leaks.batch("exits", stay=False))
+            assert (await ctx.wait_for_job(leaks.batch("exits"), poll=POLL)).succeeded
+            leaks.count("exits")
+
+            await ctx.submit_job(leaks.batch("deleted"))
+            leaks.program("deleted")
+            await ctx.delete_job(leaks.batch("deleted"), force=True)
+            leaks.count("deleted")
+
+            await ctx.submit_job(leaks.batch("killed"))
+            os.kill(leaks.program("killed"), signal.SIGKILL)
+            assert (await ctx.wait_for_job(leaks.batch("killed"), poll=POLL)).failed
+            leaks.count("killed")
+
+            env = {MARK: leaks.marker("scaled-down"), "LEAKY_MODE": "stay"}
+            par = JuliaParBatch(
+                name="scaled-down",
+                start_script="sleep.sh",
+                worker_start_script="leaky.py",
+                run_volume="work",
+                nworkers=1,
+                worker_envvars=env,
+            )
+            await ctx.submit_job(par)
+            leaks.program("scaled-down", "worker-1")
+            await ctx.set_job_scale(par, 0)
+            await ctx.wait_for_scale(par, 0, poll=POLL)
+            leaks.count("scaled-down")
+            await ctx.delete_job(par, force=True)
+
+            orphaned = leaks.batch("launcher-killed")
+            await ctx.submit_job(orphaned)
+            program = psutil.Process(leaks.program("launcher-killed"))
+        server.kill()
+        launcher = program.parent()
+        assert launcher is not None
+        launcher.kill()
+        launcher.wait(10)
+        assert len(leaks.processes("launcher-killed")) == 4  # the program and its 3 children
+
+        server.args = (*QUICK_KILL, "--stop-jobs")
+        server.start()
+        async with Context(server.url, server.token, server.namespace) as ctx:
+            assert (await ctx.wait_for_job(orphaned, poll=POLL)).phase == "lost"
+            leaks.count("launcher-killed")
+            await ctx.submit_job(leaks.batch("server-stopped"))
+            leaks.program("server-stopped")
+    finally:
+        server.stop()
+    leaks.count("server-stopped")
+
+    assert leaks.left == dict.fromkeys(leaks.left, 0)
+    assert len(leaks.left) == 6
+    record(f"leftover processes per way a job ends ({mechanism})", **leaks.left)

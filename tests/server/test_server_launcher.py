@@ -1,0 +1,206 @@
+"""The launcher: whatever way its program ends, no process the program started is left."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from support import SPAWN_STRAYS, cleanup_mechanisms, wait_until
+
+from juliarun_aio.server import _launcher
+from juliarun_aio.server._launcher import SLOT_VARIABLE, Tree, kill_tree
+
+LAUNCHER = Path(_launcher.__file__)
+
+#: Starts a plain background child, a child in a session of its own (setsid) and a
+#: double-forked daemon, each a Python sleeping with the marker in its arguments; waits
+#: until all three run, writes its pid to the ready file, then exits or, asked to stay,
+#: waits for a signal.
+LEAKY = (
+    """\
+import os, subprocess, sys, time
+marker, stay, ready = sys.argv[1], sys.argv[2] == "stay", sys.argv[3]
+stray = [sys.executable, "-c", "import time; time.sleep(300)", marker]
+"""
+    + SPAWN_STRAYS
+    + """\
+def strays():
+    found = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found += marker in open(f"/proc/{pid}/cmdline").read().split("\\0")
+        except OSError:
+            pass
+    return found - 2  # this program and its launcher have the marker too
+while strays() < 3:
+    time.sleep(0.01)
+open(ready, "w").write(str(os.getpid()))
+while stay:
+    time.sleep(0.05)
+"""
+)
+
+
+MECHANISMS = cleanup_mechanisms() if sys.platform.startswith("linux") else []
+pytestmark = pytest.mark.skipif(not MECHANISMS, reason="process-tree cleanup needs Linux")
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """The live processes with ``marker`` among their arguments."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if marker in (proc.info["cmdline"] or []) and proc.info["status"] != "zombie":
+            found.append(proc)
+    return found
+
+
+class Slot:
+    """A launcher running ``LEAKY`` with a mechanism, and the files it writes."""
+
+    def __init__(self, tmp_path: Path, mechanism: str, *, stay: bool) -> None:
+        self.marker = f"leak-{secrets.token_hex(6)}"
+        self.exit_file = tmp_path / "slot.exit"
+        self.tree_file = tmp_path / "slot.tree"
+        self.ready = tmp_path / "ready"
+        script = tmp_path / "leaky.py"
+        script.write_text(LEAKY)
+        command = [sys.executable, "-I", str(LAUNCHER), "--exit-file", str(self.exit_file)]
+        command += ["--tree-file", str(self.tree_file), "--cleanup", mechanism, "--"]
+        command += [sys.executable, str(script), self.marker, "stay" if stay else "go"]
+        command.append(str(self.ready))
+        self.launcher = subprocess.Popen(command, start_new_session=True)
+
+    def program(self) -> int:
+        """Wait until the program has started its children; return its pid."""
+        wait_until(lambda: self.ready.exists() and self.ready.read_text(), what="the program")
+        return int(self.ready.read_text())
+
+    def tree(self) -> Tree:
+        tree = Tree.load(str(self.tree_file))
+        assert tree is not None
+        return tree
+
+    def clean(self) -> None:
+        for proc in marked(self.marker):
+            proc.kill()
+        if self.launcher.poll() is None:
+            self.launcher.kill()
+        self.launcher.wait()
+        if (tree := Tree.load(str(self.tree_file))) is not None:
+            tree.kill(5.0)
+
+
+@pytest.fixture(params=MECHANISMS)
+def mechanism(request: pytest.FixtureRequest) -> str:
+    """Each cleanup mechanism this machine offers."""
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+def slot(tmp_path: Path, mechanism: str) -> Iterator[Slot]:
+    """A launcher whose program stays until it is signalled; cleaned up after the test."""
+    running = Slot(tmp_path, mechanism, stay=True)
+    yield running
+    running.clean()
+
+
+def _assert_gone(slot: Slot) -> None:
+    assert marked(slot.marker) == []
+    tree = slot.tree()
+    if tree.cgroup is not None:
+        assert not os.path.exists(tree.cgroup)
+
+
+def test_program_that_exits_leaves_no_process(tmp_path: Path, mechanism: str) -> None:
+    """Children, setsid children and double-forked daemons end with a program that exits 0."""
+    slot = Slot(tmp_path, mechanism, stay=False)
+    try:
+        assert slot.launcher.wait(timeout=60) == 0
+        assert slot.exit_file.read_text() == "0\n"
+        assert slot.tree().mechanism == mechanism
+        _assert_gone(slot)
+    finally:
+        slot.clean()
+
+
+def test_program_killed_with_sigkill_leaves_no_process(slot: Slot) -> None:
+    """When the program is killed with SIGKILL, the launcher kills what it started."""
+    os.kill(slot.program(), signal.SIGKILL)
+    assert slot.launcher.wait(timeout=30) == 128 + signal.SIGKILL
+    assert slot.exit_file.read_text() == f"{-signal.SIGKILL}\n"
+    _assert_gone(slot)
+
+
+def test_sigterm_to_the_launcher_leaves_no_process(slot: Slot) -> None:
+    """SIGTERM reaches the program; what it started (in other sessions too) ends with it."""
+    slot.program()
+    slot.launcher.terminate()
+    assert slot.launcher.wait(timeout=30) == 128 + signal.SIGTERM
+    _assert_gone(slot)
+
+
+def test_killed_launcher_is_cleaned_up_from_its_tree_file(slot: Slot) -> None:
+    """After SIGKILL of the launcher, kill_tree finds and kills the slot's processes."""
+    program = slot.program()
+    slot.launcher.kill()
+    slot.launcher.wait()
+    assert len(marked(slot.marker)) == 4  # the program and its three children are left
+    assert kill_tree(str(slot.tree_file), timeout=10) == []
+    wait_until(lambda: not psutil.pid_exists(program) or _zombie(program), what="the program")
+    _assert_gone(slot)
+
+
+def test_every_process_of_the_slot_is_marked(slot: Slot) -> None:
+    """The program and everything it starts carry the slot id in their environment."""
+    slot.program()
+    tree = slot.tree()
+    if tree.cgroup is not None:  # the program, its children, and the launcher
+        assert len(tree.members()) == 5
+    program = [proc for proc in marked(slot.marker) if proc.pid != slot.launcher.pid]
+    assert len(program) == 4
+    for proc in program:
+        assert proc.environ()[SLOT_VARIABLE] == tree.slot
+
+
+def test_tree_file_of_a_missing_slot_is_harmless(tmp_path: Path) -> None:
+    """kill_tree of a missing or unreadable tree file, or of an empty slot, does nothing."""
+    assert kill_tree(str(tmp_path / "missing.tree")) == []
+    (tmp_path / "bad.tree").write_text("nonsense\n")
+    assert kill_tree(str(tmp_path / "bad.tree")) == []
+    Tree("subreaper", "no-such-slot").save(str(tmp_path / "empty.tree"))
+    assert kill_tree(str(tmp_path / "empty.tree")) == []
+
+
+def test_program_not_found_still_writes_the_exit_file(tmp_path: Path) -> None:
+    """A program that cannot start is reported as exit 127, and its cgroup is removed."""
+    exit_file, tree_file = tmp_path / "x.exit", tmp_path / "x.tree"
+    command = [sys.executable, "-I", str(LAUNCHER), "--exit-file", str(exit_file)]
+    command += ["--tree-file", str(tree_file), "--", str(tmp_path / "missing")]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 127
+    assert "not found" in result.stderr
+    assert exit_file.read_text() == "127\n"
+    tree = Tree.load(str(tree_file))
+    assert tree is not None
+    assert tree.cgroup is None or not os.path.exists(tree.cgroup)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        status: str = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return True
+    return bool(status == psutil.STATUS_ZOMBIE)
