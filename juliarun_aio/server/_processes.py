@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -192,6 +193,16 @@ class Process:
         """Kill what a dead launcher left: its session and the rest of its process tree."""
         _kill_session(self.pid)
         kill_tree(str(self.tree_path))
+
+    def wait_started(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s until the launcher has contained its program, or ended."""
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while not self.tree_path.exists() and time.monotonic() < deadline:
+            if self.has_exited():
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     @property
     def is_child(self) -> bool:

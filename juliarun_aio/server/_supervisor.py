@@ -21,18 +21,29 @@ exits, escalates SIGTERM to SIGKILL after ``kill_grace``, restarts and scales.  
 state change is written to the store; the job's log is drained before its phase becomes
 final, so a stream that sees the end of the job has seen all of its lines.
 
+Starting a process takes milliseconds (a fork and exec of the launcher), so no process is
+started while the engine's lock is held: a verb or a supervision pass only marks the
+slot as *starting* and queues it; a small pool of starter threads launches the queued
+slots (several at once) and then records each process under the lock -- or, when the slot
+is no longer wanted by then (job deleted or finished, worker scaled away), kills it and
+records nothing.  Deleting a job waits for its starts in flight.  The one exception to the
+queue is a job's master, which ``submitJob`` starts itself (still without the lock) so
+that a master that cannot start fails the submission's job before the answer is sent.
+
 The engine raises the SDK's :class:`~juliarun_aio.ApiError` subclasses with the HTTP status
 to answer; the HTTP layer only translates them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -77,6 +88,11 @@ ADOPTED_CHECK = 0.1
 # job runs (its master is not restarted, so a new value would never take effect).
 FIXED = frozenset({"run_volume", "ports", "external", "additional_volumes", "pkg_bundle"})
 FIXED_WHILE_RUNNING = frozenset({"start_script", "builder_script", "cfg_file", "shell", "passwd"})
+#: Threads that start queued processes.  Two let one fork while the other waits for its
+#: exec; more only compete with the request threads for the interpreter and the CPUs.
+STARTERS = 2
+#: Longest wait of a starter thread for a launcher to be up before it starts the next one.
+LAUNCH_PACE = 2.0
 
 
 def _bad_request(message: str) -> ApiError:
@@ -110,6 +126,7 @@ class _Slot:
     error: str | None = None  # why it cannot start
     term_sent: float | None = None  # monotonic time SIGTERM was sent
     retiring: bool = False  # being stopped because the job was scaled down
+    starting: bool = False  # a start is queued or under way
 
     @property
     def is_worker(self) -> bool:
@@ -129,6 +146,7 @@ class _Job:
     # The next supervision pass must reconcile the job even if none of its processes
     # changed (set for recovered jobs, whose slots may lag behind the requested count).
     dirty: bool = False
+    starts: int = 0  # starts queued or under way; deleting the job waits for them
 
     @property
     def kind(self) -> str:
@@ -169,6 +187,8 @@ class Engine:
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._deleting: set[tuple[str, str]] = set()
         self._lock = threading.RLock()
+        self._starts_done = threading.Condition(self._lock)
+        self._starter = ThreadPoolExecutor(STARTERS, thread_name_prefix="juliarun-start")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="juliarun-supervisor", daemon=True)
         self._started = False
@@ -216,6 +236,9 @@ class Engine:
         self._stop.set()
         if self._started:
             self._thread.join()
+        # Starts under way are recorded (or undone) as usual; queued ones give up at once
+        # (a later server starts them: the requested counts are stored).
+        self._starter.shutdown(wait=True)
         with self._lock:
             jobs = list(self._jobs.values())
             self._jobs.clear()
@@ -343,9 +366,33 @@ class Engine:
         # Empty when the namespace lost its token in the configuration since submission.
         return self.config.tokens.get(namespace, "")
 
-    def _start(self, job: _Job, slot: _Slot) -> None:
-        """Start a process in ``slot``; on failure record why (and fail the job if fatal)."""
-        request = ProcessRequest(
+    def _queue_start(self, job: _Job, slot: _Slot) -> None:
+        """Mark ``slot`` as starting and leave the start to a starter thread (under the lock)."""
+        request, version = self._request(job, slot), job.row.spec_version
+        slot.starting, slot.waiting_until = True, None
+        job.starts += 1
+        try:
+            self._starter.submit(self._start_queued, job, slot, request, version)
+        except RuntimeError:  # the engine is stopping; a later server starts the slot
+            slot.starting = False
+            job.starts -= 1
+
+    def _start_queued(self, job: _Job, slot: _Slot, request: ProcessRequest, version: int) -> None:
+        try:
+            process = self._start(job, slot, request, version)
+        except Exception:
+            logger.exception(
+                "starting %s of job %s/%s failed", slot.label, job.row.namespace, job.row.name
+            )
+            return
+        if process is not None and not self._stop.is_set():
+            # Pace the starts: the next one waits until this launcher is up, so that a big
+            # scale-up never has more than STARTERS interpreters starting at once, which
+            # would starve the server of CPU (and every other call with it).
+            process.wait_started(LAUNCH_PACE)
+
+    def _request(self, job: _Job, slot: _Slot) -> ProcessRequest:
+        return ProcessRequest(
             namespace=job.row.namespace,
             spec=job.spec,
             label=slot.label,
@@ -355,26 +402,82 @@ class Engine:
             token=self._token(job.row.namespace),
             layout=self.layout,
         )
+
+    def _wanted(self, job: _Job, slot: _Slot) -> bool:
+        """Whether a start of ``slot`` is still wanted (under the lock)."""
+        return (
+            self._jobs.get((job.row.namespace, job.row.name)) is job
+            and job.slots.get(slot.label) is slot
+            and not slot.retiring
+            and not job.terminal
+        )
+
+    def _start(
+        self, job: _Job, slot: _Slot, request: ProcessRequest, version: int
+    ) -> Process | None:
+        """Start the process of a slot marked as starting, without holding the lock.
+
+        The process is recorded if the slot is still wanted once it runs; otherwise it is
+        killed and nothing is recorded.  A start that fails is recorded as the reason the
+        slot cannot start (and fails the job if it cannot go on without it).
+
+        Returns:
+            The process started and recorded, if any.
+        """
+        process: Process | None = None
+        recorded = None
         try:
-            plan = plan_process(request)
-            key = f"{slot.label}-{secrets.token_hex(4)}"
-            directory = job.log.directory
-            process = launch(
-                plan,
-                stdout=directory / f"{key}.out",
-                stderr=directory / f"{key}.err",
-                exit_path=directory / f"{key}.exit",
-            )
-        except (LaunchError, SpecError, OSError) as exc:
-            message = (
-                str(exc) if isinstance(exc, LaunchError | SpecError) else f"cannot start: {exc}"
-            )
-            slot.error, slot.given_up, slot.waiting_until = message, True, None
-            if not slot.is_worker or job.kind in ARRAY_KINDS:
-                self._finish(job, "failed", f"{slot.label}: {message}")
-            else:
-                self._set_message(job, f"{slot.label} cannot start: {message}")
-            return
+            with self._lock:
+                wanted = self._wanted(job, slot) and not self._stop.is_set()
+            error = key = None
+            if wanted:
+                key = f"{slot.label}-{secrets.token_hex(4)}"
+                directory = job.log.directory
+                try:
+                    process = launch(
+                        plan_process(request),
+                        stdout=directory / f"{key}.out",
+                        stderr=directory / f"{key}.err",
+                        exit_path=directory / f"{key}.exit",
+                    )
+                except (LaunchError, SpecError) as exc:
+                    error = str(exc)
+                except OSError as exc:
+                    error = f"cannot start: {exc}"
+            with self._lock:
+                slot.starting = False
+                if self._wanted(job, slot):
+                    if process is not None and key is not None:
+                        self._record_start(job, slot, process, key, version)
+                        recorded, process = process, None
+                    elif error is not None:
+                        self._start_failed(job, slot, error)
+                    self._publish(job)
+        finally:
+            if process is not None:
+                self._discard(process)
+            with self._lock:
+                job.starts -= 1
+                self._starts_done.notify_all()
+        return recorded
+
+    @staticmethod
+    def _discard(process: Process) -> None:
+        """Kill a process started for a slot that is gone, and remove its files."""
+        process.kill()
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for path in (process.exit_path, process.tree_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for suffix in (".out", ".err"):
+            with contextlib.suppress(OSError):
+                process.exit_path.with_suffix(suffix).unlink()
+
+    def _record_start(
+        self, job: _Job, slot: _Slot, process: Process, key: str, version: int
+    ) -> None:
         slot.key, slot.process = key, process
         slot.row_id = self._store.insert_process(
             namespace=job.row.namespace,
@@ -384,15 +487,24 @@ class Engine:
             restarts=slot.started,
             pid=process.pid,
             start_ticks=process.ticks,
-            spec_version=job.row.spec_version,
+            spec_version=version,
             started_at=time.time(),
         )
         self._add_sources(job, slot)
         slot.started += 1
         slot.started_at = time.time()
-        slot.spec_version = job.row.spec_version
+        slot.spec_version = version
         slot.ended, slot.exit_code, slot.waiting_until, slot.error = False, None, None, None
         slot.term_sent = None
+        if not slot.is_worker or job.kind in ARRAY_KINDS:
+            self._set_phase(job, "running")
+
+    def _start_failed(self, job: _Job, slot: _Slot, message: str) -> None:
+        slot.error, slot.given_up, slot.waiting_until = message, True, None
+        if not slot.is_worker or job.kind in ARRAY_KINDS:
+            self._finish(job, "failed", f"{slot.label}: {message}")
+        else:
+            self._set_message(job, f"{slot.label} cannot start: {message}")
 
     def _record_exit(self, job: _Job, slot: _Slot, info: ExitInfo) -> None:
         job.log.drain(self._sources(slot))
@@ -491,7 +603,7 @@ class Engine:
         self._publish(job)
 
     def _reconcile(self, job: _Job, now: float) -> None:
-        """Start, restart and stop workers to match the requested count; update the phase."""
+        """Queue starts, restarts and stops of workers to match the requested count."""
         if job.kind not in WORKER_KINDS and job.kind not in ARRAY_KINDS:
             return
         wanted = job.row.requested
@@ -500,18 +612,17 @@ class Engine:
             slot = job.slots.get(label)
             if slot is None:
                 slot = job.slots[label] = _Slot(label)
-                self._start(job, slot)
+                self._queue_start(job, slot)
             elif (
                 slot.process is None
+                and not slot.starting
                 and slot.waiting_until is not None
                 and now >= slot.waiting_until
             ):
-                self._start(job, slot)
-            if job.terminal:
-                return
+                self._queue_start(job, slot)
         for slot in list(job.slots.values()):
             if slot.is_worker and slot.index > wanted and not slot.retiring:
-                if slot.process is None:
+                if slot.process is None:  # a start under way sees that it is gone
                     del job.slots[slot.label]
                 else:
                     slot.retiring, slot.term_sent = True, now
@@ -614,6 +725,9 @@ class Engine:
     def submit(self, namespace: str, kind: str, params: Mapping[str, str]) -> None:
         """``submitJob``: validate, record and start a job.
 
+        The master (if the type has one) has been started, or the job has failed saying
+        why it cannot start, when this returns; workers start in the background.
+
         Raises:
             ApiError: 400 for an invalid spec, 409 when the name is taken.
         """
@@ -655,14 +769,23 @@ class Engine:
             job = _Job(row, spec, log)
             self._jobs[key] = job
             self._collector.register(key, log)
+            master = None
             if kind in MASTER_KINDS:
                 master = job.slots["master"] = _Slot("master")
-                self._start(job, master)
-                if not job.terminal:
-                    self._set_phase(job, "running")
-            if not job.terminal:
+                master.starting = True
+                job.starts += 1
+                request = self._request(job, master)
+            else:
                 self._reconcile(job, time.monotonic())
             self._publish(job)
+        if master is None:
+            return
+        # Workers wait for their master: none starts for a job whose master cannot.
+        self._start(job, master, request, row.spec_version)
+        with self._lock:
+            if self._jobs.get(key) is job and not job.terminal:
+                self._reconcile(job, time.monotonic())
+                self._publish(job)
 
     def update(self, namespace: str, kind: str, params: Mapping[str, str]) -> None:
         """``updateJob``: change what can change; say what cannot.
@@ -740,6 +863,9 @@ class Engine:
             del self._jobs[key]
             self._deleting.add(key)
             self._collector.unregister(key)
+            # A start under way finds the job gone and kills its process; wait for that so
+            # that nothing writes into the job's directory once it is removed.
+            self._starts_done.wait_for(lambda: job.starts == 0)
         try:
             job.log.release_readers()
             self._stop_processes([job], "deleted")
@@ -798,7 +924,10 @@ class Engine:
             return self._scale(self._job(namespace, kind, name)).to_wire()
 
     def set_scale(self, namespace: str, kind: str, name: str | None, parallelism: int) -> bool:
-        """``setJobScale``: ask for ``parallelism`` workers; False for jobs without workers."""
+        """``setJobScale``: ask for ``parallelism`` workers; False for jobs without workers.
+
+        Answers once the new count is recorded; the workers start in the background.
+        """
         with self._lock:
             job = self._job(namespace, kind, name)
             if job.kind not in WORKER_KINDS | ARRAY_KINDS or job.terminal:

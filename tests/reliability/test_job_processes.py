@@ -1,4 +1,4 @@
-"""Lifecycle: a job's processes end with it, however it ends."""
+"""Lifecycle: a job's processes end with it, and starting many of them stalls nobody."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import psutil
 import pytest
 from reliability_support import record
@@ -163,3 +164,53 @@ async def test_no_process_outlives_its_job_however_it_ends(
     assert leaks.left == dict.fromkeys(leaks.left, 0)
     assert len(leaks.left) == 6
     record(f"leftover processes per way a job ends ({mechanism})", **leaks.left)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_scale_up_of_40_workers_stalls_no_other_call(tmp_path: Path) -> None:
+    """Lifecycle: status calls stay fast during a 40-worker scale-up, answered at once."""
+    workers = 40
+    volume = tmp_path / "data" / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "sleep.sh", "exec sleep 300\n")
+    probe = JuliaBatch(name="probe", start_script="sleep.sh", run_volume="work")
+    par = JuliaParBatch(
+        name="par", start_script="sleep.sh", worker_start_script="sleep.sh", run_volume="work"
+    )
+    args = (*QUICK_KILL, "--stop-jobs")
+    latencies: list[float] = []
+    with ServerProcess(tmp_path / "data", args=args) as server:
+        async with Context(server.url, server.token, server.namespace) as ctx:
+            await ctx.submit_job(probe)
+            await ctx.submit_job(par)
+            answered = 0.0
+            running_at_answer = workers
+
+            async def scale_up() -> None:
+                nonlocal answered, running_at_answer
+                started = time.perf_counter()
+                assert await ctx.set_job_scale(par, workers) is True
+                answered = time.perf_counter() - started
+                running_at_answer = (await ctx.get_job_scale(par)).running
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(scale_up)
+                deadline = time.perf_counter() + 60
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    await ctx.get_job_status(probe)
+                    latencies.append(time.perf_counter() - started)
+                    if answered and (await ctx.get_job_scale(par)).running == workers:
+                        break
+            worst = max(latencies)
+            assert worst < 0.5, f"a status call waited {worst:.3f} s during the scale-up"
+            assert running_at_answer < workers  # answered before its processes had started
+            assert (await ctx.get_job_scale(par)).running == workers
+
+    record(
+        f"getJobStatus during a scale-up of {workers} workers",
+        status_calls=len(latencies),
+        worst_latency_s=round(worst, 4),
+        scale_answered_in_s=round(answered, 4),
+    )
