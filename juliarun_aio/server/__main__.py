@@ -21,8 +21,10 @@ from ._config import (
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
     DEFAULT_KILL_GRACE,
+    DEFAULT_MAX_WORKERS_PER_JOB,
     ConfigError,
     ServerConfig,
+    default_max_workers,
     load_or_create_tokens,
     parse_token_flag,
     read_tokens_file,
@@ -65,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
         "--stop-jobs", action="store_true", help="stop job processes when the server stops"
     )
     parser.add_argument(
+        "--max-workers-per-job",
+        type=int,
+        default=DEFAULT_MAX_WORKERS_PER_JOB,
+        metavar="N",
+        help="most workers one job may ask for (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most workers of all jobs together (default: 8 per CPU core, at most one per "
+        f"256 MiB of memory; here {default_max_workers()})",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     return parser
@@ -90,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             kill_grace=args.kill_grace,
+            max_workers_per_job=args.max_workers_per_job,
+            max_workers=(
+                args.max_workers if args.max_workers is not None else default_max_workers()
+            ),
         )
         sock = bind_socket(config.host, config.port)
     except (ConfigError, OSError) as exc:

@@ -1,5 +1,14 @@
 """Configuration of the local server: where it listens, where it keeps state, who may call it.
 
+Worker counts are capped so that one request cannot exhaust the machine: by default at
+most :data:`DEFAULT_MAX_WORKERS_PER_JOB` workers per job, and :func:`default_max_workers`
+workers of all jobs together -- 8 per CPU core this process may run on, but no more than
+one per 256 MiB of physical memory, and at least 4.  A Julia worker needs 150-250 MB
+resident once started and a CPU-second or more to start, so the memory bound keeps a
+scale-up from driving the machine into swap or the OOM killer, while 8 per core still
+allows the mostly idle workers of development and test jobs; 64 per job is as many as
+one Distributed.jl master usually drives on one machine.
+
 Credentials are one raw token per namespace.  They come from ``--token NS=TOKEN`` flags, a
 small JSON or TOML file ``{namespace = "token"}`` (``--config``), or, when neither is given,
 a token generated once for namespace ``default`` and kept in ``<data-dir>/credentials.json``
@@ -24,9 +33,11 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_HOST",
     "DEFAULT_KILL_GRACE",
+    "DEFAULT_MAX_WORKERS_PER_JOB",
     "DEFAULT_NAMESPACE",
     "ConfigError",
     "ServerConfig",
+    "default_max_workers",
     "load_or_create_tokens",
     "parse_token_flag",
     "read_tokens_file",
@@ -41,6 +52,27 @@ DEFAULT_KILL_GRACE = 5.0
 DEFAULT_RESTART_BACKOFF = 1.0
 DEFAULT_RESTART_BACKOFF_MAX = 60.0
 CREDENTIALS_FILE = "credentials.json"
+#: Workers one job may ask for, unless configured otherwise.
+DEFAULT_MAX_WORKERS_PER_JOB = 64
+_WORKERS_PER_CORE = 8
+_MEMORY_PER_WORKER = 256 * 1024 * 1024
+_MIN_WORKERS = 4
+
+
+def default_max_workers() -> int:
+    """Workers of all jobs together that fit this machine (see the module docstring)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    workers = _WORKERS_PER_CORE * cores
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = 0  # unknown: cores alone decide
+    if memory > 0:
+        workers = min(workers, memory // _MEMORY_PER_WORKER)
+    return max(_MIN_WORKERS, workers)
 
 
 class ConfigError(ValueError):
@@ -67,6 +99,14 @@ def _absolute(path: str | os.PathLike[str]) -> Path:
     return Path(path).absolute()
 
 
+def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        flag = "--" + attribute.name.replace("_", "-")
+        raise ConfigError(
+            f"{attribute.name} ({flag}) must be a whole number of at least 1, got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Settings of one server instance.
@@ -81,6 +121,10 @@ class ServerConfig:
         restart_backoff_max: Cap of the doubling restart delay.
         poll_interval: Seconds between two passes of the log collector.
         supervise_interval: Seconds between two checks of the processes.
+        max_workers_per_job: Most workers one job may ask for (``nworkers``,
+            ``setJobScale``).
+        max_workers: Most workers of all unfinished jobs together; by default
+            :func:`default_max_workers`.
     """
 
     data_dir: Path = attrs.field(converter=_absolute)
@@ -92,6 +136,8 @@ class ServerConfig:
     restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX
     poll_interval: float = 0.01
     supervise_interval: float = 0.02
+    max_workers_per_job: int = attrs.field(default=DEFAULT_MAX_WORKERS_PER_JOB, validator=_positive)
+    max_workers: int = attrs.field(factory=default_max_workers, validator=_positive)
 
     @tokens.validator
     def _at_least_one(

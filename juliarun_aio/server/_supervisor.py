@@ -30,6 +30,10 @@ records nothing.  Deleting a job waits for its starts in flight.  The one except
 queue is a job's master, which ``submitJob`` starts itself (still without the lock) so
 that a master that cannot start fails the submission's job before the answer is sent.
 
+Worker counts are capped (``max_workers_per_job`` and ``max_workers`` of all unfinished
+jobs together): a request that would raise a count above a cap is refused with a 400 and
+changes nothing.
+
 The engine raises the SDK's :class:`~juliarun_aio.ApiError` subclasses with the HTTP status
 to answer; the HTTP layer only translates them.
 """
@@ -702,6 +706,39 @@ class Engine:
             raise _not_found(f"job {name!r} not found as a {kind} job (it is a {job.kind} job)")
         return job
 
+    def _check_workers(self, job: _Job | None, kind: str, wanted: int) -> None:
+        """Refuse to raise the workers of ``job`` (a new job: None) to ``wanted`` over a cap.
+
+        Lowering a count is always allowed, even when it stays above a cap that was lowered
+        since it was set.
+
+        Raises:
+            ApiError: 400 saying the cap and how to raise it.
+        """
+        if kind not in WORKER_KINDS | ARRAY_KINDS:
+            return
+        current = job.row.requested if job is not None else 0
+        if wanted <= current:
+            return
+        per_job = self.config.max_workers_per_job
+        if wanted > per_job:
+            raise _bad_request(
+                f"{wanted} workers is more than this server allows for one job ({per_job}); "
+                f"ask for at most {per_job}, or start the server with a higher "
+                "--max-workers-per-job"
+            )
+        others = sum(
+            other.row.requested
+            for other in self._jobs.values()
+            if other is not job and not other.terminal and other.kind in WORKER_KINDS | ARRAY_KINDS
+        )
+        if others + wanted > self.config.max_workers:
+            raise _bad_request(
+                f"{wanted} workers would take this server over its limit of "
+                f"{self.config.max_workers} workers of all jobs together; scale down or delete "
+                "other jobs, or start the server with a higher --max-workers"
+            )
+
     def list_jobs(self, namespace: str) -> dict[str, Any]:
         """``listJobs``: ``{name: {"type": kind}}``."""
         with self._lock:
@@ -729,7 +766,8 @@ class Engine:
         why it cannot start, when this returns; workers start in the background.
 
         Raises:
-            ApiError: 400 for an invalid spec, 409 when the name is taken.
+            ApiError: 400 for an invalid spec or too many workers, 409 when the name is
+                taken.
         """
         try:
             spec = decode_spec(kind, params)
@@ -744,6 +782,7 @@ class Engine:
                 raise _conflict(f"job {spec.name!r} already exists in namespace {namespace!r}")
             if key in self._deleting:
                 raise _conflict(f"job {spec.name!r} is being deleted; submit it again shortly")
+            self._check_workers(None, kind, _requested(spec))
             declared = spec.params().get("ports")
             port_names = list(
                 declared if isinstance(declared, Mapping) else DEFAULT_PORTS.get(kind, {})
@@ -826,6 +865,8 @@ class Engine:
                 )
             if not changed:
                 return
+            if "nworkers" in changed and not job.terminal:
+                self._check_workers(job, kind, _requested(spec))
             job.spec, job.row.params = spec, new_params
             job.row.spec_version += 1
             if "nworkers" in changed:
@@ -927,11 +968,15 @@ class Engine:
         """``setJobScale``: ask for ``parallelism`` workers; False for jobs without workers.
 
         Answers once the new count is recorded; the workers start in the background.
+
+        Raises:
+            ApiError: 404 for an unknown job, 400 when ``parallelism`` is over a cap.
         """
         with self._lock:
             job = self._job(namespace, kind, name)
             if job.kind not in WORKER_KINDS | ARRAY_KINDS or job.terminal:
                 return False
+            self._check_workers(job, kind, parallelism)
             if job.row.requested != parallelism:
                 job.row.requested = parallelism
                 self._store.update_job(namespace, job.row.name, requested=parallelism)

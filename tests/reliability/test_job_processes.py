@@ -23,7 +23,7 @@ from support import (
     write_script,
 )
 
-from juliarun_aio import Context, JuliaBatch, JuliaParBatch
+from juliarun_aio import BadRequestError, Context, JobSpec, JuliaBatch, JuliaParBatch
 from juliarun_aio._watch import PollPolicy
 from juliarun_aio.server import ServerProcess
 
@@ -170,7 +170,7 @@ async def test_no_process_outlives_its_job_however_it_ends(
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_scale_up_of_40_workers_stalls_no_other_call(tmp_path: Path) -> None:
-    """Lifecycle: status calls stay fast during a 40-worker scale-up, answered at once."""
+    """Lifecycle: status calls stay fast during a 40-worker scale-up; over-cap asks are refused."""
     workers = 40
     volume = tmp_path / "data" / "namespaces" / "default" / "volumes" / "work"
     write_script(volume, "sleep.sh", "exec sleep 300\n")
@@ -178,7 +178,7 @@ async def test_scale_up_of_40_workers_stalls_no_other_call(tmp_path: Path) -> No
     par = JuliaParBatch(
         name="par", start_script="sleep.sh", worker_start_script="sleep.sh", run_volume="work"
     )
-    args = (*QUICK_KILL, "--stop-jobs")
+    args = (*QUICK_KILL, "--stop-jobs", "--max-workers", str(workers))
     latencies: list[float] = []
     with ServerProcess(tmp_path / "data", args=args) as server:
         async with Context(server.url, server.token, server.namespace) as ctx:
@@ -208,9 +208,28 @@ async def test_scale_up_of_40_workers_stalls_no_other_call(tmp_path: Path) -> No
             assert running_at_answer < workers  # answered before its processes had started
             assert (await ctx.get_job_scale(par)).running == workers
 
+            refused = 0
+            for ask in (workers + 1, 10_000):
+                with pytest.raises(BadRequestError, match="--max-workers"):
+                    await ctx.set_job_scale(par, ask)
+                refused += 1
+            over: JobSpec = JuliaParBatch(
+                name="over",
+                start_script="sleep.sh",
+                worker_start_script="sleep.sh",
+                run_volume="work",
+                nworkers=1,
+            )
+            with pytest.raises(BadRequestError, match="--max-workers"):
+                await ctx.submit_job(over)
+            refused += 1
+            assert (await ctx.get_job_scale(par)).requested == workers
+            assert set(await ctx.list_jobs()) == {"probe", "par"}
+
     record(
         f"getJobStatus during a scale-up of {workers} workers",
         status_calls=len(latencies),
         worst_latency_s=round(worst, 4),
         scale_answered_in_s=round(answered, 4),
+        refused_over_cap=refused,
     )

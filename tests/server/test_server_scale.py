@@ -1,8 +1,9 @@
-"""Worker counts: processes start in the background, and only those still wanted run."""
+"""Worker counts: caps that refuse at once and record nothing, starts in the background."""
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from server_support import FAST, Api
 from support import marked_processes, wait_until, write_script
 
-from juliarun_aio.server import LocalServer
+from juliarun_aio.server import LocalServer, ServerConfig, ServerProcess
+from juliarun_aio.server._config import ConfigError, default_max_workers
 from juliarun_aio.server._launcher import SLOT_VARIABLE
 
 #: Master and workers wait cheaply (a shell, then sleep); the environment variable MARK,
@@ -21,9 +23,16 @@ MARK = "SCALE_TEST_MARK"
 
 
 @pytest.fixture
+def capped(tmp_path: Path) -> Iterator[LocalServer]:
+    """A server allowing 3 workers per job and 5 in all."""
+    with LocalServer(tmp_path / "data", max_workers_per_job=3, max_workers=5, **FAST) as running:
+        yield running
+
+
+@pytest.fixture
 def roomy(tmp_path: Path) -> Iterator[LocalServer]:
-    """A server for jobs of up to 40 workers."""
-    with LocalServer(tmp_path / "data", **FAST) as running:
+    """A server allowing 40 workers per job and in all."""
+    with LocalServer(tmp_path / "data", max_workers_per_job=40, max_workers=40, **FAST) as running:
         yield running
 
 
@@ -52,6 +61,19 @@ def _submit(api: Api, name: str, nworkers: int, marker: str = "") -> None:
     )
 
 
+def _refused_submit(api: Api, name: str, nworkers: int) -> str:
+    """Submit a job array of ``nworkers`` units, expecting a 400; return its message."""
+    return api.error(
+        400,
+        "submitJob",
+        "JuliaParBatchWorkers",
+        name=name,
+        start_script="sleep.sh",
+        run_volume="work",
+        nworkers=nworkers,
+    )
+
+
 def _programs(name: str) -> int:
     """How many job programs (not launchers: they lack the slot id) carry ``name``'s marker."""
     count = 0
@@ -59,6 +81,58 @@ def _programs(name: str) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             count += SLOT_VARIABLE in proc.environ()
     return count
+
+
+def _stored_requested(server: LocalServer, name: str) -> int | None:
+    database = server.data_dir / "state.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT requested FROM jobs WHERE name = ?", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def test_over_the_per_job_cap_is_refused_and_records_nothing(capped: LocalServer) -> None:
+    """submitJob, setJobScale and updateJob above the per-job cap get a 400 naming the cap."""
+    api = _api(capped)
+    try:
+        message = _refused_submit(api, "big", 4)
+        assert "(3)" in message
+        assert "--max-workers-per-job" in message
+        assert api.data("listJobs") == {}
+        assert _stored_requested(capped, "big") is None
+
+        _submit(api, "par", 2)
+        for verb, params in (
+            ("setJobScale", {"parallelism": 10_000}),
+            ("updateJob", {"nworkers": 4}),
+        ):
+            assert "--max-workers-per-job" in api.error(
+                400, verb, "JuliaParBatch", name="par", **params
+            )
+            assert _stored_requested(capped, "par") == 2
+            assert api.data("getJobScale", "JuliaParBatch", name="par")[1] == 2
+        assert api.data("setJobScale", "JuliaParBatch", name="par", parallelism=3) is True
+        assert _stored_requested(capped, "par") == 3
+    finally:
+        api.close()
+
+
+def test_over_the_total_cap_is_refused_until_others_make_room(capped: LocalServer) -> None:
+    """Workers of all unfinished jobs together stay within max_workers; lowering is allowed."""
+    api = _api(capped)
+    try:
+        _submit(api, "one", 3)
+        _submit(api, "two", 2)
+        message = api.error(400, "setJobScale", "JuliaParBatch", name="two", parallelism=3)
+        assert "limit of 5" in message
+        assert "--max-workers" in message
+        assert _stored_requested(capped, "two") == 2
+        assert "--max-workers" in _refused_submit(api, "arr", 1)
+        assert api.data("setJobScale", "JuliaParBatch", name="one", parallelism=1) is True
+        assert api.data("setJobScale", "JuliaParBatch", name="two", parallelism=3) is True
+        api.data("deleteJob", "JuliaParBatch", name="one", force="true")
+        _submit(api, "three", 2)
+    finally:
+        api.close()
 
 
 def test_set_job_scale_answers_before_its_workers_have_started(roomy: LocalServer) -> None:
@@ -99,3 +173,28 @@ def test_delete_and_scale_down_during_starts_leave_no_process(roomy: LocalServer
         api.wait_scale("JuliaParBatch", "gone", 1)
     finally:
         api.close()
+
+
+def test_caps_must_be_positive(tmp_path: Path) -> None:
+    """A cap below 1 is a configuration error naming the flag; the default fits the machine."""
+    with pytest.raises(ConfigError, match="--max-workers-per-job"):
+        ServerConfig(data_dir=tmp_path, tokens={"default": "t"}, max_workers_per_job=0)
+    with pytest.raises(ConfigError, match="--max-workers"):
+        ServerConfig(data_dir=tmp_path, tokens={"default": "t"}, max_workers=-1)
+    config = ServerConfig(data_dir=tmp_path, tokens={"default": "t"})
+    assert config.max_workers == default_max_workers() >= 4
+    assert config.max_workers_per_job == 64
+
+
+def test_command_line_caps(tmp_path: Path) -> None:
+    """--max-workers-per-job reaches the server; an invalid cap stops it with the flag's name."""
+    args = ("--max-workers-per-job", "1", "--max-workers", "2", "--stop-jobs")
+    with ServerProcess(tmp_path / "data", args=args) as server:
+        api = _api_for(server.url, server.token, server.data_dir)
+        try:
+            assert "allows for one job (1)" in _refused_submit(api, "arr", 2)
+        finally:
+            api.close()
+    broken = ServerProcess(tmp_path / "data", args=("--max-workers", "0"))
+    with pytest.raises(RuntimeError, match=r"--max-workers\) must be a whole number"):
+        broken.start()
