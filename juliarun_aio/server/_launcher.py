@@ -95,9 +95,14 @@ _LINUX = sys.platform.startswith("linux")
 
 def _unescape(field: str) -> str:
     r"""Decode the octal escapes (``\040`` for a space) of a /proc/self/mountinfo field."""
-    if "\\" not in field:
-        return field
-    return field.encode().decode("unicode_escape")
+    first, *rest = field.split("\\")
+    decoded = [first]
+    for part in rest:  # the kernel escapes only space, tab, newline and backslash
+        if len(part) >= 3 and part[:3].isdigit():
+            decoded += [chr(int(part[:3], 8)), part[3:]]
+        else:
+            decoded += ["\\", part]
+    return "".join(decoded)
 
 
 def _cgroup_homes() -> Iterator[tuple[str, str]]:
@@ -108,11 +113,18 @@ def _cgroup_homes() -> Iterator[tuple[str, str]]:
     """
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as fh:
-            own = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+            own = fh.read()
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-            mounts = [line.split() for line in fh]
+            mountinfo = fh.read()
     except OSError:
-        return
+        return iter(())
+    return parse_cgroup_homes(own, mountinfo)
+
+
+def parse_cgroup_homes(own_cgroups: str, mountinfo: str) -> Iterator[tuple[str, str]]:
+    """:func:`_cgroup_homes` from the text of /proc/self/cgroup and /proc/self/mountinfo."""
+    own = [line.split(":", 2) for line in own_cgroups.splitlines() if line.count(":") >= 2]
+    mounts = [line.split() for line in mountinfo.splitlines()]
     v2 = [path for hierarchy, controllers, path in own if hierarchy == "0" and not controllers]
     v1 = {
         controller: path
@@ -320,9 +332,14 @@ class Tree:
         Returns:
             The processes still there after ``timeout`` (normally none).
         """
-        if self.cgroup is not None and self.home is not None:
-            # Step out first: cgroup.kill and the freezer would hit the launcher too.
-            _write(os.path.join(self.home, "cgroup.procs"), str(os.getpid()))
+        # Step out first: cgroup.kill and the freezer would hit the launcher too.  If that
+        # fails, its descendants are all the cgroup holds but itself: kill just those.
+        if (
+            self.cgroup is not None
+            and self.home is not None
+            and not _write(os.path.join(self.home, "cgroup.procs"), str(os.getpid()))
+        ):
+            self.cgroup = None
         return self._kill(timeout, launcher=os.getpid(), group=group)
 
     def _kill(self, timeout: float, *, launcher: int | None, group: int | None) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 from support import SPAWN_STRAYS, cleanup_mechanisms, wait_until
 
 from juliarun_aio.server import _launcher
-from juliarun_aio.server._launcher import SLOT_VARIABLE, Tree, kill_tree
+from juliarun_aio.server._launcher import SLOT_VARIABLE, Tree, kill_tree, parse_cgroup_homes
 
 LAUNCHER = Path(_launcher.__file__)
 
@@ -204,3 +204,19 @@ def _zombie(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return True
     return bool(status == psutil.STATUS_ZOMBIE)
+
+
+def test_cgroup_homes_follow_nested_and_escaped_mounts() -> None:
+    """Our cgroup is found below a mount's root (as in a container), escapes decoded."""
+    own = "12:pids:/box/job\n9:cpu,freezer:/box\n3:memory:/box\n0::/box/job/step\n"
+    mountinfo = (
+        "30 25 0:26 /box /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+        "31 25 0:27 / /cg/free\\040zer rw shared:1 - cgroup cgroup rw,cpu,freezer\n"
+        "32 25 0:28 /elsewhere /cg/pids rw - cgroup cgroup rw,pids\n"
+        "33 25 0:29 / /cg/memory rw - cgroup cgroup rw,memory\n"
+    )
+    assert list(parse_cgroup_homes(own, mountinfo)) == [
+        ("cgroup2", "/sys/fs/cgroup/job/step"),
+        ("cgroup1", "/cg/free zer/box"),
+    ]
+    assert list(parse_cgroup_homes("0::/\n", "")) == []
