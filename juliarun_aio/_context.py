@@ -390,7 +390,20 @@ class Context:
         timeout: TimeoutArg = UNSET,
         idempotent: bool = True,
     ) -> Any:
-        """Make one protocol call with retries; return the envelope's ``data``.
+        """Make one protocol call with retries (see :meth:`_exchange`); return its ``data``."""
+        data, _ = await self._exchange(verb, job, params, timeout=timeout, idempotent=idempotent)
+        return data
+
+    async def _exchange(
+        self,
+        verb: str,
+        job: JobRef | None = None,
+        params: Mapping[str, str] | None = None,
+        *,
+        timeout: TimeoutArg = UNSET,
+        idempotent: bool = True,
+    ) -> tuple[Any, httpx.Headers]:
+        """Make one protocol call with retries; return the envelope's ``data`` and the headers.
 
         Reads retry transport errors, timeouts and retryable statuses.  Writes
         (``idempotent=False``) retry only what never reached the server or an explicit
@@ -423,7 +436,7 @@ class Context:
                     retry + 1,
                 )
                 try:
-                    return self._unwrap(verb, job, response)
+                    return self._unwrap(verb, job, response), response.headers
                 except errors.AuthenticationError:
                     # Service-account tokens rotate: re-read the file once, then retry.
                     if refreshed or not self._config.token.is_file:
@@ -620,6 +633,22 @@ class Context:
         Raises:
             ValueError: ``count`` is negative or ``stream`` is not a known stream.
         """
+        text, _ = await self._tail_window(job, stream, count, timeout=timeout)
+        return text
+
+    async def _tail_window(
+        self, job: Job, stream: str | None, count: int, *, timeout: TimeoutArg = UNSET
+    ) -> tuple[str, int | None]:
+        """Make a ``tailJob`` call; return its text and how many lines it joins, if known.
+
+        The number comes from the local server's ``X-JuliaRun-Line-Count`` header; it is
+        ``None`` from a server that does not send it, where ``""`` may be no line or one
+        empty line.
+
+        Raises:
+            ValueError: ``count`` is negative or ``stream`` is not a known stream.
+            ResponseError: the header is not a count that fits the text.
+        """
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         if stream not in (None, "stdout", "stderr"):
@@ -628,8 +657,23 @@ class Context:
         params = {"count": str(count)}
         if stream is not None:
             params["stream"] = stream
-        data = await self._call("tailJob", ref, params, timeout=timeout)
-        return self._read(str_from_wire, data, "tailJob", ref)
+        data, headers = await self._exchange("tailJob", ref, params, timeout=timeout)
+        text = self._read(str_from_wire, data, "tailJob", ref)
+        header = headers.get(_logs.LINE_COUNT_HEADER)
+        if header is None:
+            return text, None
+        lines = int(header) if header.isascii() and header.isdigit() else None
+        # n >= 1 lines joined by newlines hold n - 1 of them; "" is no line or one empty one.
+        joined = text.count("\n") + 1 if text else None
+        if lines is None or (lines > 1 if joined is None else lines != joined):
+            raise errors.ResponseError(
+                f"unexpected tailJob answer: {_logs.LINE_COUNT_HEADER} is "
+                f"{self._excerpt(header)} for a text of {joined or 'at most one'} line(s)",
+                verb="tailJob",
+                job=ref.name,
+                body=self._excerpt(text),
+            )
+        return text, lines
 
     async def submit_job(self, spec: JobSpec, *, timeout: TimeoutArg = UNSET) -> None:
         """Submit a job.  A retry never submits it twice.
@@ -757,8 +801,12 @@ class Context:
         """Yield the job's log lines, in order, each once.
 
         Uses the server's resumable stream when it has one (reconnecting from the last
-        cursor after any disconnect), else polls ``tailJob``; see :mod:`._logs` for
-        what each path guarantees.  Use as
+        cursor after any disconnect), else polls ``tailJob``.  Polling is exact while
+        the job writes at most half a window between two polls (windows are kept at
+        four times what a poll brings, up to :data:`~._logs.MAX_POLL_WINDOW` lines);
+        where it cannot tell which lines are new, it yields them and issues a
+        :class:`LogGapWarning` saying how many may be missing or repeated.  See
+        :mod:`._logs` for exactly what each path guarantees.  Use as
         ``async with contextlib.aclosing(ctx.tail_logs(job)) as lines:`` so that leaving
         the block closes the stream at once.  Breaking out of a plain ``async for``
         leaves the closing to garbage collection (trio warns about that).
@@ -779,7 +827,8 @@ class Context:
         Raises:
             JobNotFoundError: the job was deleted while tailed.
             WaitTimeoutError: the job did not appear within ``start_timeout``.
-            LogGapWarning: (a warning) polled lines may have been missed.
+            LogGapWarning: (a warning) polled lines may be missing or repeated; its
+                ``missing`` and ``repeated`` say how many at most.
         """
         return _logs.tail_logs(
             self,

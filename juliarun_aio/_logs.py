@@ -17,17 +17,37 @@ job is quiet, and an end marker once the job completed and every line was sent.
 **Polling** (a plain JuliaRun server: only ``tailJob``, the last ``count`` lines).
 
 - Polls back off while the log is quiet and speed up while lines arrive
-  (:class:`~juliarun_aio._watch.PollPolicy`).
-- Consecutive windows are aligned by content in linear time (:func:`overlap_end`, a
-  Knuth-Morris-Pratt scan).  A window that does not connect to the previous one means
-  lines may have scrolled past between two polls: the window is asked for again with a
-  larger ``count`` (up to :data:`MAX_POLL_WINDOW`).  If even that does not connect, the
-  lines are yielded and a :class:`LogGapWarning` is issued -- a gap is never silent.
-- Guarantees are weaker here.  While the whole log fits in a window, lines are counted
-  by position and are exact.  Beyond that, the log is aligned by content: if the job
-  prints a run of identical lines longer than what arrived between two polls, the
-  repeats cannot be told apart from the lines seen before and some are not yielded.
-  ``cursor`` and ``proc`` are ``None`` and ``since=N`` skips the first ``N`` lines.
+  (:class:`~juliarun_aio._watch.PollPolicy`).  The window (``count``) is kept at four
+  times what one poll brings, at least :data:`POLL_WINDOW`.
+- A window with fewer lines than asked for holds the whole log: its new lines are
+  counted by position, exactly, whatever they contain.
+- A full window is aligned with the previous one by content (:func:`alignments`, linear
+  time), and the alignment is accepted only when it is unambiguous: at least half of the
+  window lines up with the lines seen before, and no other shift does.  Lines that
+  repeat a cycle -- identical lines, ``tick A`` / ``tick B``, a blank line at the seam
+  of two windows -- fit at several shifts, or at one shift with too short an overlap.
+  Such a window is asked for again, four times larger, until one alignment remains or
+  the window holds the whole log, up to :data:`MAX_POLL_WINDOW` lines.
+- What that guarantees: every line is yielded once, in order, when the job writes at
+  most half a window between two polls -- or a :class:`LogGapWarning` says how many
+  lines may be missing (``missing``) or repeated (``repeated``) where it was issued.
+  The warning comes only when even a window of :data:`MAX_POLL_WINDOW` lines cannot
+  settle the alignment: the last of that many lines repeat a cycle, or the job wrote
+  more than half of that between two polls, or the log was longer than that when
+  tailing started.  So a log shorter than :data:`MAX_POLL_WINDOW` lines never warns
+  (but for the empty line below), however slowly or in what bursts it is written.
+- A burst of more than half a window between two polls (a job that prints a lot after
+  a quiet spell) is caught as well: its lines do not line up with the lines before, so
+  the window grows.  One case is beyond any reader of the last lines of a log: new lines
+  that begin by repeating, line for line, at least the half window printed just before
+  them, and are followed by enough lines to fill the rest of the window, look exactly
+  like a window with no such burst; the lines before the repeat are then not yielded.
+- ``tailJob`` joins lines with newlines, so ``""`` is either no line or one empty line.
+  The local server says which (the ``X-JuliaRun-Line-Count`` header, see
+  PROTOCOL-EXTENSIONS.md).  From a server that does not, ``""`` reads as no line; if the
+  log still reads so when the tail ends, a :class:`LogGapWarning` says one empty line
+  may be missing.
+- ``cursor`` and ``proc`` are ``None`` and ``since=N`` skips the first ``N`` lines.
   A plain server reports success only, so ``follow=True`` ends once the job succeeded;
   after a failure it runs until the job is deleted (:class:`JobNotFoundError`).
 
@@ -68,12 +88,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_START_TIMEOUT",
+    "LINE_COUNT_HEADER",
     "MAX_POLL_WINDOW",
     "POLL_WINDOW",
     "LogGapWarning",
     "LogLine",
     "Mode",
-    "overlap_end",
+    "WindowStep",
+    "WindowTracker",
+    "alignments",
     "tail_logs",
 ]
 
@@ -85,6 +108,14 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 POLL_WINDOW = 1000
 #: The largest ``count`` the polling path asks for.
 MAX_POLL_WINDOW = 250_000
+#: The local server's ``tailJob`` answer header: how many lines the answer joins, so
+#: that one empty line is told from none (``""`` either way in the body).
+LINE_COUNT_HEADER = "X-JuliaRun-Line-Count"
+# Windows are kept this many times what one poll brings: a job may speed up twofold
+# between two polls and still write less than half a window.
+_WINDOW_MARGIN = 4
+# A window that does not align is asked for again this many times larger.
+_WINDOW_GROWTH = 4
 
 #: ``"auto"`` picks the stream when the server offers it; the others force a path.
 Mode = Literal["auto", "stream", "poll"]
@@ -119,22 +150,33 @@ class LogLine:
 
 
 class LogGapWarning(UserWarning):
-    """Lines of a polled log may have been missed.
+    """Lines of a polled log may be missing or repeated.
 
-    Issued by the polling path of ``tail_logs`` when even the largest window did not
-    connect to the lines seen before: the job wrote more than :data:`MAX_POLL_WINDOW`
-    lines between two polls, or its log was longer than that when tailing started.
-    Turn it into an error with ``warnings.simplefilter("error", LogGapWarning)``.
+    Issued by the polling path of ``tail_logs`` when even the largest window
+    (:data:`MAX_POLL_WINDOW`) cannot be aligned with the lines yielded before: the job
+    wrote more than half of it between two polls, or the log was longer than that when
+    tailing started, or its last lines repeat a cycle longer than that; also when a
+    server that does not send ``X-JuliaRun-Line-Count`` answers a finished job's log
+    with an empty text (no line, or one empty line).  The lines after the warning are
+    exact again from the next window that aligns.  Turn it into an error with
+    ``warnings.simplefilter("error", LogGapWarning)``.
 
     Attributes:
         job: The job's name.
-        window: The ``count`` of the window that did not connect.
+        window: The ``count`` of the window that did not align.
+        missing: At most this many lines may be missing where the warning was issued
+            (before the next line yielded); ``None`` when no bound is known.
+        repeated: At most this many of the next lines yielded may repeat earlier ones.
     """
 
-    def __init__(self, message: str, *, job: str, window: int) -> None:
+    def __init__(
+        self, message: str, *, job: str, window: int, missing: int | None, repeated: int = 0
+    ) -> None:
         super().__init__(message)
         self.job = job
         self.window = window
+        self.missing = missing
+        self.repeated = repeated
 
 
 def tail_logs(
@@ -358,40 +400,43 @@ class _Tail:
         count = POLL_WINDOW
         interval = self.poll.initial
         completed = False
+        # The first window that aligns holds the log so far, not one poll's worth.
+        caught_up = False
+        grown = False
         while True:
             try:
-                window = _split(await ctx.tail_job(ref, self.stream, count))
+                text, known = await ctx._tail_window(ref, self.stream, count)
             except errors.JobNotFoundError as exc:
                 await self._not_found(exc)
                 continue
             self.job_seen = True
-            new = tracker.advance(window, complete=len(window) < count)
-            if new is None:
-                if count < MAX_POLL_WINDOW:
-                    count = min(count * 4, MAX_POLL_WINDOW)
-                    continue
-                new = tracker.resync(window)
-                warnings.warn(
-                    LogGapWarning(
-                        f"job {ref.name!r}: log lines may be missing: the {count}-line "
-                        "window did not reach the lines seen before (the job wrote more "
-                        "between two polls, or the log was longer when tailing started)",
-                        job=ref.name,
-                        window=count,
-                    ),
-                    stacklevel=2,
-                )
+            step = tracker.advance(
+                _split(text, known),
+                count=count,
+                last_try=count >= MAX_POLL_WINDOW,
+                blank_possible=known is None and not text,
+            )
+            if step is None:
+                count = min(count * _WINDOW_GROWTH, MAX_POLL_WINDOW)
+                grown = True
+                continue
+            if not step.exact:
+                _warn_gap(ref.name, count, step.missing, step.repeated)
+            new = step.lines
             skip = 0
             if tracker.position is not None:
                 skip = max(0, min(len(new), self.since - (tracker.position - len(new))))
             if len(new) > skip:
                 yield [LogLine(text, stream=self.stream) for text in new[skip:]]
             if not self.follow or completed:
+                if tracker.maybe_blank and self.since == 0:
+                    _warn_gap(ref.name, count, 1, 0, blank=True)
                 return
-            # Keep the window about twice what one poll brings, so that the next window
-            # still overlaps this one; shrink slowly, grow at once.
-            wanted = max(POLL_WINDOW, 2 * len(new))
-            count = min(MAX_POLL_WINDOW, wanted if wanted > count else max(wanted, count // 2))
+            # Keep the window several times what one poll brings, and no smaller than
+            # what the last alignment needed; shrink slowly, grow at once.
+            wanted = _WINDOW_MARGIN * len(new) if caught_up else POLL_WINDOW
+            count = min(MAX_POLL_WINDOW, max(POLL_WINDOW, wanted, count if grown else count // 2))
+            caught_up, grown = True, False
             if new:
                 interval = self.poll.initial
             else:
@@ -403,6 +448,36 @@ class _Tail:
                     completed = True
                     continue
             await anyio.sleep(self.poll.spread(interval))
+
+
+def _warn_gap(
+    job: str, window: int, missing: int | None, repeated: int, *, blank: bool = False
+) -> None:
+    """Issue the :class:`LogGapWarning` for a window that did not align exactly."""
+    if blank:
+        what = (
+            "the log is empty or one empty line, which this server answers alike "
+            "(an empty tailJob answer); read as empty, so one empty line may be missing"
+        )
+    elif missing is None:
+        what = (
+            f"the {window}-line window does not line up with the lines seen before: the "
+            "job wrote more than half a window between two polls, or the log was longer "
+            "than that when tailing started; an unknown number of lines may be missing"
+            + (f" and up to {repeated} repeated" if repeated else "")
+        )
+    else:
+        what = (
+            f"the last {window} lines repeat a cycle (identical or alternating lines), so "
+            f"they fit after the lines seen before in several ways; up to {missing} "
+            "lines may be missing"
+        )
+    warnings.warn(
+        LogGapWarning(
+            f"job {job!r}: {what}", job=job, window=window, missing=missing, repeated=repeated
+        ),
+        stacklevel=3,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -580,107 +655,186 @@ def _new_line(text: str, stream: str | None, cursor: int | None, proc: str | Non
     return line
 
 
-def _split(text: str) -> list[str]:
-    """Split a ``tailJob`` answer into its lines (entries are joined by newlines)."""
-    return text.split("\n") if text else []
+def _split(text: str, lines: int | None) -> list[str]:
+    """Split a ``tailJob`` answer into its lines (entries are joined by newlines).
+
+    ``lines`` is the number of lines the server says it joined, or ``None`` when it does
+    not say: then ``""`` reads as no line.
+    """
+    return text.split("\n") if text or lines else []
 
 
 # -- aligning polled windows ------------------------------------------------------------
 
 
-def overlap_end(previous: Sequence[str], window: Sequence[str]) -> int:
-    """Return how many leading lines of ``window`` the ``previous`` window already held.
+def alignments(previous: Sequence[str], window: Sequence[str]) -> list[int]:
+    """Return every way ``window`` can continue ``previous`` in one append-only log.
 
-    Both are tails of the same append-only log, ``window`` taken later.  The answer is
-    the largest ``j`` such that ``window[:j]`` ends exactly where ``previous`` ends:
-    either ``previous`` occurs whole in ``window`` ending at ``j``, or a suffix of
-    ``previous`` equals ``window[:j]``.  Taking the largest ``j`` never repeats a line;
-    with identical repeated lines it may skip some (see the module docstring).
+    Both are tails of the same log, ``window`` taken later.  Each ``j`` returned is a
+    number of leading lines of ``window`` that can be lines ``previous`` held: the
+    lines where the two would overlap are equal (``window[:j]`` ends as ``previous``
+    ends).  Then ``window[j:]`` are the lines written since.  A log whose lines repeat
+    with period ``p`` over the overlap fits at shifts ``p`` apart: all are returned.
 
-    A Knuth-Morris-Pratt scan of the reversed window for the reversed previous window:
-    ``O(len(previous) + len(window))`` comparisons.
+    Two Knuth-Morris-Pratt scans: ``O(len(previous) + len(window))`` comparisons.
 
     Returns:
-        ``j`` in ``0..len(window)``; ``0`` when nothing lines up.
+        Every such ``j`` in ``1..len(window)``, ascending.
     """
-    pattern = previous[::-1]
-    text = window[::-1]
-    p = len(pattern)
-    if not p or not text:
-        return 0
-    # failure[i]: length of the longest proper prefix of pattern[:i + 1] that is also
-    # a suffix of it.
-    failure = [0] * p
+    k, size = len(previous), len(window)
+    if not k or not size:
+        return []
+    # j < k: window[:j] is a suffix of previous.  Scanning previous for window leaves
+    # the longest such prefix; the shorter ones are its borders.
+    border = _failure(window)
+    state = 0
+    for item in previous:
+        if state == size:
+            state = border[state - 1]
+        while state and item != window[state]:
+            state = border[state - 1]
+        if item == window[state]:
+            state += 1
+    shorter: list[int] = []
+    while state:
+        if state < k:
+            shorter.append(state)
+        state = border[state - 1]
+    shorter.reverse()
+    # j >= k: all of previous occurs in window, ending at j.
+    border = _failure(previous)
+    longer: list[int] = []
+    state = 0
+    for i, item in enumerate(window):
+        while state and item != previous[state]:
+            state = border[state - 1]
+        if item == previous[state]:
+            state += 1
+            if state == k:
+                longer.append(i + 1)
+                state = border[state - 1]
+    return shorter + longer
+
+
+def _failure(pattern: Sequence[str]) -> list[int]:
+    """Return the KMP failure function of ``pattern``.
+
+    Entry ``i`` is the length of the longest proper prefix of ``pattern[:i + 1]`` that
+    is also a suffix of it.
+    """
+    failure = [0] * len(pattern)
     k = 0
-    for i in range(1, p):
-        while k and pattern[i] != pattern[k]:
+    for i in range(1, len(pattern)):
+        item = pattern[i]
+        while k and item != pattern[k]:
             k = failure[k - 1]
-        if pattern[i] == pattern[k]:
+        if item == pattern[k]:
             k += 1
         failure[i] = k
-    state = 0
-    for i, item in enumerate(text):
-        while state and item != pattern[state]:
-            state = failure[state - 1]
-        if item == pattern[state]:
-            state += 1
-        if state == p:
-            # The earliest whole match in the reversed window is the latest in the window.
-            return len(text) - (i - p + 1)
-    # No whole match: state is the longest prefix of the reversed previous window that
-    # ends the reversed window, i.e. the longest suffix of previous that starts window.
-    return state
+    return failure
+
+
+@attrs.frozen
+class WindowStep:
+    """What one ``tailJob`` window adds to the lines yielded before.
+
+    Attributes:
+        lines: The lines that follow those yielded before.
+        missing: At most this many lines of the log may lie, unread, between the lines
+            yielded before and ``lines``; ``None`` when no bound is known.
+        repeated: At most this many of ``lines`` may repeat lines yielded before.
+    """
+
+    lines: list[str]
+    missing: int | None = 0
+    repeated: int = 0
+
+    @property
+    def exact(self) -> bool:
+        """``lines`` are exactly the lines written since the previous window."""
+        return self.missing == 0 and self.repeated == 0
 
 
 class WindowTracker:
     """Turns successive ``tailJob`` windows into the lines not yielded yet.
 
-    While every window holds the whole log (fewer lines than asked for), lines are
-    counted by position, which is exact even for repeated lines; otherwise windows are
-    aligned by content with :func:`overlap_end`.
+    A window with fewer lines than asked for holds the whole log: lines are then counted
+    by position, which is exact whatever they contain.  A full window is aligned by
+    content (:func:`alignments`), and the alignment is accepted only when it is
+    unambiguous: at least half of the window lines up with the lines seen before, and
+    no other shift lines up with at least half.  Otherwise :meth:`advance` asks for the
+    window again, larger; at the largest window it yields the lines with a bound on how
+    many may be missing or repeated.
 
     Attributes:
         position: How many lines of the log were consumed, counted from its first line;
-            ``None`` once a window did not reach back to the start.
+            ``None`` once a window could not be aligned exactly.
+        maybe_blank: The last window was an empty answer from a server that does not
+            say how many lines it joined: the log may be one empty line, not yielded.
     """
 
     def __init__(self) -> None:
         self._previous: list[str] = []
         self.position: int | None = 0
+        self.maybe_blank = False
 
-    def advance(self, window: list[str], *, complete: bool) -> list[str] | None:
-        """Take the next window and return its new lines.
+    def advance(
+        self, window: list[str], *, count: int, last_try: bool, blank_possible: bool = False
+    ) -> WindowStep | None:
+        """Take the next window and return the lines it adds.
 
         Args:
             window: The lines ``tailJob`` returned.
-            complete: ``window`` holds the whole log (it had fewer lines than asked for).
+            count: The ``count`` asked for: a window with fewer lines holds the whole log.
+            last_try: No larger window can be asked for: never return ``None``.
+            blank_possible: ``window`` is empty, but the log may be one empty line.
 
         Returns:
-            The lines after those seen before, or ``None`` when ``window`` does not
-            connect to them (lines may have been missed): ask again with a larger window,
-            or accept the gap with :meth:`resync`.
+            The step, or ``None`` when the window is ambiguous or does not reach the
+            lines seen before: ask again with a larger ``count``.
         """
         previous, position = self._previous, self.position
+        size = len(window)
+        complete = size < count
+        self.maybe_blank = blank_possible
         if (
             complete
             and position is not None
-            and len(window) >= position
+            and size >= position
             and window[position - len(previous) : position] == previous
         ):
-            new = window[position:]
+            return WindowStep(self._take(window, position, complete))
+        fits = alignments(previous, window)
+        # A complete window holds every line ever written, the last one yielded too.  A
+        # full one is trusted only where at least half of it lines up: that many lines
+        # cannot have been written since the previous window, or they would start by
+        # repeating the lines before them word for word.
+        low = 1 if complete else (size + 1) // 2
+        high = size if position is None else min(size, position)
+        trusted = [j for j in fits if low <= j <= high]
+        if len(trusted) == 1:
+            return WindowStep(self._take(window, trusted[0], complete))
+        if not complete and not last_try:
+            return None
+        if trusted:
+            # Periodic lines fit at several shifts: take the fewest new lines, so that
+            # none repeats; the others may have been missed.
+            seen, missing, repeated = trusted[-1], trusted[-1] - trusted[0], 0
         else:
-            seen = overlap_end(previous, window)
-            if seen == 0 and not complete:
-                # A full window that does not reach back to what was seen (or, at the
-                # start, to the first line): lines may lie in between.
-                return None
-            new = window[seen:]
-        self._previous = window
-        self.position = len(window) if complete else None
-        return new
+            # No alignment to trust: all of the window may be new, and more before it.
+            below = [j for j in fits if j < low]
+            seen, missing, repeated = 0, None, below[-1] if below else 0
+        lines = self._take(window, seen, complete)
+        if not complete:
+            self.position = None
+        return WindowStep(lines, missing, repeated)
 
-    def resync(self, window: list[str]) -> list[str]:
-        """Accept ``window`` after a gap: all of it is new, positions are unknown."""
+    def _take(self, window: list[str], seen: int, complete: bool) -> list[str]:
+        """Make ``window`` the previous one and return its lines after the first ``seen``."""
+        new = window[seen:]
+        if complete:
+            self.position = len(window)
+        elif self.position is not None:
+            self.position += len(new)
         self._previous = window
-        self.position = None
-        return window
+        return new

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -52,27 +52,44 @@ def server_info(*extensions: str) -> httpx.Response:
 class FakeLog:
     """A job's log as a plain JuliaRun server shows it: ``tailJob`` = the last ``count`` lines.
 
-    ``grow`` is called before each ``tailJob`` answer with the number of calls so far and
-    returns the lines the job wrote since; the job completes when ``done`` is true.
+    Before each ``tailJob`` answer the job writes the next burst of ``pending`` (at most
+    ``max_burst(count)`` lines of it when given; the rest waits for the next call); it
+    completes once ``done`` is true and every burst was written.  With ``line_count``
+    the answers carry the local server's ``X-JuliaRun-Line-Count`` header.
     """
 
-    def __init__(self, lines: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        lines: Iterable[str] = (),
+        *,
+        line_count: bool = False,
+        max_burst: Callable[[int], int] | None = None,
+    ) -> None:
         self.lines = list(lines)
         self.calls: list[int] = []
         self.pending: list[list[str]] = []
         self.done = False
+        self.line_count = line_count
+        self.max_burst = max_burst
 
     def tail(self, request: httpx.Request) -> httpx.Response:
         """The ``tailJob`` handler."""
-        if self.pending:
-            self.lines.extend(self.pending.pop(0))
         count = int(request.url.params["count"])
+        if self.pending:
+            burst = self.pending.pop(0)
+            limit = len(burst) if self.max_burst is None else self.max_burst(count)
+            self.lines.extend(burst[:limit])
+            if burst[limit:]:
+                self.pending.insert(0, burst[limit:])
         self.calls.append(count)
         window = self.lines[-count:] if count else []
-        return envelope("\n".join(window))
+        response = envelope("\n".join(window))
+        if self.line_count:
+            response.headers["X-JuliaRun-Line-Count"] = str(len(window))
+        return response
 
     def status(self, request: httpx.Request) -> httpx.Response:
-        """The ``getJobStatus`` handler: done once every pending burst was shown."""
+        """The ``getJobStatus`` handler: done once every pending burst was written."""
         return envelope({"succeeded": self.done and not self.pending, "created": True})
 
 

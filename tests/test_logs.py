@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ import anyio
 import httpx
 import pytest
 import respx
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from streaming_support import (
     FAST_RETRY,
     URL,
@@ -40,7 +43,7 @@ from juliarun_aio import (
     WaitTimeoutError,
 )
 from juliarun_aio import _logs as logs
-from juliarun_aio._logs import LogGapWarning, WindowTracker, overlap_end
+from juliarun_aio._logs import LogGapWarning, WindowStep, WindowTracker, alignments
 from juliarun_aio._watch import PollPolicy
 from juliarun_aio.server import LocalServer
 
@@ -48,54 +51,103 @@ JOB = JobRef("JuliaBatch", "job1")
 NO_WAIT = PollPolicy(initial=0.0, maximum=0.0)
 
 
-# -- overlap_end and WindowTracker (pure) ------------------------------------------------
+# -- alignments and WindowTracker (pure) -------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("previous", "window", "expected"),
     [
-        ([], ["a"], 0),
-        (["a"], [], 0),
-        (["a", "b", "c"], ["b", "c", "d"], 2),  # suffix of previous starts window
-        (["a", "b", "c"], ["c", "d", "e"], 1),
-        (["a", "b", "c"], ["d", "e", "f"], 0),  # no overlap
-        (["b", "c"], ["a", "b", "c", "d"], 3),  # previous whole inside a larger window
-        (["a", "b"], ["a", "b"], 2),  # nothing new
-        (["x", "a", "a"], ["a", "a", "a"], 2),  # repeats: the latest alignment wins
-        (["a", "b", "a", "b"], ["a", "b", "a", "b", "c"], 4),
-        (["a", "b", "a"], ["b", "a", "b", "a", "c"], 4),  # latest whole occurrence
-        (["a", "b", "c"], ["c", "x", "a", "b", "c", "y"], 5),
+        ([], ["a"], []),
+        (["a"], [], []),
+        (["a", "b", "c"], ["b", "c", "d"], [2]),  # suffix of previous starts window
+        (["a", "b", "c"], ["c", "d", "e"], [1]),
+        (["a", "b", "c"], ["d", "e", "f"], []),  # no overlap
+        (["b", "c"], ["a", "b", "c", "d"], [3]),  # previous whole inside a larger window
+        (["a", "b"], ["a", "b"], [2]),  # nothing new
+        (["x", "a", "a"], ["a", "a", "a"], [1, 2]),  # a run: every shift that fits
+        (["a", "b", "a", "b"], ["a", "b", "a", "b", "c"], [2, 4]),
+        (["a", "b", "a"], ["b", "a", "b", "a", "c"], [2, 4]),
+        (["a", "b", "c"], ["c", "x", "a", "b", "c", "y"], [1, 5]),
+        (["", "row 1", ""], ["", "row 2", ""], [1]),  # a blank seam
     ],
 )
-def test_overlap_end(previous: list[str], window: list[str], expected: int) -> None:
-    """overlap_end finds where the previous window ends inside the new one."""
-    assert overlap_end(previous, window) == expected
+def test_alignments(previous: list[str], window: list[str], expected: list[int]) -> None:
+    """alignments lists every shift at which the new window continues the previous one."""
+    assert alignments(previous, window) == expected
 
 
-def test_overlap_end_is_linear() -> None:
+def test_alignments_match_a_brute_force_search() -> None:
+    """On a periodic log every alignment is found, as a quadratic search finds them."""
+    log = ["tick A", "tick B", ""] * 40 + ["x"] + ["tick A", "tick B", ""] * 40
+    for first, last, end in [(0, 60, 200), (10, 150, 241), (100, 241, 241), (0, 241, 241)]:
+        previous, window = log[first:last], log[end - 90 : end]
+        brute = [
+            j
+            for j in range(1, len(window) + 1)
+            if window[max(0, j - len(previous)) : j] == previous[max(0, len(previous) - j) :]
+        ]
+        assert alignments(previous, window) == brute
+
+
+def test_alignments_is_linear() -> None:
     """A pathological repeated pattern is aligned with a linear number of steps."""
-    previous = ["a"] * 20_000 + ["b"]
+    previous = ["b"] + ["a"] * 20_000
     window = ["a"] * 40_000 + ["c"]
-    assert overlap_end(previous, window) == 0
+    assert alignments(previous, window) == list(range(1, 20_001))
+    assert alignments(["a"] * 20_000 + ["b"], window) == []
 
 
 def test_tracker_counts_positions_while_the_log_fits() -> None:
     """While windows hold the whole log, repeated identical lines are all yielded."""
     tracker = WindowTracker()
-    assert tracker.advance(["x", "x"], complete=True) == ["x", "x"]
-    assert tracker.advance(["x", "x", "x", "x"], complete=True) == ["x", "x"]
+    assert tracker.advance(["x", "x"], count=10, last_try=False) == WindowStep(["x", "x"])
+    step = tracker.advance(["x", "x", "x", "x"], count=10, last_try=False)
+    assert step == WindowStep(["x", "x"])
     assert tracker.position == 4
 
 
 def test_tracker_asks_for_more_when_a_full_window_does_not_connect() -> None:
-    """A full window without overlap returns None; resync accepts it as a gap."""
+    """A full window without a trusted overlap returns None, then a bounded step."""
     tracker = WindowTracker()
-    assert tracker.advance(["a", "b"], complete=False) is None  # the start is not in view
-    assert tracker.advance(["a", "b", "c"], complete=True) == ["a", "b", "c"]
-    assert tracker.advance(["f", "g"], complete=False) is None
-    assert tracker.resync(["f", "g"]) == ["f", "g"]
+    assert tracker.advance(["a", "b"], count=2, last_try=False) is None  # the start unseen
+    assert tracker.advance(["a", "b", "c"], count=8, last_try=False) == WindowStep(["a", "b", "c"])
+    assert tracker.advance(["f", "g"], count=2, last_try=False) is None
+    step = tracker.advance(["f", "g"], count=2, last_try=True)
+    assert step == WindowStep(["f", "g"], missing=None)
     assert tracker.position is None
-    assert tracker.advance(["g", "h"], complete=False) == ["h"]
+    assert tracker.advance(["g", "h"], count=2, last_try=False) == WindowStep(["h"])
+
+
+def test_tracker_distrusts_a_single_common_line_at_the_seam() -> None:
+    """One blank line shared by two full windows is not an alignment."""
+    tracker = WindowTracker()
+    assert tracker.advance(["header", ""], count=4, last_try=False) is not None
+    assert tracker.advance(["", "row 7", "", "row 8"], count=4, last_try=False) is None
+    step = tracker.advance(["", "row 7", "", "row 8"], count=4, last_try=True)
+    assert step == WindowStep(["", "row 7", "", "row 8"], missing=None, repeated=1)
+
+
+def test_tracker_bounds_what_a_cycle_may_hide() -> None:
+    """A periodic window fits at several shifts: the step says how many may be missing."""
+    tracker = WindowTracker()
+    assert tracker.advance(["A", "B"] * 3, count=8, last_try=False) is not None
+    window = ["A", "B"] * 4
+    assert tracker.advance(window, count=8, last_try=False) is None
+    step = tracker.advance(window, count=8, last_try=True)
+    # 6 lines were seen, so at least 2 are new; 4 more if the cycle hides them.
+    assert step == WindowStep(["A", "B"], missing=2)
+    assert tracker.position is None
+
+
+def test_tracker_trusts_a_unique_long_overlap() -> None:
+    """A unique alignment over half the window is exact, cycles elsewhere or not."""
+    tracker = WindowTracker()
+    first = ["a", "b", "c", "d", "", "", "", ""]
+    assert tracker.advance(first, count=8, last_try=False) is None
+    assert tracker.advance(first, count=9, last_try=False) == WindowStep(first)
+    step = tracker.advance(["c", "d", "", "", "", "", "e", ""], count=8, last_try=False)
+    assert step == WindowStep(["e", ""])
+    assert tracker.position == 10
 
 
 # -- the polling path ---------------------------------------------------------------------
@@ -154,20 +206,63 @@ async def test_poll_reports_a_gap_it_cannot_close(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.anyio
-async def test_poll_repeated_lines_never_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Identical lines beyond the window are not yielded twice (documented: may be lost)."""
+async def test_poll_repeated_lines_are_all_yielded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identical lines beyond the window are counted exactly: the window grows to the log."""
     monkeypatch.setattr(logs, "POLL_WINDOW", 3)
-    log = FakeLog(["start"] + ["same"] * 5)
-    log.pending = [[], ["same"], ["end"]]
+    log = FakeLog(["start"] + ["same"] * 20)
+    # Quiet polls first, so that the window shrinks below the log's length.
+    log.pending = [[], [], [], [], ["same"], ["same", "same"], ["end"]]
     log.done = True
     async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
         _plain_server(router, log)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             got = [line.text for line in await _collect(ctx.tail_logs(JOB, poll=NO_WAIT))]
-    assert got[0] == "start"
-    assert got[-1] == "end"
-    assert got.count("same") in (5, 6)
+    assert got == ["start"] + ["same"] * 23 + ["end"]
+    assert min(log.calls[1:]) < 21  # some windows held only identical lines
+
+
+@pytest.mark.anyio
+async def test_poll_one_empty_line_from_a_plain_server_is_warned() -> None:
+    """A plain server answers one empty line as no line: the tail warns that it may be missing."""
+    log = FakeLog([""])
+    log.done = True
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _plain_server(router, log)
+        with pytest.warns(LogGapWarning, match="one empty line may be missing") as caught:
+            got = await _collect(ctx.tail_logs(JOB, poll=NO_WAIT))
+    assert got == []
+    gap = caught[0].message
+    assert isinstance(gap, LogGapWarning)
+    assert (gap.missing, gap.repeated) == (1, 0)
+
+
+@pytest.mark.anyio
+async def test_poll_reads_the_line_count_header() -> None:
+    """With X-JuliaRun-Line-Count, one empty line and no line are told apart exactly."""
+    for lines in ([""], []):
+        log = FakeLog(lines, line_count=True)
+        log.done = True
+        async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+            _plain_server(router, log)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = await _collect(ctx.tail_logs(JOB, poll=NO_WAIT))
+        assert [line.text for line in got] == lines
+
+
+@pytest.mark.parametrize(("data", "header"), [("a\nb", "3"), ("", "2"), ("a", "one"), ("", "-1")])
+@pytest.mark.anyio
+async def test_a_line_count_that_does_not_fit_is_a_response_error(data: str, header: str) -> None:
+    """A line count header that does not match the text raises ResponseError naming it."""
+    answer = envelope(data)
+    answer.headers["X-JuliaRun-Line-Count"] = header
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        router.get(f"{URL}/tailJob/JuliaBatch/").mock(return_value=answer)
+        with pytest.raises(ResponseError, match="X-JuliaRun-Line-Count") as caught:
+            await _collect(ctx.tail_logs(JOB, mode="poll", follow=False))
+    assert caught.value.verb == "tailJob"
+    assert caught.value.job == "job1"
 
 
 @pytest.mark.anyio
@@ -223,6 +318,137 @@ def test_bad_arguments_raise_at_once() -> None:
         ctx.tail_logs(JOB, idle_timeout=0)
     with pytest.raises(ValueError, match="mode"):
         ctx.tail_logs(JOB, mode="telepathy")  # type: ignore[arg-type]
+
+
+# -- the polling path: properties ----------------------------------------------------------
+
+# Each property runs on both backends: half of the profile's examples on each.
+HALF_THE_EXAMPLES = max(1, settings().max_examples // 2)
+# Lines that make windows look alike: blank lines, separators, cycles and identical runs.
+COMMON = ["", "----", "tick A", "tick B", "same"]
+
+
+@st.composite
+def look_alike_logs(draw: st.DrawFn, longest_run: int = 30) -> list[str]:
+    """A log of blank lines, separators, short cycles and identical runs, among unique rows.
+
+    No more than ``longest_run`` lines in a row are common ones (not a unique row).
+    """
+    run = st.lists(st.sampled_from(COMMON), max_size=6)
+    repeat = st.tuples(st.sampled_from(COMMON), st.integers(1, 30)).map(lambda t: [t[0]] * t[1])
+    cycle = st.tuples(st.lists(st.sampled_from(COMMON), min_size=1, max_size=3), st.integers(1, 15))
+    pieces = draw(st.lists(st.one_of(run, repeat, cycle.map(lambda t: t[0] * t[1])), max_size=12))
+    lines: list[str] = []
+    common = 0
+    for piece in pieces:
+        for text in piece:
+            if common == longest_run:
+                lines.append(f"row {len(lines)}")
+                common = 0
+            lines.append(text)
+            common += 1
+        if draw(st.booleans()):
+            lines.append(f"row {len(lines)}")
+            common = 0
+    return lines
+
+
+@st.composite
+def bursts(draw: st.DrawFn, lines: list[str]) -> list[list[str]]:
+    """Cut ``lines`` into what exists when tailing starts, then one burst per tailJob call."""
+    cuts = sorted(draw(st.lists(st.integers(0, len(lines)), max_size=15)))
+    edges = [0, *cuts, len(lines)]
+    return [lines[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def _tail_through(
+    log: FakeLog, backend: str, since: int = 0
+) -> list[tuple[str, str | LogGapWarning]]:
+    """Tail ``log`` with ``mode="poll"``; return the lines and warnings, in their order."""
+    events: list[tuple[str, str | LogGapWarning]] = []
+
+    async def main() -> None:
+        async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+            _plain_server(router, log)
+            lines = ctx.tail_logs(JOB, poll=NO_WAIT, mode="poll", since=since or None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", LogGapWarning)
+                async with contextlib.aclosing(lines):
+                    async for line in lines:
+                        events.extend(("warning", w.message) for w in caught)  # type: ignore[misc]
+                        caught.clear()
+                        events.append(("line", line.text))
+                events.extend(("warning", w.message) for w in caught)  # type: ignore[misc]
+
+    anyio.run(main, backend=backend)
+    return events
+
+
+def assert_within_warned_bounds(
+    log: list[str], events: list[tuple[str, str | LogGapWarning]], since: int = 0
+) -> None:
+    """The lines are the log, except where a warning allows lines missing or repeated.
+
+    Tracks every position in the log the output can have reached: a line must be the
+    log's next one; a warning lets the position move ahead by up to ``missing`` lines
+    (any number when ``None``) or back by up to ``repeated``.  The output must end at
+    the end of the log.
+    """
+    reached = {since}
+    for kind, value in events:
+        if isinstance(value, LogGapWarning):
+            ahead = len(log) if value.missing is None else value.missing
+            reached = {
+                p
+                for r in reached
+                for p in range(max(0, r - value.repeated), min(len(log), r + ahead) + 1)
+            }
+        else:
+            reached = {r + 1 for r in reached if r < len(log) and log[r] == value}
+        assert reached, f"a {kind} no warning accounts for: {value!r}"
+    assert len(log) in reached
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=HALF_THE_EXAMPLES)
+@given(data=st.data(), line_count=st.booleans())
+def test_poll_output_is_the_log_or_a_warning_bounds_the_difference(
+    backend: str, data: st.DataObject, line_count: bool
+) -> None:
+    """Bursts of at most half a window between polls: exact, or a warning bounds the gap."""
+    lines = data.draw(look_alike_logs())
+    first, *later = data.draw(bursts(lines))
+    log = FakeLog(first, line_count=line_count, max_burst=lambda count: count // 2)
+    log.pending, log.done = later, True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logs, "POLL_WINDOW", 4)
+        patch.setattr(logs, "MAX_POLL_WINDOW", 64)
+        events = _tail_through(log, backend)
+    assert log.lines == lines
+    assert_within_warned_bounds(lines, events)
+    event("warned" if any(kind == "warning" for kind, _ in events) else "exact")
+    # Warnings only where no window of the largest size could settle the alignment.
+    assert len(lines) > 64 or all(kind == "line" for kind, _ in events) or lines in ([], [""])
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=HALF_THE_EXAMPLES)
+@given(data=st.data(), line_count=st.booleans())
+def test_poll_bursts_larger_than_the_window_are_exact(
+    backend: str, data: st.DataObject, line_count: bool
+) -> None:
+    """Bursts of any size, whose lines never repeat half a window: exactly the log."""
+    lines = data.draw(look_alike_logs(longest_run=7))
+    first, *later = data.draw(bursts(lines))
+    log = FakeLog(first, line_count=line_count)
+    log.pending, log.done = later, True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logs, "POLL_WINDOW", 16)
+        events = _tail_through(log, backend)
+    if lines in ([], [""]) and not line_count:
+        assert [kind for kind, _ in events] == ["warning"]
+    else:
+        assert events == [("line", text) for text in lines]
 
 
 # -- the stream path ----------------------------------------------------------------------
@@ -555,3 +781,47 @@ async def test_breaking_out_leaves_no_open_stream(server: LocalServer) -> None:
         follow_up = await _collect(ctx.tail_logs(spec, follow=False, since=10))
         assert follow_up[0].cursor == 11
         await ctx.delete_job(spec, force=True)
+
+
+# A header and a blank line, then after a pause one burst of 10,000 lines: blank lines
+# alternating with numbered rows.  Windows that meet at a blank line look joined.
+SEAM_JOB = """\
+import sys, time
+print("header"); print(""); sys.stdout.flush()
+time.sleep(1.5)
+for i in range(5000):
+    print(""); print(f"row {i}")
+"""
+SEAM_LINES = ["header", ""] + [text for i in range(5000) for text in ("", f"row {i}")]
+
+# Two alternating lines, 200 every 0.3 s, then "end": consecutive windows look alike.
+CYCLE_JOB = """\
+import sys, time
+for _ in range(12):
+    for _ in range(100):
+        print("tick A"); print("tick B")
+    sys.stdout.flush(); time.sleep(0.3)
+print("end")
+"""
+CYCLE_LINES = ["tick A", "tick B"] * 1200 + ["end"]
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [(SEAM_JOB, SEAM_LINES), (CYCLE_JOB, CYCLE_LINES)],
+    ids=["seam", "cycle"],
+)
+@pytest.mark.anyio
+async def test_poll_path_never_drops_lines_of_look_alike_windows(
+    server: LocalServer, script: str, expected: list[str]
+) -> None:
+    """Blank seams and short cycles in a polled log: every line arrives, no warning needed."""
+    write_script(server, "job.py", script)
+    spec = JuliaBatch(name="alike", start_script="job.py", run_volume="work")
+    async with server_context(server) as ctx:
+        await ctx.submit_job(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LogGapWarning)
+            got = await _collect(ctx.tail_logs(spec, mode="poll"))
+    assert [r["text"] for r in combined_log(server, "alike")] == expected
+    assert [line.text for line in got] == expected
