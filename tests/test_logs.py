@@ -806,6 +806,19 @@ print("end")
 CYCLE_LINES = ["tick A", "tick B"] * 1200 + ["end"]
 
 
+@pytest.mark.anyio
+async def test_poll_path_yields_a_lone_empty_line(server: LocalServer) -> None:
+    """A job whose only output is one empty line yields that line (the server counts it)."""
+    write_script(server, "blank.py", "print()\n")
+    spec = JuliaBatch(name="blank", start_script="blank.py", run_volume="work")
+    async with server_context(server) as ctx:
+        await ctx.submit_job(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LogGapWarning)
+            got = await _collect(ctx.tail_logs(spec, mode="poll", poll=FAST_POLL))
+    assert [line.text for line in got] == [""]
+
+
 @pytest.mark.parametrize(
     ("script", "expected"),
     [(SEAM_JOB, SEAM_LINES), (CYCLE_JOB, CYCLE_LINES)],

@@ -10,7 +10,8 @@ carry an HTTP status and ``{"code": <status>, "data": "<message>"}``:
   invisible), 405 not a GET, 409 name taken / incomplete job without ``force``, 414 a
   query string over :data:`MAX_QUERY`, 500 a bug (logged; the server keeps running).
 
-The extensions ``serverInfo`` and ``streamLogs`` are described in PROTOCOL-EXTENSIONS.md.
+The extensions ``serverInfo`` and ``streamLogs``, and the ``X-JuliaRun-Line-Count`` header
+of ``tailJob`` answers, are described in PROTOCOL-EXTENSIONS.md.
 Verb handlers run in worker threads (they touch SQLite and files); the log stream runs on
 the event loop and reads files in threads.
 """
@@ -34,6 +35,7 @@ from starlette.routing import Route
 
 from .._errors import ApiError
 from .._jobs import JOB_KINDS
+from .._logs import LINE_COUNT_HEADER
 from .._version import __version__
 from ._logs import stream_log
 from ._supervisor import Engine
@@ -73,7 +75,17 @@ class HttpError(Exception):
         self.message = message
 
 
+class _Answer:
+    """A verb's ``data`` with response headers of its own."""
+
+    def __init__(self, data: object, headers: Mapping[str, str]) -> None:
+        self.data = data
+        self.headers = headers
+
+
 def _envelope(data: object) -> JSONResponse:
+    if isinstance(data, _Answer):
+        return JSONResponse({"code": 0, "data": data.data}, headers=dict(data.headers))
     return JSONResponse({"code": 0, "data": data})
 
 
@@ -189,7 +201,9 @@ def _job_verb(engine: Engine, verb: str, namespace: str, kind: str, params: dict
     if verb == "tailJob":
         count = _int(params, "count", 50)
         stream = _stream(params)
-        return "\n".join(engine.log(namespace, kind, name).tail(count, stream))
+        lines = engine.log(namespace, kind, name).tail(count, stream)
+        # The text alone reads the same for no line and for one empty line.
+        return _Answer("\n".join(lines), {LINE_COUNT_HEADER: str(len(lines))})
     if verb == "submitJob":
         engine.submit(namespace, kind, params)
         return None

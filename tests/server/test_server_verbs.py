@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -55,6 +56,29 @@ def test_batch_job_lifecycle(api: Api, volume: Path) -> None:
     assert api.data("deleteJob", "JuliaBatch", name="hi", force="false") is True
     assert api.data("listJobs") == {}
     api.error(404, "getJobStatus", "JuliaBatch", name="hi")
+
+
+def test_tail_job_says_how_many_lines_it_joins(api: Api, volume: Path) -> None:
+    """tailJob's X-JuliaRun-Line-Count tells one empty line from no line at all."""
+    write_script(volume, "blank.py", "print()\n")
+    write_script(volume, "quiet.py", "")
+    write_script(volume, "hello.py", "print('hello')\nprint('world')\nprint()\n")
+    for name in ("blank", "quiet", "hello"):
+        api.data("submitJob", "JuliaBatch", name=name, start_script=f"{name}.py", run_volume="work")
+    cases: list[tuple[str, dict[str, Any], str, str]] = [
+        ("blank", {"count": 5}, "", "1"),
+        ("blank", {"count": 5, "stream": "stderr"}, "", "0"),
+        ("quiet", {"count": 5}, "", "0"),
+        ("hello", {"count": 5}, "hello\nworld\n", "3"),
+        ("hello", {"count": 1}, "", "1"),
+        ("hello", {"count": 0}, "", "0"),
+    ]
+    for name, params, data, count in cases:
+        api.wait_done("JuliaBatch", name)
+        response = api.get("tailJob", "JuliaBatch", name=name, **params)
+        assert response.status_code == 200
+        assert response.json() == {"code": 0, "data": data}
+        assert response.headers["X-JuliaRun-Line-Count"] == count, (name, params)
 
 
 def test_shell_script_and_failure(api: Api, volume: Path) -> None:
