@@ -240,11 +240,21 @@ def tail_logs(
     return tail.run(mode)
 
 
-async def _log_path(ctx: Context) -> str:
-    """Return ``"stream"`` or ``"poll"`` for this Context, asking the server once."""
+async def _log_path(ctx: Context, ref: JobRef) -> str:
+    """Return ``"stream"`` or ``"poll"`` for this Context, asking the server once.
+
+    Raises:
+        JuliaRunError: the question failed (a refused credential, an unreachable
+            server); the error names ``tailJob`` and the job, which is what the caller
+            asked for, not the probe.
+    """
     path: str | None = ctx.feature(_PATH_FEATURE)
     if path is None:
-        info = await ctx.server_info()
+        try:
+            info = await ctx.server_info()
+        except errors.JuliaRunError as exc:
+            exc.verb, exc.job = "tailJob", ref.name
+            raise
         extensions = info.get("extensions") if info else None
         path = "stream" if isinstance(extensions, list) and STREAM_VERB in extensions else "poll"
         ctx.remember(_PATH_FEATURE, path)
@@ -281,7 +291,7 @@ class _Tail:
         self._start_wait = poll.initial
 
     async def run(self, mode: Mode) -> AsyncGenerator[LogLine, None]:
-        path = await _log_path(self.ctx) if mode == "auto" else mode
+        path = await _log_path(self.ctx, self.ref) if mode == "auto" else mode
         # Both paths yield lists of lines (one per network chunk or poll), so that the
         # generator hops cost per batch; only this, the public generator, hops per line.
         batches = self._stream() if path == "stream" else self._poll()

@@ -34,11 +34,14 @@ from streaming_support import (
 )
 
 from juliarun_aio import (
+    ApiError,
+    AuthenticationError,
     Context,
     JobNotFoundError,
     JobRef,
     JuliaBatch,
     LogLine,
+    PermissionDeniedError,
     ResponseError,
     WaitTimeoutError,
 )
@@ -305,6 +308,22 @@ async def test_start_timeout() -> None:
         router.get(f"{URL}/tailJob/JuliaBatch/").mock(return_value=not_found())
         with pytest.raises(WaitTimeoutError, match="did not appear within 0 s"):
             await _collect(ctx.tail_logs(JOB, start_timeout=0, poll=NO_WAIT))
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(401, AuthenticationError), (403, PermissionDeniedError)]
+)
+@pytest.mark.anyio
+async def test_a_refused_credential_names_the_job_tailed(
+    status: int, error: type[ApiError]
+) -> None:
+    """A 401/403 while choosing the log path is reported for tailJob and the job asked for."""
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        router.get(f"{URL}/serverInfo/").mock(return_value=envelope("refused", status=status))
+        with pytest.raises(error) as caught:
+            await _collect(ctx.tail_logs(JOB))
+    assert (caught.value.verb, caught.value.job) == ("tailJob", "job1")
+    assert str(caught.value).endswith("[tailJob, job 'job1']")
 
 
 def test_bad_arguments_raise_at_once() -> None:
@@ -804,6 +823,14 @@ for _ in range(12):
 print("end")
 """
 CYCLE_LINES = ["tick A", "tick B"] * 1200 + ["end"]
+
+
+@pytest.mark.anyio
+async def test_a_wrong_token_names_the_job_tailed(server: LocalServer) -> None:
+    """tail_logs with a wrong token raises AuthenticationError about the job, not the probe."""
+    async with Context(server.url, "not-the-token", server.namespace) as ctx:
+        with pytest.raises(AuthenticationError, match=r"\[tailJob, job 'mine'\]"):
+            await _collect(ctx.tail_logs(JobRef("JuliaBatch", "mine")))
 
 
 @pytest.mark.anyio
