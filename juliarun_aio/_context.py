@@ -32,7 +32,7 @@ from ._config import (
     resolve_config,
     secret_forms,
 )
-from ._jobs import JobRef, JobSpec
+from ._jobs import _MAX_NAME, JOB_KINDS, JobRef, JobSpec
 from ._logs import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT, LogLine
 from ._models import Endpoint, JobInfo, JobScale, JobStatus, excerpt
 from ._retry import (
@@ -62,6 +62,20 @@ _T = TypeVar("_T")
 #: httpx refuses longer URLs (and many servers refuse far shorter ones): every value
 #: travels in the query string, so this bounds the size of a spec.
 MAX_URL_LENGTH = 65_536
+
+# The longest call that carries no spec: the log stream of a job of the longest type and
+# name, from the largest cursor.  Settings that leave no room for it in a URL are refused
+# when the Context is built.
+_LONGEST_PLAIN_CALL: Final = (
+    "streamLogs",
+    JobRef(max(JOB_KINDS, key=len), "x" * _MAX_NAME),
+    {
+        "cursor": str(2**63 - 1),
+        "follow": "false",
+        "heartbeat": "3600",
+        "stream": "stdout",
+    },
+)
 
 #: Signed URLs remembered per Context (cleared when full).
 _URL_CACHE_SIZE = 256
@@ -149,7 +163,7 @@ class Context:
         self._secrets: tuple[str, ...] = ()
         self._token_seen: str | None = None
         # Known from the start, so that even an error before the first request is clean.
-        self._token_param()
+        self._check_settings_fit(self._token_param())
         self._features: dict[str, Any] = {}
         # Pollers ask for the same few URLs over and over; parsing one costs more than
         # the rest of a call's client-side work.  Keyed by the token, so rotation misses.
@@ -239,16 +253,10 @@ class Context:
         cached = self._urls.get(key)
         if cached is not None:
             return cached
-        path = f"{self.url}/{verb}/" if job is None else f"{self.url}/{verb}/{job.kind}/"
-        query: list[tuple[str, str]] = [
-            ("jruntok", token),
-            ("jrunns", self.namespace),
-        ]
-        if job is not None:
-            query.append(("name", job.name))
-        query.extend((k, v) for k, v in params.items() if k != "name")
-        url = f"{path}?{build_query(query)}"
+        url = self._url_text(verb, job, params, token)
         if len(url) > MAX_URL_LENGTH:
+            # A token file may have been rewritten with a token too long for any call.
+            self._check_settings_fit(token)
             field = max(params, key=lambda key: len(params[key]), default="name")
             raise errors.SpecError(
                 field,
@@ -259,6 +267,51 @@ class Context:
             self._urls.clear()
         self._urls[key] = signed = httpx.URL(url)
         return signed
+
+    def _url_text(
+        self, verb: str, job: JobRef | None, params: Mapping[str, str], token: str
+    ) -> str:
+        """Return the URL of one call, signed with ``token`` (its wire form)."""
+        path = f"{self.url}/{verb}/" if job is None else f"{self.url}/{verb}/{job.kind}/"
+        query: list[tuple[str, str]] = [
+            ("jruntok", token),
+            ("jrunns", self.namespace),
+        ]
+        if job is not None:
+            query.append(("name", job.name))
+        query.extend((k, v) for k, v in params.items() if k != "name")
+        return f"{path}?{build_query(query)}"
+
+    def _check_settings_fit(self, token: str) -> None:
+        """Refuse a token, namespace or URL too long to leave room for any call.
+
+        Every request carries all three in its URL.  ``token`` is the wire form (base64,
+        then percent-encoded in the query); the message never shows it.
+
+        Raises:
+            ConfigurationError: the longest call without a spec would not fit in
+                :data:`MAX_URL_LENGTH`; names the setting that takes the most room.
+        """
+        length = len(self._url_text(*_LONGEST_PLAIN_CALL, token))
+        if length <= MAX_URL_LENGTH:
+            return
+        sizes = {  # as they travel: build_query gives "=<value>"
+            "token": len(build_query([("", token)])) - 1,
+            "namespace": len(build_query([("", self.namespace)])) - 1,
+            "URL": len(self.url),
+        }
+        setting = max(sizes, key=lambda name: sizes[name])
+        where = {
+            "token": "token=, token_file=, JRUN_TOKEN or JRUN_TOKEN_FILE",
+            "namespace": "namespace= or JRUN_NAMESPACE",
+            "URL": "url= or JRUN_URL",
+        }[setting]
+        raise errors.ConfigurationError(
+            f"the {setting} is too long: every request carries it in its URL "
+            f"({sizes[setting]:,} characters{' once encoded' if setting != 'URL' else ''}), "
+            f"which would then reach {length:,} characters, over the {MAX_URL_LENGTH:,} "
+            f"allowed; check {where}"
+        )
 
     def _timeout_for(self, timeout: TimeoutArg) -> httpx.Timeout:
         return self._timeout if isinstance(timeout, _Unset) else _as_timeout(timeout)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,6 +23,7 @@ from juliarun_aio import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    ConfigurationError,
     ConflictError,
     Context,
     Endpoint,
@@ -39,6 +42,7 @@ from juliarun_aio import (
     TimeoutError,
     TransportError,
 )
+from juliarun_aio._context import MAX_URL_LENGTH
 from juliarun_aio._wire import encode_spec
 
 URL = "http://jrun.test"
@@ -284,6 +288,78 @@ async def test_root_path_and_user_agent(router: respx.MockRouter) -> None:
         assert ctx.url == f"{URL}/jr"
         await ctx.list_jobs()
     assert route.calls.last.request.headers["User-Agent"].startswith("juliarun_aio/")
+
+
+# -- settings too long for a URL -------------------------------------------------------
+
+LONGEST_JOB = JobRef(max(JOB_KINDS, key=len), "x" * 63)
+
+
+def test_a_token_too_long_for_any_request_is_refused_when_the_context_is_built() -> None:
+    """A 60,000-character token is a ConfigurationError naming the token, never showing it."""
+    token = "t" * 60_000
+    with pytest.raises(ConfigurationError, match="the token is too long") as caught:
+        Context(URL, token, NS, env={})
+    message = str(caught.value)
+    assert "JRUN_TOKEN" in message
+    assert "tttt" not in message
+    assert base64.b64encode(b"tttt").decode() not in message
+
+
+@pytest.mark.anyio
+async def test_the_longest_token_accepted_leaves_room_for_every_plain_call(
+    router: respx.MockRouter,
+) -> None:
+    """The bound is the real one: the longest token accepted still sends each call."""
+
+    client = httpx.AsyncClient()  # one for the search: a client per Context is slow
+
+    def accepted(length: int) -> bool:
+        try:
+            Context(URL, "t" * length, NS, env={}, client=client)
+        except ConfigurationError:
+            return False
+        return True
+
+    low, high = 1, 60_000
+    async with client:
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if accepted(middle) else (low, middle)
+    assert 45_000 < low < 49_152  # about 3/4 of the URL limit, less the call itself
+    router.get(path=f"/getJobStatus/{LONGEST_JOB.kind}/").mock(return_value=ok(OBSERVED_STATUS))
+    router.get(path=f"/tailJob/{LONGEST_JOB.kind}/").mock(return_value=ok("a"))
+    async with Context(URL, "t" * low, NS, env={}, retries=ZERO) as ctx:
+        await ctx.get_job_status(LONGEST_JOB)
+        await ctx.tail_job(LONGEST_JOB, "stdout", 250_000)
+        url = ctx.build_url(
+            "streamLogs",
+            LONGEST_JOB,
+            {"cursor": str(2**63 - 1), "follow": "false", "heartbeat": "3600", "stream": "stdout"},
+        )
+        assert len(str(url)) <= MAX_URL_LENGTH
+
+
+@pytest.mark.anyio
+async def test_a_token_file_rewritten_too_long_is_refused_before_sending(
+    router: respx.MockRouter, tmp_path: Path
+) -> None:
+    """A rotated token too long for any URL is a ConfigurationError, not a SpecError on name."""
+    path = tmp_path / "token"
+    path.write_text("short\n")
+    route = router.get(path="/listJobs/").mock(return_value=ok({}))
+    async with Context(URL, namespace=NS, token_file=path, env={}, retries=ZERO) as ctx:
+        await ctx.list_jobs()
+        path.write_text("t" * 60_000 + "\n")
+        with pytest.raises(ConfigurationError, match="the token is too long"):
+            await ctx.list_jobs()
+    assert route.call_count == 1
+
+
+def test_a_namespace_too_long_for_any_request_is_refused() -> None:
+    """The namespace is named when it is what leaves no room in the URL."""
+    with pytest.raises(ConfigurationError, match="the namespace is too long"):
+        Context(URL, TOKEN, "n" * 70_000, env={})
 
 
 # -- responses: every result shape ---------------------------------------------------
