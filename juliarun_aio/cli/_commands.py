@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -32,6 +33,7 @@ __all__ = [
     "info_to_json",
     "print_info_table",
     "resolve_job",
+    "wait_workers",
 ]
 
 #: How many lines ``logs`` prints without ``-f`` and ``--tail``.
@@ -145,13 +147,54 @@ async def _wait(ctx: Context, ref: JobRef, out: Output, timeout: float | None) -
     return final if final is not None else await ctx.get_job_status(ref)
 
 
-async def _wait_workers(
+async def wait_workers(
     ctx: Context, ref: JobRef, out: Output, wanted: int, timeout: float | None
 ) -> JobScale:
+    """Wait for ``wanted`` workers, showing the scale and the job's message as they change.
+
+    The message (a worker that cannot start, say) can change while the scale does not,
+    so the status is watched alongside the scale.
+
+    Args:
+        ctx: The Context.
+        ref: The job.
+        out: Where to show the progress.
+        wanted: How many running workers to wait for.
+        timeout: Seconds to wait; ``None`` waits forever.
+
+    Returns:
+        The scale that reached ``wanted``.
+
+    Raises:
+        JuliaRunError: the wait failed (a timeout, say); its message ends with the
+            job's last message, unless it says it already.
+    """
     scale: JobScale | None = None
+    message: str | None = None
+    failure: errors.JuliaRunError | None = None
     with out.worker_progress(ref.name, wanted) as report:
-        async for scale in ctx.wait_for_workers(ref, wanted, timeout=timeout):
-            report(scale)
+
+        async def show_messages() -> None:
+            nonlocal message
+            # Only shown: a failure of the job itself reaches the scale wait too.
+            with contextlib.suppress(errors.JuliaRunError):
+                async for status in ctx.watch_job(ref):
+                    if status.message != message:
+                        message = status.message
+                        report(scale, message)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(show_messages)
+            try:
+                async for scale in ctx.wait_for_workers(ref, wanted, timeout=timeout):
+                    report(scale, message)
+            except errors.JuliaRunError as exc:
+                failure = exc
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        if message and message not in failure.message:
+            failure.message = f"{failure.message}; the job says: {message}"
+        raise failure
     return scale if scale is not None else await ctx.get_job_scale(ref)
 
 
@@ -306,7 +349,7 @@ async def scale(ctx: Context, args: argparse.Namespace, out: Output) -> int:
         out.info(f"scaling {_label(ref)} to {args.workers} workers")
     result: dict[str, object] = {"name": ref.name, "type": ref.kind, "requested": args.workers}
     if args.wait:
-        reached = await _wait_workers(ctx, ref, out, args.workers, args.timeout)
+        reached = await wait_workers(ctx, ref, out, args.workers, args.timeout)
         result["running"] = reached.running
         if not out.json_mode:
             out.info(f"{reached.running} workers running", style="green")

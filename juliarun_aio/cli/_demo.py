@@ -18,7 +18,7 @@ import anyio
 
 from .._context import Context
 from .._jobs import JuliaBatch, JuliaParBatch
-from ._commands import check_outcome, follow_logs, print_info_table
+from ._commands import check_outcome, follow_logs, print_info_table, wait_workers
 from ._errors import CliError, ExitCode
 from ._output import Output, phase_of
 
@@ -92,9 +92,7 @@ async def _parallel(ctx: Context, out: Output, scripts: dict[str, str]) -> Julia
     out.info(f"$ juliarun scale {job.name} {DEMO_WORKERS} --wait", style="cyan")
     if not await ctx.set_job_scale(job, DEMO_WORKERS):
         raise CliError(f"the local server refused to scale {job.name}", "report this as a bug")
-    with out.worker_progress(job.name, DEMO_WORKERS) as report:
-        async for scale in ctx.wait_for_workers(job, DEMO_WORKERS, timeout=_STEP_TIMEOUT):
-            report(scale)
+    await wait_workers(ctx, job.ref, out, DEMO_WORKERS, _STEP_TIMEOUT)
     for line in await _joined_lines(ctx, job, DEMO_WORKERS):
         out.info(f"  {line}", style="dim")
     return job

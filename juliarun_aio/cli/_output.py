@@ -146,18 +146,28 @@ class Output:
     # -- live progress ---------------------------------------------------------------
 
     @contextlib.contextmanager
-    def worker_progress(self, job: str, wanted: int) -> Iterator[Callable[[JobScale], None]]:
+    def worker_progress(
+        self, job: str, wanted: int
+    ) -> Iterator[Callable[[JobScale | None, str | None], None]]:
         """Show workers coming up: a live bar on a terminal, a line per change otherwise.
 
         Yields:
-            A function to call with each new :class:`JobScale`.
+            A function to call with each new :class:`JobScale` (``None`` before the
+            first) and the job's message (why a worker cannot start, say), shown with it.
         """
         if not self.interactive or self.json_mode:
+            shown: list[str] = []
 
-            def report(scale: JobScale) -> None:
-                self.info(
-                    f"{job}: {scale.running}/{wanted} workers running ({scale.requested} requested)"
-                )
+            def report(scale: JobScale | None, message: str | None) -> None:
+                counts = "?" if scale is None else str(scale.running)
+                line = f"{job}: {counts}/{wanted} workers running"
+                if scale is not None:
+                    line += f" ({scale.requested} requested)"
+                if message:
+                    line += f": {message}"
+                if shown[-1:] != [line]:
+                    shown.append(line)
+                    self.info(line)
 
             yield report
             return
@@ -169,10 +179,13 @@ class Output:
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=self.console) as progress:
-            task = progress.add_task(f"{job}: workers running", total=max(wanted, 1))
+            title = f"{job}: workers running"
+            task = progress.add_task(title, total=max(wanted, 1))
 
-            def advance(scale: JobScale) -> None:
-                progress.update(task, completed=min(scale.running, wanted))
+            def advance(scale: JobScale | None, message: str | None) -> None:
+                description = Text(title + (f": {self.redact(message)}" if message else ""))
+                running = 0 if scale is None else min(scale.running, wanted)
+                progress.update(task, completed=running, description=description.plain)
 
             yield advance
             if wanted == 0:

@@ -180,6 +180,30 @@ def test_scale_wait_and_job_status_json(
 
 
 @pytest.mark.usefixtures("env")
+def test_scale_wait_shows_why_workers_cannot_start(
+    capsys: pytest.CaptureFixture[str], scripts: dict[str, str], job_name: str, tmp_path: Path
+) -> None:
+    """scale --wait shows the job's message in its progress lines and in its error."""
+    missing = tmp_path / "no-such-worker.py"
+    submit(
+        capsys,
+        "JuliaParBatch",
+        job_name,
+        "--start-script",
+        scripts["forever.py"],
+        "--worker-start-script",
+        str(missing),
+    )
+    code, out, err = run(capsys, "scale", job_name, "3", "--wait", "--timeout", "5")
+    assert code != 0
+    assert_one_line_error(err)
+    reason = f"cannot start: worker_start_script '{missing}' not found"
+    assert any(reason in line and "workers running" in line for line in out.splitlines()), out
+    assert reason in err
+    assert run(capsys, "delete", job_name, "--force")[0] == 0
+
+
+@pytest.mark.usefixtures("env")
 def test_delete_needs_force_while_running(
     capsys: pytest.CaptureFixture[str], scripts: dict[str, str], job_name: str
 ) -> None:
