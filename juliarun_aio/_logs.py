@@ -116,6 +116,10 @@ LINE_COUNT_HEADER = "X-JuliaRun-Line-Count"
 _WINDOW_MARGIN = 4
 # A window that does not align is asked for again this many times larger.
 _WINDOW_GROWTH = 4
+# Aligning a window first looks for one of its last few lines that occurs only a few
+# times in the window; see _alignments_between.
+_ANCHOR_TRIES = 8
+_ANCHOR_HITS = 8
 
 #: ``"auto"`` picks the stream when the server offers it; the others force a path.
 Mode = Literal["auto", "stream", "poll"]
@@ -726,6 +730,33 @@ def alignments(previous: Sequence[str], window: Sequence[str]) -> list[int]:
     return shorter + longer
 
 
+def _alignments_between(
+    previous: Sequence[str], window: list[str], low: int, high: int
+) -> list[int]:
+    """Return the :func:`alignments` ``j`` with ``low <= j <= high``, ``1 <= low``.
+
+    Each such ``j`` compares at least ``min(low, len(previous))`` lines, so the window
+    line ``j - t`` equals ``previous[-t]`` for every ``t`` up to that.  When one of the
+    last few lines of ``previous`` occurs only a few times in that stretch of the window
+    (found by ``list.index``, at C speed), those few places are all the candidates, each
+    checked by comparing slices; the two linear scans of :func:`alignments` are left for
+    windows where every such line is common (blank lines, cycles, runs).
+    """
+    k = len(previous)
+    if not k or low > high:
+        return []
+    for t in range(1, min(low, k, _ANCHOR_TRIES) + 1):
+        anchor, ends = previous[-t], list[int]()
+        start, stop = low - t, high - t + 1
+        try:
+            while len(ends) <= _ANCHOR_HITS:
+                start = window.index(anchor, start, stop) + 1
+                ends.append(start - 1 + t)
+        except ValueError:
+            return [j for j in ends if window[max(0, j - k) : j] == previous[max(0, k - j) :]]
+    return [j for j in alignments(previous, window) if low <= j <= high]
+
+
 def _failure(pattern: Sequence[str]) -> list[int]:
     """Return the KMP failure function of ``pattern``.
 
@@ -814,18 +845,18 @@ class WindowTracker:
             and window[position - len(previous) : position] == previous
         ):
             return WindowStep(self._take(window, position, complete))
-        fits = alignments(previous, window)
         # A complete window holds every line ever written, the last one yielded too.  A
         # full one is trusted only where at least half of it lines up: that many lines
         # cannot have been written since the previous window, or they would start by
         # repeating the lines before them word for word.
         low = 1 if complete else (size + 1) // 2
         high = size if position is None else min(size, position)
-        trusted = [j for j in fits if low <= j <= high]
+        trusted = _alignments_between(previous, window, low, high)
         if len(trusted) == 1:
             return WindowStep(self._take(window, trusted[0], complete))
         if not complete and not last_try:
             return None
+        fits = alignments(previous, window)
         if trusted:
             # Periodic lines fit at several shifts: take the fewest new lines, so that
             # none repeats; the others may have been missed.

@@ -92,6 +92,22 @@ def test_alignments_match_a_brute_force_search() -> None:
         assert alignments(previous, window) == brute
 
 
+@given(
+    log=st.lists(st.one_of(st.sampled_from(["", "a"]), st.integers(0, 40).map(str)), max_size=80),
+    cuts=st.tuples(st.integers(0, 80), st.integers(0, 80), st.integers(0, 80), st.integers(0, 80)),
+    bounds=st.tuples(st.integers(1, 80), st.integers(0, 80)),
+)
+def test_alignments_in_a_range_agree_with_the_full_scan(
+    log: list[str], cuts: tuple[int, int, int, int], bounds: tuple[int, int]
+) -> None:
+    """The anchored search finds exactly the alignments of the full scan in its range."""
+    a, b, c, d = sorted(cuts)
+    previous, window = log[a:c], log[b:d]
+    low, high = bounds
+    expected = [j for j in alignments(previous, window) if low <= j <= high]
+    assert logs._alignments_between(previous, window, low, high) == expected
+
+
 def test_alignments_is_linear() -> None:
     """A pathological repeated pattern is aligned with a linear number of steps."""
     previous = ["b"] + ["a"] * 20_000
