@@ -242,6 +242,24 @@ async def test_poll_repeated_lines_are_all_yielded(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.anyio
+async def test_poll_a_slow_printer_of_look_alike_lines_is_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few blank or cyclic lines per poll, past the window: exact, and no warning."""
+    monkeypatch.setattr(logs, "POLL_WINDOW", 4)
+    log = FakeLog(f"row {i}" for i in range(10))
+    log.pending = [[""], [], ["tick A", "tick B"], [""], ["", ""], ["tick A"], ["tick B"]] * 6
+    log.done = True
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _plain_server(router, log)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LogGapWarning)
+            got = await _collect(ctx.tail_logs(JOB, poll=NO_WAIT))
+    assert [line.text for line in got] == log.lines
+    assert sum(count < 10 for count in log.calls) > len(log.calls) // 2  # windows < the log
+
+
+@pytest.mark.anyio
 async def test_poll_one_empty_line_from_a_plain_server_is_warned() -> None:
     """A plain server answers one empty line as no line: the tail warns that it may be missing."""
     log = FakeLog([""])
