@@ -27,7 +27,9 @@ job is quiet, and an end marker once the job completed and every line was sent.
   repeat a cycle -- identical lines, ``tick A`` / ``tick B``, a blank line at the seam
   of two windows -- fit at several shifts, or at one shift with too short an overlap.
   Such a window is asked for again, four times larger, until one alignment remains or
-  the window holds the whole log, up to :data:`MAX_POLL_WINDOW` lines.
+  the window holds the whole log, up to :data:`MAX_POLL_WINDOW` lines.  So a log that
+  has repeated a cycle since its last distinct line is read back to that line at each
+  poll: exact, at a cost that grows with the length of the cycle's run.
 - What that guarantees: every line is yielded once, in order, when the job writes at
   most half a window between two polls -- or a :class:`LogGapWarning` says how many
   lines may be missing (``missing``) or repeated (``repeated``) where it was issued.
