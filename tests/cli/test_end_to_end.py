@@ -194,7 +194,7 @@ def test_scale_wait_shows_why_workers_cannot_start(
         "--worker-start-script",
         str(missing),
     )
-    code, out, err = run(capsys, "scale", job_name, "3", "--wait", "--timeout", "5")
+    code, out, err = run(capsys, "scale", job_name, "3", "--wait", "--timeout", "8")
     assert code != 0
     assert_one_line_error(err)
     reason = f"cannot start: worker_start_script '{missing}' not found"
