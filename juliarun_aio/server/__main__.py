@@ -2,9 +2,11 @@
 
 The first line printed is ``JuliaRun server listening on <URL>`` (scripts and tests parse
 it).  Without ``--token`` or ``--config`` a token for namespace ``default`` is generated
-once, stored in the data directory and printed as ``export JRUN_...`` lines.  Job
-processes keep running when the server stops (they are re-adopted at the next start)
-unless ``--stop-jobs`` is given.
+once, stored in the data directory and printed as ``export JRUN_...`` lines.  The last
+line is ``dashboard: <URL>``: a link that signs a browser in to the dashboard (``/ui/``)
+once, for namespace ``default`` (or the first configured namespace when there is no
+``default``).  Job processes keep running when the server stops (they are re-adopted at
+the next start) unless ``--stop-jobs`` is given.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ._config import (
     DEFAULT_HOST,
     DEFAULT_KILL_GRACE,
     DEFAULT_MAX_WORKERS_PER_JOB,
+    DEFAULT_NAMESPACE,
     ConfigError,
     ServerConfig,
     default_max_workers,
@@ -31,6 +34,7 @@ from ._config import (
 )
 from ._serve import bind_socket, make_uvicorn, url_of
 from ._supervisor import Engine
+from ._ui import Dashboard
 
 __all__ = ["main"]
 
@@ -118,19 +122,21 @@ def main(argv: list[str] | None = None) -> None:
     url = url_of(sock)
     engine = Engine(config)
     engine.start(url)
-    print(f"JuliaRun server listening on {url}", flush=True)
+    dashboard = Dashboard(engine)
+    namespace = DEFAULT_NAMESPACE if DEFAULT_NAMESPACE in tokens else next(iter(tokens))
+    print(f"JuliaRun server listening on {url}")
     if generated:
-        namespace, token = next(iter(tokens.items()))
         print(f"Credentials are stored in {config.data_dir}; use them with:")
         print(f"export JRUN_URL={shlex.quote(url)}")
-        print(f"export JRUN_TOKEN={shlex.quote(token)}")
-        print(f"export JRUN_NAMESPACE={shlex.quote(namespace)}", flush=True)
+        print(f"export JRUN_TOKEN={shlex.quote(tokens[namespace])}")
+        print(f"export JRUN_NAMESPACE={shlex.quote(namespace)}")
+    print(f"dashboard: {dashboard.login_url(url, namespace)}", flush=True)
     # uvicorn handles SIGINT/SIGTERM while it serves, then restores the handlers it found
     # and raises the signal again.  With Python's default SIGTERM action that re-raise
     # would end the process before the engine stops its jobs; turn it into SystemExit.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        make_uvicorn(engine, log_level=args.log_level).run(sockets=[sock])
+        make_uvicorn(engine, log_level=args.log_level, dashboard=dashboard).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

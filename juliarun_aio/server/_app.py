@@ -11,7 +11,9 @@ carry an HTTP status and ``{"code": <status>, "data": "<message>"}``:
   query string over :data:`MAX_QUERY`, 500 a bug (logged; the server keeps running).
 
 The extensions ``serverInfo`` and ``streamLogs``, and the ``X-JuliaRun-Line-Count`` header
-of ``tailJob`` answers, are described in PROTOCOL-EXTENSIONS.md.
+of ``tailJob`` answers, are described in PROTOCOL-EXTENSIONS.md.  The dashboard (``/ui/``,
+module ``_ui``) is mounted beside the verbs and answers its API through :func:`answer`,
+like the verbs.
 Verb handlers run in worker threads (they touch SQLite and files); the log stream runs on
 the event loop and reads files in threads.
 """
@@ -39,8 +41,9 @@ from .._logs import LINE_COUNT_HEADER
 from .._version import __version__
 from ._logs import stream_log
 from ._supervisor import Engine
+from ._ui import Dashboard
 
-__all__ = ["EXTENSIONS", "create_app"]
+__all__ = ["EXTENSIONS", "answer", "create_app"]
 
 logger = logging.getLogger("juliarun_aio.server")
 
@@ -251,15 +254,20 @@ def _route(method: str, path: str) -> tuple[str, str | None]:
 
 
 def create_app(
-    engine: Engine, *, manage_engine: bool = True, url: Callable[[], str] | None = None
+    engine: Engine,
+    *,
+    manage_engine: bool = True,
+    url: Callable[[], str] | None = None,
+    dashboard: Dashboard | None = None,
 ) -> Starlette:
-    """Build the ASGI application serving ``engine``.
+    """Build the ASGI application serving ``engine``: the protocol, and the dashboard at ``/ui/``.
 
     Args:
         engine: The job engine.
         manage_engine: Start the engine on application startup and stop it on shutdown.
         url: Returns the server's URL at startup (``JRUN_URL`` of jobs); by default the
             engine's configured host and port.
+        dashboard: The dashboard's sessions and login codes; a new one by default.
 
     Returns:
         A Starlette application.
@@ -270,20 +278,9 @@ def create_app(
             params = _single_params(request)
             namespace = authenticate(params, engine.config.tokens)
             verb, kind = _route(request.method, request.url.path)
-            if kind is None:
-                data = await run_in_threadpool(_system_verb, engine, verb, namespace)
-            elif verb == "streamLogs":
-                return await _stream_logs(engine, namespace, kind, params)
-            else:
-                data = await run_in_threadpool(_job_verb, engine, verb, namespace, kind, params)
-            return _envelope(data)
         except HttpError as exc:
             return _error(exc.status, exc.message)
-        except ApiError as exc:
-            return _error(exc.status_code, exc.message)
-        except Exception:
-            logger.exception("%s %s failed", request.method, request.url.path)
-            return _error(500, "internal server error; the server's log has the details")
+        return await answer(engine, verb, kind, namespace, params)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -297,12 +294,48 @@ def create_app(
 
     return Starlette(
         routes=[
+            *(dashboard if dashboard is not None else Dashboard(engine)).routes(),
             Route(
                 "/{path:path}", dispatch, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
-            )
+            ),
         ],
         lifespan=lifespan,
     )
+
+
+async def answer(
+    engine: Engine, verb: str, kind: str | None, namespace: str, params: dict[str, str]
+) -> Response:
+    """Run a verb for an authenticated namespace and build its answer.
+
+    The protocol's routes and the dashboard's API both answer through here, so a verb
+    behaves the same whichever way it was called.
+
+    Args:
+        engine: The job engine.
+        verb: A verb of :data:`SYSTEM_VERBS` or :data:`JOB_VERBS`.
+        kind: The job type of a job verb, ``None`` for a system verb.
+        namespace: The namespace the caller is authenticated for.
+        params: The verb's parameters.
+
+    Returns:
+        The envelope, the log stream of ``streamLogs``, or the error envelope.
+    """
+    try:
+        if kind is None:
+            data = await run_in_threadpool(_system_verb, engine, verb, namespace)
+        elif verb == "streamLogs":
+            return await _stream_logs(engine, namespace, kind, params)
+        else:
+            data = await run_in_threadpool(_job_verb, engine, verb, namespace, kind, params)
+        return _envelope(data)
+    except HttpError as exc:
+        return _error(exc.status, exc.message)
+    except ApiError as exc:
+        return _error(exc.status_code, exc.message)
+    except Exception:
+        logger.exception("%s %s failed", verb, kind or "")
+        return _error(500, "internal server error; the server's log has the details")
 
 
 async def _stream_logs(

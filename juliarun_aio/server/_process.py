@@ -23,6 +23,7 @@ __all__ = ["ServerProcess"]
 _Self = TypeVar("_Self", bound="ServerProcess")
 
 _LISTENING = re.compile(r"JuliaRun server listening on (http://\S+)\n")
+_DASHBOARD = re.compile(r"^dashboard: (http://\S+)\n", re.MULTILINE)
 
 
 class ServerProcess:
@@ -38,7 +39,9 @@ class ServerProcess:
                                namespace=server.namespace) as ctx:
                 ...
 
-    Inherited ``JRUN_*`` variables are not passed to the server.  What it prints (stdout
+    :attr:`dashboard_url` is the link the server printed to sign a browser in to its
+    dashboard (it works once).  Inherited ``JRUN_*`` variables are not passed to the
+    server.  What it prints (stdout
     and stderr) goes to a temporary file; see :meth:`output`.
 
     Args:
@@ -72,6 +75,7 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.dashboard_url = ""
         self._output: IO[bytes] | None = None
         self._printed = ""
 
@@ -128,10 +132,13 @@ class ServerProcess:
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
-            match = _LISTENING.search(self.output())
-            if match is not None:
+            printed = self.output()
+            match = _LISTENING.search(printed)
+            dashboard = _DASHBOARD.search(printed)
+            if match is not None and dashboard is not None:
                 self.url = match.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])
+                self.dashboard_url = dashboard.group(1)
                 return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()

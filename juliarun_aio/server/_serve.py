@@ -18,6 +18,7 @@ import uvicorn
 from ._app import create_app
 from ._config import DEFAULT_NAMESPACE, ServerConfig
 from ._supervisor import Engine
+from ._ui import Dashboard
 
 __all__ = ["LocalServer", "bind_socket", "make_uvicorn"]
 
@@ -62,12 +63,20 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def make_uvicorn(engine: Engine, *, log_level: str = "warning") -> uvicorn.Server:
+def make_uvicorn(
+    engine: Engine, *, log_level: str = "warning", dashboard: Dashboard | None = None
+) -> uvicorn.Server:
     """Build a uvicorn server for ``engine`` (which the caller starts and stops).
 
-    The access log is off: request URLs carry the credential.
+    The access log is off: request URLs carry the credential, and the dashboard's login
+    links their code.
+
+    Args:
+        engine: The job engine.
+        log_level: uvicorn's log level.
+        dashboard: The dashboard whose login links the caller hands out.
     """
-    app = create_app(engine, manage_engine=False)
+    app = create_app(engine, manage_engine=False, dashboard=dashboard)
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -85,7 +94,8 @@ class LocalServer:
     """A JuliaRun-compatible server running in a background thread, for tests and scripts.
 
     It listens on a free loopback port, serves from its own event loop (so it works from
-    synchronous, asyncio and trio code), and stops its job processes when it stops::
+    synchronous, asyncio and trio code), and stops its job processes when it stops.
+    :attr:`dashboard_url` signs a browser in to the dashboard (once)::
 
         async with LocalServer() as server:
             async with Context(url=server.url, token=server.token,
@@ -119,7 +129,9 @@ class LocalServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+        self._dashboard: Dashboard | None = None
         self.url = ""
+        self.dashboard_url = ""
 
     @property
     def token(self) -> str:
@@ -136,6 +148,20 @@ class LocalServer:
         """``JRUN_URL``, ``JRUN_TOKEN`` and ``JRUN_NAMESPACE`` for a client of this server."""
         return {"JRUN_URL": self.url, "JRUN_TOKEN": self.token, "JRUN_NAMESPACE": self.namespace}
 
+    def new_dashboard_url(self, namespace: str | None = None) -> str:
+        """Make another link that signs a browser in to the dashboard (each works once).
+
+        Args:
+            namespace: The namespace of the session; :attr:`namespace` by default.
+
+        Raises:
+            RuntimeError: The server is not running.
+            ValueError: The server has no such namespace.
+        """
+        if self._dashboard is None:
+            raise RuntimeError("the server is not running")
+        return self._dashboard.login_url(self.url, namespace or self.namespace)
+
     def start(self) -> LocalServer:
         """Start serving; return self.
 
@@ -148,7 +174,9 @@ class LocalServer:
         self.url = url_of(self._socket)
         self._engine = Engine(self.config)
         self._engine.start(self.url)
-        self._server = make_uvicorn(self._engine)
+        self._dashboard = Dashboard(self._engine)
+        self.dashboard_url = self._dashboard.login_url(self.url, self.namespace)
+        self._server = make_uvicorn(self._engine, dashboard=self._dashboard)
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [self._socket]},
@@ -179,7 +207,7 @@ class LocalServer:
             self._socket.close()
         if self._engine is not None:
             self._engine.stop(leave_running=leave_running)
-        self._server = self._thread = self._socket = self._engine = None
+        self._server = self._thread = self._socket = self._engine = self._dashboard = None
         if self._temporary and not leave_running:
             shutil.rmtree(self.config.data_dir, ignore_errors=True)
 

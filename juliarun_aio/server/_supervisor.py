@@ -926,6 +926,7 @@ class Engine:
             "restarts": {
                 slot.label: slot.started - 1 for slot in job.slots.values() if slot.started > 1
             },
+            "created_at": job.row.created_at,
         }
         params = job.spec.params()
         for field in ("image", "gpu", "worker_gpu", "cpu", "memory"):

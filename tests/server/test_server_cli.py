@@ -23,12 +23,13 @@ def _start(data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
         env=env,
     )
     assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(5)]
+    lines = [proc.stdout.readline() for _ in range(6)]
     return proc, lines
 
 
 def test_generated_token_is_stored_private_and_reused(tmp_path: Path) -> None:
-    """Without credentials the server generates a token (0600 file), prints exports, reuses it."""
+    """Without credentials the server generates a token (0600 file), prints exports and the
+    dashboard link, and reuses the token."""
     data_dir = tmp_path / "data"
     exports: list[list[str]] = []
     for _ in range(2):
@@ -37,6 +38,7 @@ def test_generated_token_is_stored_private_and_reused(tmp_path: Path) -> None:
             assert lines[0].startswith("JuliaRun server listening on http://127.0.0.1:")
             exports.append([line for line in lines if line.startswith("export JRUN_TOKEN=")])
             assert any(line.startswith("export JRUN_NAMESPACE=default") for line in lines)
+            assert lines[5].startswith("dashboard: http://127.0.0.1:")
         finally:
             proc.terminate()
             proc.communicate(timeout=30)
