@@ -1,11 +1,11 @@
 """``juliarun demo``: the whole platform on this machine, in well under a minute.
 
 It starts a local server in-process (free loopback port, temporary data directory),
-submits a batch job and streams its log, starts a parallel job (a master and workers) and
-scales it to 3 workers with the progress shown, prints the status table, then deletes
-the jobs and stops the server.  The job scripts ship in ``demo_scripts/``: the ``.jl``
-versions run when ``julia`` is on PATH, the Python versions otherwise, so no Julia is
-needed.
+prints the link to its dashboard, submits a batch job and streams its log, starts a
+parallel job (a master and workers) and scales it to 3 workers with the progress shown,
+prints the status table, then deletes the jobs and stops the server.  The job scripts
+ship in ``demo_scripts/``: the ``.jl`` versions run when ``julia`` is on PATH, the Python
+versions otherwise, so no Julia is needed.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ async def run_demo(out: Output) -> int:
     out.heading("Starting a local JuliaRun server")
     async with LocalServer() as server:
         out.info(f"listening on {server.url}, namespace {server.namespace!r}")
+        out.info(f"dashboard: {server.dashboard_url} (open it to watch the jobs)")
         out.info(f"data in a temporary directory; job scripts in {language}: {_SCRIPTS}")
         async with Context(url=server.url, token=server.token, namespace=server.namespace) as ctx:
             base = out.redact

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -391,10 +392,12 @@ def test_ctrl_c_stops_cleanly_with_130(
 
 @pytest.mark.slow
 def test_demo_runs_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    """juliarun demo runs start to finish and exits 0, leaving its table in the output."""
+    """juliarun demo runs start to finish and exits 0, leaving its dashboard link and its
+    table in the output."""
     started = time.monotonic()
     code, out, err = run(capsys, "demo")
     assert code == 0, err
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/ui/login\?code=\S+ ", out, re.M)
     assert "demo-parallel  JuliaParBatch  running    3/3" in out
     assert "deleted demo-parallel" in out
     assert time.monotonic() - started < 60
