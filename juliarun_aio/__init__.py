@@ -43,7 +43,7 @@ from ._jobs import (
     make_spec,
 )
 from ._logs import LogGapWarning, LogLine
-from ._models import Endpoint, JobInfo, JobScale, JobStatus
+from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
 from ._retry import NO_RETRIES, RetryPolicy
 from ._version import __version__
 from ._watch import PollPolicy
@@ -68,6 +68,7 @@ __all__ = [
     "JobScale",
     "JobSpec",
     "JobStatus",
+    "JobTable",
     "JuliaBatch",
     "JuliaParBatch",
     "JuliaParBatchWorkers",

@@ -34,7 +34,7 @@ from ._config import (
 )
 from ._jobs import _MAX_NAME, JOB_KINDS, JobRef, JobSpec
 from ._logs import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT, LogLine
-from ._models import Endpoint, JobInfo, JobScale, JobStatus, excerpt
+from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable, excerpt
 from ._retry import (
     RetryPolicy,
     is_retryable_exception,
@@ -615,10 +615,14 @@ class Context:
         data = await self._call("listJobs", timeout=timeout)
         return self._read(JobInfo.mapping_from_wire, data, "listJobs", None)
 
-    async def get_all_job_info(self, *, timeout: TimeoutArg = UNSET) -> dict[str, JobInfo]:
-        """List the jobs of this namespace with their status, scale and endpoint."""
+    async def get_all_job_info(self, *, timeout: TimeoutArg = UNSET) -> JobTable:
+        """List the jobs of this namespace with their status, scale and endpoint.
+
+        Returns:
+            A ``dict`` of :class:`JobInfo` by job name, which notebooks show as a table.
+        """
         data = await self._call("getAllJobInfo", timeout=timeout)
-        return self._read(JobInfo.mapping_from_wire, data, "getAllJobInfo", None)
+        return JobTable(self._read(JobInfo.mapping_from_wire, data, "getAllJobInfo", None))
 
     async def server_info(self, *, timeout: TimeoutArg = UNSET) -> dict[str, Any] | None:
         """Ask for the local server's ``serverInfo`` extension.

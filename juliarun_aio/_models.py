@@ -12,10 +12,15 @@ Unknown keys are ignored (kept in ``extra`` where that helps debugging); a value
 wrong type raises :class:`ValueError` quoting what was wrong, which the client turns into a
 :class:`~juliarun_aio.ResponseError` naming the verb.  Each model also has ``to_wire()``,
 used by the local server so both halves agree on one shape.
+
+In notebooks the models and :class:`JobTable` display as HTML (``_repr_html_``, every
+value escaped) with the phase in colour; ``str()`` gives a one-line (for the table, an
+aligned plain-text) form.  Nothing here imports IPython or rich.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +28,17 @@ import attrs
 
 from ._jobs import JobRef
 
-__all__ = ["Endpoint", "JobInfo", "JobScale", "JobStatus", "excerpt"]
+__all__ = [
+    "Endpoint",
+    "JobInfo",
+    "JobScale",
+    "JobStatus",
+    "JobTable",
+    "endpoint_text",
+    "excerpt",
+    "info_row",
+    "phase_of",
+]
 
 #: Phases reported by servers that say more than ``succeeded`` (the local server does).
 TERMINAL_PHASES = frozenset({"succeeded", "failed", "lost"})
@@ -170,6 +185,34 @@ class JobStatus:
         out.update(self.extra)
         return out
 
+    def __str__(self) -> str:
+        workers = f", {self.nuptodate}/{self.parallelism} workers" if self.parallelism else ""
+        message = f": {self.message}" if self.message else ""
+        return f"{phase_of(self)}{workers}{message}"
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("succeeded", self.succeeded),
+            ("created", self.created),
+            ("parallelism", self.parallelism),
+            ("workers up to date", self.nuptodate),
+            ("workers pending", self.npending),
+            ("workers succeeded", self.nworkers_succeeded),
+            ("workers started", self.nworkers_started),
+            ("message", self.message),
+            ("uid", self.uid),
+            *sorted(self.extra.items()),
+        ]
+        cells = "".join(
+            f"<tr><th {_CELL}>{_text(key)}</th><td {_CELL}>{_text(value)}</td></tr>"
+            for key, value in rows
+            if value is not None and value != {}
+        )
+        return (
+            f"<div><b>JobStatus</b> {_badge(phase_of(self))}"
+            f"<table {_TABLE}><tbody>{cells}</tbody></table></div>"
+        )
+
 
 @attrs.frozen
 class JobScale:
@@ -194,6 +237,19 @@ class JobScale:
     def to_wire(self) -> list[int]:
         """Return ``[running, requested]``."""
         return [self.running, self.requested]
+
+    def __str__(self) -> str:
+        return f"{self.running}/{self.requested} workers running"
+
+    def _repr_html_(self) -> str:
+        share = min(self.running / self.requested, 1.0) if self.requested else 1.0
+        return (
+            f"<div><b>{self.running}</b> of <b>{self.requested}</b> workers running"
+            '<div style="width:220px;height:6px;border-radius:3px;margin-top:4px;'
+            'background:rgba(127,127,127,.25)">'
+            f'<div style="width:{share * 100:.0f}%;height:6px;border-radius:3px;'
+            f'background:{PHASE_COLOURS["running"]}"></div></div></div>'
+        )
 
 
 @attrs.frozen
@@ -230,6 +286,12 @@ class Endpoint:
     def to_wire(self) -> list[Any]:
         """Return ``[host, {name: port}]``."""
         return [self.host, dict(self.ports)]
+
+    def __str__(self) -> str:
+        return endpoint_text(self)
+
+    def _repr_html_(self) -> str:
+        return f"<div><b>Endpoint</b> {_endpoint_html(self)}</div>"
 
 
 @attrs.frozen
@@ -299,3 +361,144 @@ class JobInfo:
         if self.endpoint is not None:
             out["endpoint"] = self.endpoint.to_wire()
         return out
+
+    def __str__(self) -> str:
+        return "  ".join(info_row(self))
+
+    def _repr_html_(self) -> str:
+        return _table_html([self])
+
+
+class JobTable(dict[str, JobInfo]):
+    """The jobs of a namespace by name, as ``get_all_job_info`` returns them.
+
+    A plain ``dict`` in every way, which also displays as a table in notebooks (like
+    ``juliarun info``) and prints as an aligned plain-text table.
+    """
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        if not self:
+            return "no jobs"
+        rows = [TABLE_COLUMNS, *(info_row(info) for info in self._sorted())]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text("JobTable(...)" if cycle else str(self))
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<div><i>no jobs</i></div>"
+        return _table_html(self._sorted())
+
+    def _sorted(self) -> list[JobInfo]:
+        return [self[name] for name in sorted(self)]
+
+
+# -- plain text and HTML ---------------------------------------------------------------
+
+#: The columns of :func:`info_row`, as ``juliarun info`` prints them.
+TABLE_COLUMNS = ("NAME", "TYPE", "PHASE", "WORKERS", "ENDPOINT")
+#: Badge colours of the phases (the dashboard uses the same).
+PHASE_COLOURS = {
+    "pending": "#8a6d1f",
+    "running": "#2f6fdb",
+    "succeeded": "#1f8a4c",
+    "failed": "#c8302c",
+    "lost": "#8e44ad",
+}
+_TABLE = 'style="border-collapse:collapse;margin-top:4px"'
+_CELL = (
+    'style="text-align:left;padding:2px 10px 2px 0;border-bottom:1px solid rgba(127,127,127,.3)"'
+)
+
+
+def phase_of(status: JobStatus) -> str:
+    """Name the job's phase: the server's own word, or one derived from the flags."""
+    if status.phase:
+        return status.phase
+    if status.succeeded:
+        return "succeeded"
+    if status.failed:
+        return "failed"
+    return "running" if status.created else "pending"
+
+
+def endpoint_text(endpoint: Endpoint | None) -> str:
+    """Render an endpoint as ``host name=port,...`` (``-`` when there is none)."""
+    if endpoint is None or endpoint.host is None:
+        return "-"
+    ports = ",".join(f"{name}={port}" for name, port in endpoint.ports.items())
+    return f"{endpoint.host} {ports}".strip()
+
+
+def info_row(info: JobInfo) -> tuple[str, str, str, str, str]:
+    """One row of the status table: name, type, phase, workers and endpoint."""
+    return (
+        info.name,
+        info.kind,
+        phase_of(info.status) if info.status else "-",
+        f"{info.scale.running}/{info.scale.requested}" if info.scale else "-",
+        endpoint_text(info.endpoint),
+    )
+
+
+def _text(value: object) -> str:
+    return html.escape(value if isinstance(value, str) else repr(value), quote=True)
+
+
+def _badge(phase: str) -> str:
+    colour = PHASE_COLOURS.get(phase, "#667085")
+    return (
+        f'<span style="background:{colour};color:#fff;border-radius:9px;padding:0 8px;'
+        f'font-size:90%;font-weight:600">{_text(phase)}</span>'
+    )
+
+
+def _scheme(port_name: str) -> str | None:
+    """``http``/``https`` for ports that serve a web page by their name, as the dashboard."""
+    lower = port_name.lower()
+    if "https" in lower or lower.endswith("tls"):
+        return "https"
+    if lower.startswith(("http", "web")) or lower in ("nb", "mgmt"):
+        return "http"
+    return None
+
+
+def _endpoint_html(endpoint: Endpoint | None) -> str:
+    if endpoint is None or endpoint.host is None or not endpoint.ports:
+        return _text(endpoint_text(endpoint))
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    parts = []
+    for name, port in sorted(endpoint.ports.items()):
+        label = _text(f"{name}={port}")
+        scheme = _scheme(name)
+        if scheme is None:
+            parts.append(label)
+        else:
+            url = _text(f"{scheme}://{host}:{int(port)}/")
+            parts.append(f'<a href="{url}" target="_blank" rel="noopener">{label}</a>')
+    return f"{_text(endpoint.host)} {' '.join(parts)}"
+
+
+def _table_html(jobs: list[JobInfo]) -> str:
+    head = "".join(f"<th {_CELL}>{column}</th>" for column in (*TABLE_COLUMNS, "MESSAGE"))
+    rows = []
+    for info in jobs:
+        name, kind, phase, workers, _ = info_row(info)
+        message = info.status.message if info.status and info.status.message else ""
+        cells = (
+            _text(name),
+            _text(kind),
+            _badge(phase) if info.status else "-",
+            _text(workers),
+            _endpoint_html(info.endpoint),
+            _text(message),
+        )
+        rows.append("<tr>" + "".join(f"<td {_CELL}>{cell}</td>" for cell in cells) + "</tr>")
+    return f"<table {_TABLE}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

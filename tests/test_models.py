@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from juliarun_aio import Endpoint, JobInfo, JobRef, JobScale, JobStatus, SpecError
+from juliarun_aio import Endpoint, JobInfo, JobRef, JobScale, JobStatus, JobTable, SpecError
 from juliarun_aio._models import excerpt
 
 OBSERVED_STATUS = {
@@ -413,3 +415,136 @@ def test_status_uid_tells_submissions_apart() -> None:
     assert first.uid == "a" * 16
     assert first != again
     assert JobStatus.from_wire(OBSERVED_STATUS).uid is None
+
+
+# -- notebook displays and plain text ------------------------------------------------
+
+
+class _Html(HTMLParser):
+    """Collects the tags, attributes and text of an HTML fragment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str | None]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes.extend(attrs)
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+def _parse(fragment: str) -> _Html:
+    parser = _Html()
+    parser.feed(fragment)
+    parser.close()
+    return parser
+
+
+SAFE_TAGS = {"div", "b", "i", "span", "table", "thead", "tbody", "tr", "th", "td", "a"}
+SAFE_ATTRIBUTES = {"style", "href", "target", "rel"}
+
+TRAIN = JobInfo(
+    "train",
+    "JuliaParBatch",
+    JobStatus(created=True, parallelism=3, nuptodate=2, phase="running", message="2 of 3 up"),
+    JobScale(2, 3),
+    Endpoint("127.0.0.1", {"http": 8080, "amqp": 5672}),
+)
+DONE = JobInfo("prep", "JuliaBatch", JobStatus(succeeded=True, created=True), JobScale(0, 0))
+
+
+def test_job_table_is_a_dict_of_job_info() -> None:
+    """JobTable keeps every dict behaviour: equality, lookup, iteration, copies."""
+    table = JobTable({"train": TRAIN, "prep": DONE})
+    assert isinstance(table, dict)
+    assert table == {"train": TRAIN, "prep": DONE}
+    assert table["train"] is TRAIN
+    assert sorted(table) == ["prep", "train"]
+    assert dict(table) == {"train": TRAIN, "prep": DONE}
+    assert copy.copy(table) == table
+    assert JobTable() == {}
+
+
+def test_job_table_prints_like_juliarun_info() -> None:
+    """str() of a JobTable is the aligned table of ``juliarun info``, sorted by name."""
+    table = JobTable({"train": TRAIN, "prep": DONE})
+    assert str(table).splitlines() == [
+        "NAME   TYPE           PHASE      WORKERS  ENDPOINT",
+        "prep   JuliaBatch     succeeded  0/0      -",
+        "train  JuliaParBatch  running    2/3      127.0.0.1 http=8080,amqp=5672",
+    ]
+    assert str(JobTable()) == "no jobs"
+    pretty = pytest.importorskip("IPython.lib.pretty")
+    assert pretty.pretty(table) == str(table)
+
+
+def test_models_have_a_one_line_text_form() -> None:
+    """str() of each model says what matters in one line."""
+    assert TRAIN.status is not None
+    assert str(TRAIN.status) == "running, 2/3 workers: 2 of 3 up"
+    assert str(JobStatus(created=True)) == "running"
+    assert str(JobScale(2, 3)) == "2/3 workers running"
+    assert str(Endpoint("127.0.0.1", {"http": 8080})) == "127.0.0.1 http=8080"
+    assert str(Endpoint(None)) == "-"
+    assert str(DONE) == "prep  JuliaBatch  succeeded  0/0  -"
+
+
+def test_html_shows_phases_in_colour_and_links_web_ports() -> None:
+    """The table's phase badges carry the phase colours; web ports are links, others not."""
+    fragment = JobTable({"train": TRAIN, "prep": DONE})._repr_html_()
+    parsed = _parse(fragment)
+    assert "background:#2f6fdb" in fragment  # running
+    assert "background:#1f8a4c" in fragment  # succeeded
+    assert ("href", "http://127.0.0.1:8080/") in parsed.attributes
+    assert parsed.tags.count("a") == 1
+    assert parsed.tags.count("tr") == 3
+    assert "2 of 3 up" in parsed.text
+    links = _parse(Endpoint("::1", {"https": 8443, "nb": 8888})._repr_html_()).attributes
+    assert ("href", "https://[::1]:8443/") in links
+    assert ("href", "http://[::1]:8888/") in links
+    assert "no jobs" in JobTable()._repr_html_()
+
+
+def test_each_model_displays_as_html() -> None:
+    """JobStatus, JobScale, Endpoint and JobInfo each render an HTML fragment of their facts."""
+    assert TRAIN.status is not None
+    status = _parse(TRAIN.status._repr_html_())
+    assert "running" in status.text
+    assert "2 of 3 up" in status.text
+    scale = _parse(JobScale(2, 4)._repr_html_())
+    assert scale.text.split() == ["2", "of", "4", "workers", "running"]
+    assert "width:50%" in JobScale(2, 4)._repr_html_()
+    assert "width:100%" in JobScale(0, 0)._repr_html_()
+    assert "127.0.0.1" in _parse(Endpoint("127.0.0.1", {"amqp": 5672})._repr_html_()).text
+    assert _parse(TRAIN._repr_html_()).tags.count("tr") == 2
+
+
+# Markup-heavy text finds a missing escape far sooner than arbitrary text does.
+texts = st.text(alphabet=st.sampled_from("<>\"'&=/ ab;#x"), max_size=30) | st.text(max_size=30)
+ATTACK = '"><img src=x onerror=alert(1)><script>alert(1)</script>&amp;'
+
+
+@example(name=ATTACK, kind=ATTACK, message=ATTACK, host=ATTACK, port_name=ATTACK, extra=ATTACK)
+@given(name=texts, kind=texts, message=texts, host=texts, port_name=texts, extra=texts)
+def test_html_escapes_every_value(
+    name: str, kind: str, message: str, host: str, port_name: str, extra: str
+) -> None:
+    """Whatever the server sends, the HTML holds only its own tags and attributes, and
+    shows each value as text."""
+    status = JobStatus(phase=kind, message=message, extra={"note": extra})
+    info = JobInfo(name, kind, status, JobScale(1, 2), Endpoint(host, {port_name: 80}))
+    for fragment in (
+        JobTable({name: info})._repr_html_(),
+        status._repr_html_(),
+        info.endpoint._repr_html_() if info.endpoint else "",
+    ):
+        parsed = _parse(fragment)
+        assert set(parsed.tags) <= SAFE_TAGS
+        assert {key for key, _ in parsed.attributes} <= SAFE_ATTRIBUTES
+    table = _parse(JobTable({name: info})._repr_html_())
+    for value in (name, message, host):
+        assert value in table.text

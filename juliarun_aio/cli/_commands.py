@@ -20,9 +20,9 @@ from .. import _errors as errors
 from .._context import Context
 from .._jobs import JOB_KINDS, JobRef, validate_name
 from .._logs import LogLine
-from .._models import JobInfo, JobScale, JobStatus
+from .._models import TABLE_COLUMNS, JobInfo, JobScale, JobStatus, info_row
 from ._errors import CliError, ExitCode, JobFailedError, UsageError
-from ._output import Output, endpoint_text, phase_of, status_to_json
+from ._output import Output, phase_of, status_to_json
 from ._spec_flags import spec_from_args
 
 __all__ = [
@@ -245,17 +245,8 @@ def info_to_json(info: JobInfo) -> dict[str, object]:
 
 def print_info_table(out: Output, jobs: Mapping[str, JobInfo]) -> None:
     """Print the status table of ``getAllJobInfo``."""
-    rows = [
-        (
-            info.name,
-            info.kind,
-            phase_of(info.status) if info.status else "-",
-            f"{info.scale.running}/{info.scale.requested}" if info.scale else "-",
-            endpoint_text(info.endpoint),
-        )
-        for info in sorted(jobs.values(), key=lambda info: info.name)
-    ]
-    out.table(("NAME", "TYPE", "PHASE", "WORKERS", "ENDPOINT"), rows)
+    rows = [info_row(info) for info in sorted(jobs.values(), key=lambda info: info.name)]
+    out.table(TABLE_COLUMNS, rows)
 
 
 async def info(ctx: Context, _args: argparse.Namespace, out: Output) -> int:

@@ -26,33 +26,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .._models import Endpoint, JobScale, JobStatus
+from .._models import JobScale, JobStatus, endpoint_text, phase_of
 
 __all__ = ["Output", "endpoint_text", "phase_of", "status_to_json"]
-
-
-def phase_of(status: JobStatus) -> str:
-    """Name the job's phase: the server's own word, or one derived from the flags."""
-    if status.phase:
-        return status.phase
-    if status.succeeded:
-        return "succeeded"
-    if status.failed:
-        return "failed"
-    return "running" if status.created else "pending"
 
 
 def status_to_json(status: JobStatus) -> dict[str, object]:
     """Return the status as the server sent it, plus ``phase`` and ``completed``."""
     return {**status.to_wire(), "phase": phase_of(status), "completed": status.completed}
-
-
-def endpoint_text(endpoint: Endpoint | None) -> str:
-    """Render an endpoint as ``host name=port,...`` (``-`` when there is none)."""
-    if endpoint is None or endpoint.host is None:
-        return "-"
-    ports = ",".join(f"{name}={port}" for name, port in endpoint.ports.items())
-    return f"{endpoint.host} {ports}".strip()
 
 
 class Output:
