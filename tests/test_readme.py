@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
+from juliarun_aio import Context, JuliaParBatch
 from juliarun_aio.server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +49,47 @@ def test_python_example_runs(index: int, tmp_path: Path) -> None:
         )
     assert result.returncode == 0, result.stderr
     assert server.token not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_notebook_cell_follows_a_log_and_the_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's notebook cell runs in IPython against a running parallel job, shows
+    its workers and its log lines, and ends when the job ends."""
+    shell_module = pytest.importorskip("IPython.core.interactiveshell")
+    (cell,) = _blocks("ipython")
+    with LocalServer(tmp_path / "data") as server:
+        volume = server.data_dir / "namespaces" / server.namespace / "volumes" / "work"
+        volume.mkdir(parents=True)
+        (volume / "master.py").write_text(
+            "import time\nfor i in range(5):\n    print('step', i, flush=True)\n"
+            "    time.sleep(0.3)\n"
+        )
+        (volume / "worker.py").write_text("import time\ntime.sleep(60)\n")
+        job = JuliaParBatch(
+            name="train",
+            start_script="master.py",
+            worker_start_script="worker.py",
+            run_volume="work",
+            nworkers=1,
+        )
+
+        async def submit() -> None:
+            async with Context(
+                url=server.url, token=server.token, namespace=server.namespace
+            ) as ctx:
+                await ctx.submit_job(job)
+
+        anyio.run(submit)
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        shell = shell_module.InteractiveShell.instance()
+        try:
+            result = shell.run_cell(cell)
+        finally:
+            shell_module.InteractiveShell.clear_instance()
+    result.raise_error()
+    shown = capsys.readouterr().out
+    assert "master: step 4" in shown
+    assert "JobScale(running=" in shown

@@ -89,6 +89,7 @@ def test_readme_screenshots(page: Page, server: LocalServer, volume: Path) -> No
             lambda ctx: ctx.set_job_scale(JobRef("JuliaParBatch", "train"), 3),
         )
         page.wait(lambda: page.field("workers") == "3 / 3", "three workers")
+        time.sleep(3)  # and a stretch at three
         page.wait(lambda: len(page.log_texts()) >= 14, "a screenful of log")
         job_page = page.screenshot("dashboard-job")
         page.open("/ui/#/")
