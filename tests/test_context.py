@@ -32,6 +32,7 @@ from juliarun_aio import (
     JobRef,
     JobScale,
     JobStatus,
+    JobTable,
     JuliaBatch,
     JuliaParBatch,
     PermissionDeniedError,
@@ -201,6 +202,19 @@ async def test_job_verb_request(
     request = route.calls.last.request
     assert request.method == "GET"
     assert query(request) == signed(name="sim-1", **params)
+
+
+@pytest.mark.anyio
+async def test_get_all_job_info_returns_a_job_table(router: respx.MockRouter) -> None:
+    """get_all_job_info returns a JobTable, which notebooks display as a table."""
+    router.get(path="/getAllJobInfo/").mock(
+        return_value=ok({"a": {"type": "JuliaBatch", "status": OBSERVED_STATUS}})
+    )
+    async with make_ctx() as ctx:
+        jobs = await ctx.get_all_job_info()
+    assert type(jobs) is JobTable
+    assert jobs == {"a": JobInfo("a", "JuliaBatch", JobStatus(created=True))}
+    assert "<table" in jobs._repr_html_()
 
 
 @pytest.mark.anyio
