@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -85,8 +86,13 @@ def test_notebook_cell_follows_a_log_and_the_workers(
         for key, value in server.env.items():
             monkeypatch.setenv(key, value)
         shell = shell_module.InteractiveShell.instance()
+        # On our own event loop, as a kernel runs cells: IPython's run_cell would leave a
+        # loop of its own open.
+        run = functools.partial(
+            shell.run_cell_async, cell, transformed_cell=shell.transform_cell(cell)
+        )
         try:
-            result = shell.run_cell(cell)
+            result = anyio.run(run, backend="asyncio")
         finally:
             shell_module.InteractiveShell.clear_instance()
     result.raise_error()
