@@ -34,7 +34,7 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "--strict", "juliarun_aio", *sorted(str(p) for p in TESTS.glob("*.py")))
     # Each test folder has its own conftest.py and support modules imported by plain
     # name (pytest's rootdir import mode), so mypy checks each folder on its own.
-    for folder in ("server", "cli", "reliability", "browser"):
+    for folder in ("server", "cli", "reliability", "browser", "slurm"):
         session.run("mypy", "--strict", str(TESTS / folder), str(TESTS / "strategies.py"))
 
 
