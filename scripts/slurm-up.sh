@@ -113,7 +113,8 @@ mkdir -p /run/munge /var/log/munge /var/lib/munge "$RUN"
 chown munge:munge /etc/munge /etc/munge/munge.key /run/munge /var/log/munge /var/lib/munge
 chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key; chmod 0755 /run/munge
 munge_ok() { munge -n | unmunge; }
-if ! munge_ok >/dev/null 2>&1; then
+# (a dead munged's socket makes `munge -n` retry for seconds: look at the pid file first)
+if ! pid_alive /run/munge/munged.pid munged || ! munge_ok >/dev/null 2>&1; then
   # --force: a munged that was killed leaves its socket behind
   runuser -u munge -- /usr/sbin/munged --force 9>&- || die "munged did not start"
   wait_for 10 munge_ok || die "munged started but does not answer"
