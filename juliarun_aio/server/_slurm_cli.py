@@ -599,6 +599,11 @@ def _optional_path(value: str | os.PathLike[str] | None) -> str | None:
     return None if value is None else os.fspath(value)
 
 
+def _literal(path: str) -> str:
+    """A file name sbatch takes as it is: ``%`` starts a pattern (``%j``), ``%%`` is ``%``."""
+    return path.replace("%", "%%")
+
+
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -625,7 +630,8 @@ class BatchJob:
             partition's limit.
         partition: ``--partition``; None: the cluster's default.
         account: ``--account``; None: the user's default.
-        stdout: Where standard output goes (appended to); None: discarded.
+        stdout: Where standard output goes (appended to); None: discarded.  The path is
+            taken literally (a ``%`` in it is not one of sbatch's patterns).
         stderr: Where standard error goes (appended to); None: with standard output.
         workdir: The working directory (``--chdir``); None: ``sbatch``'s own.
         environment: Variables set for the program.  Their values are passed in
@@ -683,9 +689,9 @@ class BatchJob:
         if self.account is not None:
             options.append(f"--account={self.account}")
         # Appending: a reader following a log never sees it truncated under it.
-        options += ["--open-mode=append", f"--output={self.stdout or os.devnull}"]
+        options += ["--open-mode=append", f"--output={_literal(self.stdout or os.devnull)}"]
         if self.stderr is not None:
-            options.append(f"--error={self.stderr}")
+            options.append(f"--error={_literal(self.stderr)}")
         if self.workdir is not None:
             options.append(f"--chdir={self.workdir}")
         names = ",".join(sorted(self.environment))

@@ -199,6 +199,13 @@ def test_sbatch_options_for_a_full_request(tmp_path: Path) -> None:
     ]
 
 
+def test_output_paths_are_literal() -> None:
+    """A '%' in an output path is escaped, so sbatch does not read it as a pattern (%j)."""
+    options = BatchJob(name="n", argv=["true"], stdout="/d/100%/%j", stderr="/d/%x").options()
+    assert "--output=/d/100%%/%%j" in options
+    assert "--error=/d/%%x" in options
+
+
 def test_environment_values_never_reach_the_command_line() -> None:
     """Variables are exported by name only; their values travel in sbatch's environment."""
     job = BatchJob(name="n", argv=["true"], environment={"TOKEN": "s3cret-value"})

@@ -49,8 +49,8 @@ def proctrack(slurm: SlurmCli) -> str:
 
 
 def test_submit_run_and_finish(slurm: SlurmCli, names: SlotNamer, tmp_path: Path) -> None:
-    """A job runs its program with its environment; squeue and sacct report how it ended."""
-    out = tmp_path / "out"
+    """A job runs with its environment and literal output path; squeue and sacct tell its end."""
+    out = tmp_path / "100% %j out"
     job_id = slurm.submit(
         BatchJob(
             name=names(),
