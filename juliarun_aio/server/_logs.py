@@ -17,13 +17,15 @@ Every job has a log directory holding
   replaced atomically every :data:`CHECKPOINT_EVERY` batches, after which the journal is
   emptied -- so the journal stays small however long the job runs.
 - ``index.txt``: the sparse cursor -> byte offset index, one ``cursor offset`` line at
-  least :data:`INDEX_EVERY` lines apart, appended after the lines it points to.
+  least :data:`INDEX_EVERY` lines apart, appended after the lines it points to.  The
+  point "line 1 at byte 0" is implicit.
 
 Recovery (at open) starts from the checkpoint, applies the longest run of complete,
 contiguous journal entries whose batch is entirely in the combined log, and truncates the
-combined log, the journal and the index to that state.  A server killed at any instant
-thus resumes with no line lost, none repeated and none cut: a half-written batch is
-dropped and read again from the sources.
+combined log, the journal and the index to that state (an index point is kept only if
+its line starts where it says).  A server killed at any instant thus resumes with no line
+lost, none repeated and none cut: a half-written batch is dropped and read again from the
+sources.  Readers check that the line they start from has the cursor they asked for.
 
 The collector cuts complete lines only; a trailing partial line is emitted when its
 process has exited (:meth:`JobLog.drain`).  A line longer than :data:`MAX_LINE` bytes is
@@ -47,7 +49,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
-__all__ = ["MAX_LINE", "Collector", "JobLog", "stream_log"]
+__all__ = ["MAX_LINE", "Collector", "JobLog", "LogClosedError", "LogCorruptError", "stream_log"]
 
 logger = logging.getLogger("juliarun_aio.server")
 
@@ -66,6 +68,17 @@ INDEX_EVERY = 1024
 CHECKPOINT_EVERY = 256
 #: Bytes sent per chunk of a log stream.
 STREAM_CHUNK = 1 << 20
+
+
+class LogClosedError(OSError):
+    """The log was closed (its job deleted) while it was being read."""
+
+
+class LogCorruptError(RuntimeError):
+    """The combined log on disk does not match what its journal recorded.
+
+    Raised rather than sending lines under cursors that are not theirs.
+    """
 
 
 @attrs.define
@@ -117,17 +130,17 @@ class JobLog:
         self._closed = False
         self._released = False
         self._journal_entries = 0
-        self._recover()
         # Opened on the first write and closed once the log is complete, so that finished
         # jobs hold no file descriptors; readers open the log per call.
         self._writers: tuple[int, int, int] | None = None
         (directory / COMBINED).touch()
+        self._recover()
 
     # -- recovery -------------------------------------------------------------------------
 
     def _recover(self) -> None:
         combined_path = self.directory / COMBINED
-        log_size = combined_path.stat().st_size if combined_path.exists() else 0
+        log_size = combined_path.stat().st_size
         next_cursor, next_byte = 1, 0
         try:
             checkpoint = json.loads((self.directory / CHECKPOINT).read_bytes())
@@ -161,23 +174,33 @@ class JobLog:
         self._recover_index()
 
     def _recover_index(self) -> None:
+        # Line 1 starts at byte 0: that point is implicit (never written to the file), so
+        # it is always the first, whatever the file holds.
+        self._idx_cursor, self._idx_byte = [1], [0]
         path = self.directory / INDEX
-        kept = 0
-        if path.exists():
-            data = path.read_bytes()
-            pos = 0
+        if not path.exists():
+            return
+        data = path.read_bytes()
+        pos = kept = 0
+        with self._reader() as fd:
             while (end := data.find(b"\n", pos)) >= 0:
-                cursor, _, byte = data[pos:end].partition(b" ")
-                if not (cursor.isdigit() and byte.isdigit()) or int(cursor) > self._last:
+                cursor_text, _, byte_text = data[pos:end].partition(b" ")
+                if not (cursor_text.isdigit() and byte_text.isdigit()):
                     break
-                self._idx_cursor.append(int(cursor))
-                self._idx_byte.append(int(byte))
+                cursor, byte = int(cursor_text), int(byte_text)
+                # Points beyond the recovered log belong to lines that were dropped; a
+                # point is kept only if its line really starts there.
+                if not (
+                    self._idx_cursor[-1] < cursor <= self._last
+                    and self._idx_byte[-1] < byte < self._size
+                    and _starts_line(fd, byte, cursor)
+                ):
+                    break
+                self._idx_cursor.append(cursor)
+                self._idx_byte.append(byte)
                 pos = kept = end + 1
-            if kept != len(data):
-                os.truncate(path, kept)
-        if not self._idx_cursor:
-            self._idx_cursor.append(1)
-            self._idx_byte.append(0)
+        if kept != len(data):
+            os.truncate(path, kept)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -258,6 +281,11 @@ class JobLog:
     def _reader(self) -> Iterator[int]:
         fd = os.open(self.directory / COMBINED, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
+            # A log is closed before its directory is removed, so a log still open after
+            # the open() above means fd is this log's file, not that of a job submitted
+            # later under the same name.
+            if self._closed:
+                raise LogClosedError(f"the log in {self.directory} was closed")
             yield fd
         finally:
             os.close(fd)
@@ -340,7 +368,6 @@ class JobLog:
             offset += sum(map(len, batch)) + len(batch)
             self._append(source, batch, min(offset, source.offset + cut))
         source.offset += cut
-        self._offsets[source.key] = source.offset
         return True
 
     def _append(self, source: _Source, lines: list[bytes], offset: int) -> None:
@@ -361,6 +388,9 @@ class JobLog:
             _write_all(index_fd, b"%d %d\n" % (first, self._size))
             self._idx_cursor.append(first)
             self._idx_byte.append(self._size)
+        # Before a checkpoint copies the offsets: a checkpoint with the offset from before
+        # this batch would make the next server read the batch's lines a second time.
+        self._offsets[source.key] = offset
         self._last += len(lines)
         self._size = end
         self._journal_entries += 1
@@ -410,42 +440,46 @@ class JobLog:
     # -- reading ------------------------------------------------------------------------------
 
     def offset_of(self, cursor: int) -> int:
-        """Return the byte offset where line ``cursor`` starts (``1 <= cursor <= last + 1``)."""
-        last, size = self.snapshot()
-        if cursor > last:
-            return size
-        i = bisect.bisect_right(self._idx_cursor, cursor) - 1
-        point_cursor, pos = self._idx_cursor[i], self._idx_byte[i]
-        skip = cursor - point_cursor
+        """Return the byte offset where line ``cursor`` starts (``1 <= cursor <= last + 1``).
+
+        Raises:
+            LogCorruptError: The combined log does not hold that line where it should.
+        """
+        with self._lock:
+            if cursor > self._last:
+                return self._size
+            i = bisect.bisect_right(self._idx_cursor, cursor) - 1
+            point_cursor, point_byte = self._idx_cursor[i], self._idx_byte[i]
         with self._reader() as fd:
-            while skip:
-                data = os.pread(fd, STREAM_CHUNK, pos)
-                if not data:
-                    break
-                newlines = data.count(b"\n")
-                if newlines < skip:
-                    skip -= newlines
-                    pos += len(data)
-                    continue
-                at = -1
-                for _ in range(skip):
-                    at = data.find(b"\n", at + 1)
-                return pos + at + 1
+            pos = _skip_lines(fd, point_byte, cursor - point_cursor)
+            if not _starts_line(fd, pos, cursor):
+                # Never send other lines as if they were the ones asked for.
+                raise LogCorruptError(
+                    f"{self.directory / COMBINED} does not hold line {cursor} at byte {pos}"
+                )
         return pos
 
     def read(self, start: int, stop: int) -> bytes:
         """Return whole lines from byte ``start`` up to at most byte ``stop`` (at least one line).
 
-        ``stop`` must be the end of a line (a size from :meth:`snapshot`).
+        ``stop`` must be the end of a line (a size from :meth:`snapshot`) after ``start``.
+
+        Raises:
+            LogCorruptError: The combined log ends before ``stop``.
         """
         want = min(stop - start, STREAM_CHUNK)
         with self._reader() as fd:
             while True:
                 data = os.pread(fd, want, start)
                 cut = data.rfind(b"\n") + 1
-                if cut or want >= stop - start:
+                if cut:
                     return data[:cut]
-                want *= 2
+                if len(data) < want or want >= stop - start:
+                    raise LogCorruptError(
+                        f"{self.directory / COMBINED} has no complete line between bytes "
+                        f"{start} and {stop}"
+                    )
+                want = min(want * 2, stop - start)
 
     def tail(self, count: int, stream: str | None = None) -> list[str]:
         """Return the text of the last ``count`` lines, optionally of one ``stream`` only."""
@@ -469,6 +503,30 @@ class JobLog:
                         if len(found) == count:
                             break
         return [json.loads(line)["text"] for line in reversed(found)]
+
+
+def _skip_lines(fd: int, pos: int, count: int) -> int:
+    """Return the offset ``count`` lines after ``pos`` (or the end of the file)."""
+    while count:
+        data = os.pread(fd, STREAM_CHUNK, pos)
+        if not data:
+            break
+        newlines = data.count(b"\n")
+        if newlines < count:
+            count -= newlines
+            pos += len(data)
+            continue
+        at = -1
+        for _ in range(count):
+            at = data.find(b"\n", at + 1)
+        return pos + at + 1
+    return pos
+
+
+def _starts_line(fd: int, pos: int, cursor: int) -> bool:
+    """Whether the line of ``cursor`` starts at byte ``pos``."""
+    expected = b'{"cursor":%d,' % cursor
+    return os.pread(fd, len(expected), pos) == expected
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -515,10 +573,13 @@ async def stream_log(
     marker = stream_marker(stream) if stream else None
     pos = max(after, 0)
     byte_pos: int | None = None
+    # Without follow, the end marker tells the phase when the lines were counted: a phase
+    # read later could be final while lines written meanwhile are not among those sent.
+    limit_phase = log.phase
     limit = log.snapshot() if not follow else None
     last_sent = time.monotonic()
     while log.readable():
-        finished, phase = log.finished, log.phase
+        finished, phase = log.finished, log.phase if limit is None else limit_phase
         last, size = limit or log.snapshot()
         if pos < last:
             try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import psutil
 from server_support import Api, encode_token
 from support import QUICK_KILL, wait_until, write_script
 
+from juliarun_aio import Context, JobRef, LogLine
 from juliarun_aio.server import ServerProcess
 
 TOKEN = "restart-token"
@@ -134,3 +136,83 @@ def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path) -> None
     finally:
         api.close()
         second.stop()
+
+
+#: Prints 10,000 numbered lines in bursts (and a stderr line after each 1,000), three times:
+#: the second and third time once the file go1 / go2 exists.
+PHASES = """\
+import os, sys, time
+open('phases.pid', 'w').write(str(os.getpid()))
+n = 0
+for phase in range(3):
+    while phase and not os.path.exists(f'go{phase}'):
+        time.sleep(0.01)
+    for burst in range(10):
+        lines = [f'line {i}' for i in range(n + 1, n + 1001)]
+        n += 1000
+        sys.stdout.write('\\n'.join(lines) + '\\n')
+        sys.stdout.flush()
+        print(f'err {n}', file=sys.stderr, flush=True)
+        time.sleep(0.01)
+"""
+
+
+def _read_log(server: ServerProcess, name: str, since: int | None = None) -> list[LogLine]:
+    """The job's log as ``tail_logs(follow=False)`` yields it, from ``since``."""
+
+    async def read() -> list[LogLine]:
+        async with Context(server.url, TOKEN, "default") as ctx:
+            job = JobRef("JuliaBatch", name)
+            return [line async for line in ctx.tail_logs(job, follow=False, since=since)]
+
+    return anyio.run(read)
+
+
+def _check_whole_log(server: ServerProcess, name: str, lines: int) -> None:
+    """Reads from the start and from later cursors return exactly the log from there on."""
+    full = _read_log(server, name)
+    assert [line.cursor for line in full] == list(range(1, len(full) + 1))
+    assert [line.text for line in full if line.stream == "stdout"] == [
+        f"line {i}" for i in range(1, lines + 1)
+    ]
+    assert [line.text for line in full if line.stream == "stderr"] == [
+        f"err {i}" for i in range(1000, lines + 1, 1000)
+    ]
+    for since in (1, 100, len(full) // 2, len(full) - 1, len(full)):
+        assert _read_log(server, name, since) == full[since:], f"since={since}"
+
+
+def test_log_reads_from_the_start_after_sigterm_and_sigkill_restarts(data_dir: Path) -> None:
+    """After SIGKILL and SIGTERM restarts, a log of 30,000 lines reads exactly from any cursor."""
+    volume = _volume(data_dir)
+    write_script(volume, "phases.py", PHASES)
+    server = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
+    api = Api(server.url, TOKEN, "default")
+
+    def wait_for_line(n: int) -> None:
+        wait_until(
+            lambda: api.lines("JuliaBatch", "phases", stream="stdout")[-1:] == [f"line {n}"],
+            what=f"line {n}",
+        )
+
+    try:
+        api.data(
+            "submitJob", "JuliaBatch", name="phases", start_script="phases.py", run_volume="work"
+        )
+        wait_for_line(10_000)
+        server.kill()
+        server.start()
+        _check_whole_log(server, "phases", 10_000)
+        (volume / "go1").touch()
+        wait_for_line(20_000)
+        server.stop()
+        server.start()
+        _check_whole_log(server, "phases", 20_000)
+        (volume / "go2").touch()
+        assert api.wait_done("JuliaBatch", "phases")["phase"] == "succeeded"
+        server.kill()
+        server.start()
+        _check_whole_log(server, "phases", 30_000)
+    finally:
+        api.close()
+        server.stop()
