@@ -25,6 +25,7 @@ import binascii
 import hmac
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,7 +40,7 @@ from .._errors import ApiError
 from .._jobs import JOB_KINDS
 from .._logs import LINE_COUNT_HEADER
 from .._version import __version__
-from ._logs import stream_log
+from ._logs import LogClosedError, stream_log
 from ._supervisor import Engine
 from ._ui import Dashboard
 
@@ -48,7 +49,7 @@ __all__ = ["EXTENSIONS", "answer", "create_app"]
 logger = logging.getLogger("juliarun_aio.server")
 
 #: What ``serverInfo`` advertises.
-EXTENSIONS = ("streamLogs",)
+EXTENSIONS = ("streamLogs", "jobUid")
 SYSTEM_VERBS = frozenset({"getSystemStatus", "listJobs", "getAllJobInfo", "serverInfo"})
 JOB_VERBS = frozenset(
     {
@@ -65,6 +66,9 @@ JOB_VERBS = frozenset(
     }
 )
 STREAMS = ("stdout", "stderr")
+#: The header of a ``streamLogs`` answer naming the job submission it streams.
+UID_HEADER = "X-JuliaRun-Job-Uid"
+_UID = re.compile(r"[0-9a-f]{16}")
 #: Longest query string accepted (a submitJob with large envvars stays well below).
 MAX_QUERY = 256 * 1024
 
@@ -172,6 +176,16 @@ def _stream(params: Mapping[str, str]) -> str | None:
     return stream
 
 
+def _uid(params: Mapping[str, str]) -> str | None:
+    uid = params.get("uid")
+    if uid is not None and not _UID.fullmatch(uid):
+        raise HttpError(
+            400,
+            f"parameter 'uid' must be the 16 lowercase hex digits of a job's uid, got {uid[:40]!r}",
+        )
+    return uid
+
+
 def _heartbeat(params: Mapping[str, str]) -> float:
     text = params.get("heartbeat")
     if text is None:
@@ -204,7 +218,11 @@ def _job_verb(engine: Engine, verb: str, namespace: str, kind: str, params: dict
     if verb == "tailJob":
         count = _int(params, "count", 50)
         stream = _stream(params)
-        lines = engine.log(namespace, kind, name).tail(count, stream)
+        log, _ = engine.log(namespace, kind, name)
+        try:
+            lines = log.tail(count, stream)
+        except LogClosedError:
+            raise HttpError(404, f"job {name!r} was deleted while its log was read") from None
         # The text alone reads the same for no line and for one empty line.
         return _Answer("\n".join(lines), {LINE_COUNT_HEADER: str(len(lines))})
     if verb == "submitJob":
@@ -345,10 +363,11 @@ async def _stream_logs(
     stream = _stream(params)
     follow = _bool(params, "follow", True)
     heartbeat = _heartbeat(params)
-    log = await run_in_threadpool(engine.log, namespace, kind, params.get("name"))
+    uid = _uid(params)
+    log, job_uid = await run_in_threadpool(engine.log, namespace, kind, params.get("name"), uid)
     body = stream_log(log, after=after, stream=stream, follow=follow, heartbeat=heartbeat)
     return StreamingResponse(
         body,
         media_type="application/x-ndjson",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", UID_HEADER: job_uid},
     )

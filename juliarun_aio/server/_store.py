@@ -4,8 +4,10 @@ Two tables:
 
 - ``jobs``: one row per job -- namespace, name, type, the spec's wire parameters (as
   ``_wire.encode_spec`` writes them, JSON-encoded), phase, message, requested worker
-  count, allocated ports, cluster cookie, spec version (bumped by ``updateJob``) and
-  timestamps.
+  count, allocated ports, cluster cookie, spec version (bumped by ``updateJob``),
+  timestamps, and the ``uid`` of this submission (a job deleted and submitted again
+  under the same name gets a new one; a database from before the column existed is
+  migrated at open, its jobs getting fresh uids).
 - ``processes``: one row per process ever started for a job -- its label (``master``,
   ``worker-2``), the key naming its log and exit files, pid and kernel start time (to
   re-adopt it after a restart), the spec version it was started with, its state
@@ -18,6 +20,7 @@ Log lines are not here: they live in files (see ``_logs``).  All methods are thr
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["JobRow", "ProcRow", "Store"]
+__all__ = ["JobRow", "ProcRow", "Store", "new_uid"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,6 +46,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec_version INTEGER NOT NULL,
     created_at   REAL NOT NULL,
     finished_at  REAL,
+    uid          TEXT NOT NULL,
     PRIMARY KEY (namespace, name)
 );
 CREATE TABLE IF NOT EXISTS processes (
@@ -65,6 +69,11 @@ CREATE INDEX IF NOT EXISTS processes_by_job ON processes (namespace, job);
 """
 
 
+def new_uid() -> str:
+    """Return a fresh identity for a job submission (16 lowercase hex digits)."""
+    return secrets.token_hex(8)
+
+
 @attrs.define
 class JobRow:
     """A job as stored."""
@@ -80,7 +89,15 @@ class JobRow:
     cookie: str
     spec_version: int
     created_at: float
+    uid: str
     finished_at: float | None = None
+
+
+#: The columns of ``jobs``, in the order of :class:`JobRow`'s fields.
+_JOB_COLUMNS = (
+    "namespace, name, kind, params, phase, message, requested, ports, cookie, spec_version, "
+    "created_at, uid, finished_at"
+)
 
 
 @attrs.define
@@ -122,6 +139,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
 
     def close(self) -> None:
         """Close the database."""
@@ -139,13 +157,29 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    def _migrate(self) -> None:
+        """Bring a database written by an earlier version up to the current schema."""
+        with self._transaction() as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "uid" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN uid TEXT NOT NULL DEFAULT ''")
+                rows = db.execute("SELECT rowid FROM jobs").fetchall()
+                db.executemany(
+                    "UPDATE jobs SET uid = ? WHERE rowid = ?",
+                    [(new_uid(), rowid) for (rowid,) in rows],
+                )
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def insert_job(self, job: JobRow) -> None:
-        """Add a job (the caller checked that the name is free)."""
+        """Add a job (the caller checked that the name is free).
+
+        Raises:
+            sqlite3.IntegrityError: A job of that name exists in the namespace.
+        """
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - a constant
                 (
                     job.namespace,
                     job.name,
@@ -158,6 +192,7 @@ class Store:
                     job.cookie,
                     job.spec_version,
                     job.created_at,
+                    job.uid,
                     job.finished_at,
                 ),
             )
@@ -185,7 +220,9 @@ class Store:
     def jobs(self) -> list[JobRow]:
         """Return every job, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at, name").fetchall()
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at, name"  # noqa: S608 - a constant
+            ).fetchall()
         return [
             JobRow(
                 namespace=row[0],
@@ -199,7 +236,8 @@ class Store:
                 cookie=row[8],
                 spec_version=row[9],
                 created_at=row[10],
-                finished_at=row[11],
+                uid=row[11],
+                finished_at=row[12],
             )
             for row in rows
         ]

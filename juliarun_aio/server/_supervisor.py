@@ -78,7 +78,7 @@ from ._runtime import (
     allocate_ports,
     plan_process,
 )
-from ._store import JobRow, Store
+from ._store import JobRow, Store, new_uid
 
 __all__ = ["Engine"]
 
@@ -799,6 +799,7 @@ class Engine:
                 cookie=secrets.token_hex(16),
                 spec_version=0,
                 created_at=time.time(),
+                uid=new_uid(),
             )
             job_dir = self.layout.job(namespace, spec.name)
             if job_dir.exists():  # left over from an interrupted deletion
@@ -943,6 +944,7 @@ class Engine:
             phase=job.row.phase,
             failed=job.row.phase in ("failed", "lost"),
             message=job.row.message,
+            uid=job.row.uid,
             extra=extra,
         )
 
@@ -1017,7 +1019,31 @@ class Engine:
                 port = by_number[0]
             return f"http://127.0.0.1:{ports[port]}/"
 
-    def log(self, namespace: str, kind: str, name: str | None) -> JobLog:
-        """The log of a job, for tailing and streaming."""
+    def log(
+        self, namespace: str, kind: str, name: str | None, uid: str | None = None
+    ) -> tuple[JobLog, str]:
+        """The log of a job, for tailing and streaming, and the uid of the job's submission.
+
+        Args:
+            namespace: The job's namespace.
+            kind: The job type.
+            name: The job name.
+            uid: When given, the log of that submission only: a job of this name that was
+                submitted later is another job.
+
+        Raises:
+            ApiError: 404 when there is no such job, or it is not the submission ``uid``.
+        """
         with self._lock:
-            return self._job(namespace, kind, name).log
+            try:
+                job = self._job(namespace, kind, name)
+            except JobNotFoundError:
+                if uid is None:
+                    raise
+                raise _not_found(f"job {name!r} was deleted") from None
+            if uid is not None and job.row.uid != uid:
+                raise _not_found(
+                    f"job {name!r} was deleted (a job submitted later under the same name "
+                    "is another job)"
+                )
+            return job.log, job.row.uid

@@ -381,6 +381,6 @@ class Dashboard:
         if "cursor" in params:
             raise _app.HttpError(400, "give 'cursor' or 'tail', not both")
         tail = _app._int(params, "tail")
-        log = await run_in_threadpool(self._engine.log, namespace, kind, params.get("name"))
+        log, _ = await run_in_threadpool(self._engine.log, namespace, kind, params.get("name"))
         rest = {key: value for key, value in params.items() if key != "tail"}
         return {**rest, "cursor": str(max(log.last_cursor - tail, 0))}

@@ -76,12 +76,16 @@ async def test_every_verb_through_the_context(tmp_path: Path) -> None:
             status = await ctx.get_job_status(spec)
             assert status.phase == "running"
             assert status.parallelism == 2
+            assert status.uid is not None
+            assert len(status.uid) == 16
             endpoint = await ctx.get_job_endpoint(spec)
             assert endpoint.host == "127.0.0.1"
             url = await ctx.get_encoded_url(spec, "http")
             assert url == f"http://127.0.0.1:{endpoint.ports['http']}/"
             all_info = await ctx.get_all_job_info()
             assert all_info["ctx"].scale is not None
+            assert all_info["ctx"].status is not None
+            assert all_info["ctx"].status.uid == status.uid
             async with contextlib.aclosing(ctx.tail_logs(spec)) as lines:
                 first = await lines.__anext__()
             assert (first.text, first.cursor, first.proc) == ("master up", 1, "master")

@@ -61,7 +61,11 @@ def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> 
     """After SIGKILL and a restart the job is listed, its process re-adopted, its log exact."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    _run_chatty_until(data_dir, "chatty", 50).kill()
+    first = _run_chatty_until(data_dir, "chatty", 50)
+    before = Api(first.url, TOKEN, "default")
+    uid = before.status("JuliaBatch", "chatty")["uid"]
+    before.close()
+    first.kill()
     pid = int((volume / "chatty.pid").read_text())
     # The job goes on writing while no server runs.
     size = _source_size(data_dir, "chatty")
@@ -73,6 +77,7 @@ def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> 
         assert api.data("listJobs") == {"chatty": {"type": "JuliaBatch"}}
         status = api.status("JuliaBatch", "chatty")
         assert status["phase"] == "running"
+        assert status["uid"] == uid
         assert status["restarts"] == {}
         assert psutil.pid_exists(pid)
         api.wait_lines("JuliaBatch", "chatty", 600, stream="stdout")

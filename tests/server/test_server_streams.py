@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from server_support import Api, encode_token
 from support import wait_until, write_script
 
 from juliarun_aio.server import _logs
-from juliarun_aio.server._logs import COMBINED, JOURNAL, MAX_LINE, JobLog
+from juliarun_aio.server._logs import (
+    COMBINED,
+    JOURNAL,
+    MAX_LINE,
+    JobLog,
+    LogClosedError,
+    stream_log,
+)
 
 NUMBERED = (
     "import sys\n"
@@ -137,6 +145,55 @@ def test_deleting_the_job_ends_its_streams(api: Api, volume: Path) -> None:
         assert [line for line in lines if line] == []
 
 
+def test_stream_names_its_submission_and_refuses_a_later_one(api: Api, numbered: str) -> None:
+    """The stream names the job's uid; uid= of a deleted job is a 404 even if the name is reused."""
+    uid = api.status("JuliaBatch", numbered)["uid"]
+    query = {"jruntok": encode_token(api.token), "jrunns": api.namespace, "name": numbered}
+    with api.http.stream("GET", "/streamLogs/JuliaBatch/", params=query) as response:
+        assert response.headers["x-juliarun-job-uid"] == uid
+    assert len(stream(api, "JuliaBatch", numbered, uid=uid)) == 401
+    api.data("deleteJob", "JuliaBatch", name=numbered)
+    message = api.error(404, "streamLogs", "JuliaBatch", name=numbered, uid=uid)
+    assert message == f"job {numbered!r} was deleted"
+    api.data(
+        "submitJob", "JuliaBatch", name=numbered, start_script="numbered.py", run_volume="work"
+    )
+    message = api.error(404, "streamLogs", "JuliaBatch", name=numbered, uid=uid, cursor=400)
+    assert "was deleted" in message
+    assert "another job" in message
+    new_uid = api.status("JuliaBatch", numbered)["uid"]
+    assert new_uid != uid
+    with api.http.stream("GET", "/streamLogs/JuliaBatch/", params=query) as response:
+        assert response.headers["x-juliarun-job-uid"] == new_uid
+    api.wait_done("JuliaBatch", numbered)
+    assert len(stream(api, "JuliaBatch", numbered, uid=new_uid)) == 401
+    for bad in ("", "XYZ", uid.upper(), uid + "0"):
+        assert "uid" in api.error(400, "streamLogs", "JuliaBatch", name=numbered, uid=bad)
+
+
+def test_delete_then_resubmit_never_mixes_the_two_logs(api: Api, volume: Path) -> None:
+    """An open stream of a deleted job ends without the lines of a job submitted under its name."""
+    write_script(volume, "waiting.py", WAITING)
+    write_script(volume, "second.py", "print('second job')\n")
+    api.data("submitJob", "JuliaBatch", name="reuse", start_script="waiting.py", run_volume="work")
+    api.wait_lines("JuliaBatch", "reuse", 1)
+    uid = api.status("JuliaBatch", "reuse")["uid"]
+    query = {"jruntok": encode_token(api.token), "jrunns": api.namespace, "name": "reuse"}
+    with api.http.stream("GET", "/streamLogs/JuliaBatch/", params=query) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines))["text"] == "first"
+        api.data("deleteJob", "JuliaBatch", name="reuse", force="true")
+        api.data(
+            "submitJob", "JuliaBatch", name="reuse", start_script="second.py", run_volume="work"
+        )
+        assert [line for line in lines if line] == []
+    api.error(404, "streamLogs", "JuliaBatch", name="reuse", uid=uid, cursor=1)
+    api.wait_done("JuliaBatch", "reuse")
+    items = stream(api, "JuliaBatch", "reuse")
+    assert [item.get("text") for item in items] == ["second job", None]
+    assert api.data("tailJob", "JuliaBatch", name="reuse") == "second job"
+
+
 def test_stream_rejects_bad_parameters(api: Api, numbered: str) -> None:
     """Bad streamLogs parameters answer the envelope with 400 (or 404 for an unknown job)."""
     bad = [{"cursor": "-1"}, {"cursor": "x"}, {"stream": "both"}, {"follow": "maybe"}]
@@ -212,6 +269,31 @@ def test_log_splits_overlong_lines_and_indexes_far_cursors(tmp_path: Path) -> No
     assert log.offset_of(last + 1) == size
     assert log.tail(1) == ["line 29999"]
     log.close()
+
+
+def test_closed_log_never_reads_a_later_job_in_its_directory(tmp_path: Path) -> None:
+    """Once closed, a log refuses reads instead of reading the file a new job put in its place."""
+    old = JobLog(tmp_path / "logs")
+    old.add_source("a.out", stream="stdout", proc="master")
+    _source(tmp_path / "logs", "a.out", b"old\n")
+    old.collect()
+    old.close()
+    shutil.rmtree(tmp_path / "logs")
+    new = JobLog(tmp_path / "logs")
+    new.add_source("b.out", stream="stdout", proc="master")
+    _source(tmp_path / "logs", "b.out", b"new\n")
+    new.collect()
+    assert new.tail(5) == ["new"]
+    with pytest.raises(LogClosedError):
+        old.tail(5)
+    with pytest.raises(LogClosedError):
+        old.read(0, 10)
+
+    async def read_old() -> list[bytes]:
+        return [chunk async for chunk in stream_log(old, follow=False)]
+
+    assert asyncio.run(read_old()) == []
+    new.close()
 
 
 def test_log_wakes_waiters(tmp_path: Path) -> None:

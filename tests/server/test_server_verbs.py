@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
 
 
 def test_system_status_and_server_info(api: Api) -> None:
-    """getSystemStatus is true; serverInfo advertises streamLogs and the process cleanup."""
+    """getSystemStatus is true; serverInfo advertises its extensions and the process cleanup."""
     assert api.data("getSystemStatus") is True
     info = api.data("serverInfo")
     assert info["server"] == "juliarun_aio"
-    assert info["extensions"] == ["streamLogs"]
+    assert info["extensions"] == ["streamLogs", "jobUid"]
     assert isinstance(info["version"], str)
     assert info["process_cleanup"] == describe_cleanup()[0]
     assert info["process_cleanup"] in ("cgroup2", "cgroup1", "subreaper", "session")
@@ -207,6 +208,24 @@ def test_update_job_changes_what_can_change(api: Api, volume: Path) -> None:
     api.error(404, "updateJob", "JuliaParBatch", name="ghost", start_script="x.py")
     api.error(400, "updateJob", "JuliaParBatch", name="par", nworkers="-1")
     api.data("deleteJob", "JuliaParBatch", name="par", force="true")
+
+
+def test_each_submission_has_its_own_uid(api: Api, volume: Path) -> None:
+    """A job's uid is in its status, kept by updates, and new when the name is submitted again."""
+    write_script(volume, "sleeper.py", SLEEPER)
+    submit = {"name": "twice", "start_script": "sleeper.py", "run_volume": "work"}
+    api.data("submitJob", "JuliaParBatch", **submit)
+    uid = api.status("JuliaParBatch", "twice")["uid"]
+    assert re.fullmatch(r"[0-9a-f]{16}", uid)
+    assert api.data("getAllJobInfo")["twice"]["status"]["uid"] == uid
+    api.data("updateJob", "JuliaParBatch", name="twice", worker_envvars='{"A": "1"}')
+    assert api.status("JuliaParBatch", "twice")["uid"] == uid
+    api.data("deleteJob", "JuliaParBatch", name="twice", force="true")
+    api.data("submitJob", "JuliaParBatch", **submit)
+    again = api.status("JuliaParBatch", "twice")["uid"]
+    assert re.fullmatch(r"[0-9a-f]{16}", again)
+    assert again != uid
+    api.data("deleteJob", "JuliaParBatch", name="twice", force="true")
 
 
 def test_scale_of_a_job_without_workers_is_false(api: Api, volume: Path) -> None:
