@@ -24,6 +24,15 @@ from ._app import create_app
 from ._config import ConfigError, ServerConfig
 from ._process import ServerProcess
 from ._serve import LocalServer
+from ._store import DataDirectoryInUseError
 from ._supervisor import Engine
 
-__all__ = ["ConfigError", "Engine", "LocalServer", "ServerConfig", "ServerProcess", "create_app"]
+__all__ = [
+    "ConfigError",
+    "DataDirectoryInUseError",
+    "Engine",
+    "LocalServer",
+    "ServerConfig",
+    "ServerProcess",
+    "create_app",
+]

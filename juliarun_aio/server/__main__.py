@@ -6,7 +6,9 @@ once, stored in the data directory and printed as ``export JRUN_...`` lines.  Th
 line is ``dashboard: <URL>``: a link that signs a browser in to the dashboard (``/ui/``)
 once, for namespace ``default`` (or the first configured namespace when there is no
 ``default``).  Job processes keep running when the server stops (they are re-adopted at
-the next start) unless ``--stop-jobs`` is given.
+the next start) unless ``--stop-jobs`` is given.  A data directory serves one server at a
+time: a second one exits at once (status 1) with a line naming the directory and the pid
+of the server using it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ._config import (
     read_tokens_file,
 )
 from ._serve import bind_socket, make_uvicorn, url_of
+from ._store import DataDirectoryInUseError, DataDirectoryLock
 from ._supervisor import Engine
 from ._ui import Dashboard
 
@@ -98,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        # First of all: a second server must change nothing in a directory the first uses.
+        lock = DataDirectoryLock(args.data_dir.absolute())
+    except (DataDirectoryInUseError, OSError) as exc:
+        sys.exit(f"juliarun-server: {exc}")
+    try:
         tokens: dict[str, str] = {}
         if args.config is not None:
             tokens.update(read_tokens_file(args.config))
@@ -118,9 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         sock = bind_socket(config.host, config.port)
     except (ConfigError, OSError) as exc:
+        lock.release()
         sys.exit(f"juliarun-server: {exc}")
     url = url_of(sock)
-    engine = Engine(config)
+    engine = Engine(config, lock=lock)
     engine.start(url)
     dashboard = Dashboard(engine)
     namespace = DEFAULT_NAMESPACE if DEFAULT_NAMESPACE in tokens else next(iter(tokens))

@@ -166,13 +166,18 @@ class LocalServer:
         """Start serving; return self.
 
         Raises:
+            DataDirectoryInUseError: Another server uses the data directory.
             RuntimeError: The server did not come up.
         """
         if self._thread is not None:
             raise RuntimeError("the server is already running")
-        self._socket = bind_socket("127.0.0.1", 0)
+        self._engine = Engine(self.config)  # first: it takes the data directory's lock
+        try:
+            self._socket = bind_socket("127.0.0.1", 0)
+        except BaseException:
+            self.stop()
+            raise
         self.url = url_of(self._socket)
-        self._engine = Engine(self.config)
         self._engine.start(self.url)
         self._dashboard = Dashboard(self._engine)
         self.dashboard_url = self._dashboard.login_url(self.url, self.namespace)

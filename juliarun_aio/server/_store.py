@@ -15,11 +15,18 @@ Two tables:
   Older rows of a label are pruned when it is restarted.
 
 Log lines are not here: they live in files (see ``_logs``).  All methods are thread-safe.
+
+One server at a time uses a data directory: :class:`DataDirectoryLock` holds an exclusive
+``flock`` on ``<data-dir>/server.lock`` (which names the holder's pid) for the server's
+life, and the kernel releases it when the server ends, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -30,7 +37,69 @@ from typing import Any
 
 import attrs
 
-__all__ = ["JobRow", "ProcRow", "Store", "new_uid"]
+__all__ = ["DataDirectoryInUseError", "DataDirectoryLock", "JobRow", "ProcRow", "Store", "new_uid"]
+
+LOCK_FILE = "server.lock"
+
+
+class DataDirectoryInUseError(RuntimeError):
+    """Another server uses the data directory; two servers on one directory corrupt it.
+
+    Attributes:
+        directory: The data directory.
+        pid: The process id of the server holding it, when known.
+    """
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"data directory {directory} is in use by another server ({holder}); stop that "
+            "server or choose another data directory"
+        )
+        self.directory = directory
+        self.pid = pid
+
+
+class DataDirectoryLock:
+    """The exclusive lock of one server on its data directory.
+
+    The lock file's descriptor is not inherited by job processes, so a job that outlives
+    its server never keeps the next server out.
+
+    Args:
+        directory: The data directory (created if missing).
+
+    Raises:
+        DataDirectoryInUseError: Another server (in this process or another) holds it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).strip()
+            os.close(fd)
+            raise DataDirectoryInUseError(
+                directory, int(holder) if holder.isdigit() else None
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let another server use the directory (also done by the kernel when we exit)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -172,11 +241,7 @@ class Store:
     # -- jobs ---------------------------------------------------------------------------------
 
     def insert_job(self, job: JobRow) -> None:
-        """Add a job (the caller checked that the name is free).
-
-        Raises:
-            sqlite3.IntegrityError: A job of that name exists in the namespace.
-        """
+        """Add a job (the caller checked that the name is free)."""
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - a constant

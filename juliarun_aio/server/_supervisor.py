@@ -78,7 +78,7 @@ from ._runtime import (
     allocate_ports,
     plan_process,
 )
-from ._store import JobRow, Store, new_uid
+from ._store import DataDirectoryLock, JobRow, Store, new_uid
 
 __all__ = ["Engine"]
 
@@ -177,16 +177,27 @@ def _requested(spec: JobSpec) -> int:
 class Engine:
     """Jobs of every namespace, their processes and logs.
 
+    The engine holds its data directory's lock from construction until :meth:`stop`.
+
     Args:
         config: The server configuration.
+        lock: The data directory's lock, when the caller took it already.
+
+    Raises:
+        DataDirectoryInUseError: Another server uses the data directory.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, lock: DataDirectoryLock | None = None) -> None:
         self.config = config
+        # Before anything else: nothing may touch a data directory that another server uses.
+        self._dir_lock = lock if lock is not None else DataDirectoryLock(config.data_dir)
         self.layout = Layout(config.data_dir)
-        self.layout.root.mkdir(parents=True, exist_ok=True)
         self.url = f"http://{config.host}:{config.port}"
-        self._store = Store(self.layout.database)
+        try:
+            self._store = Store(self.layout.database)
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self._collector = Collector(config.poll_interval)
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._deleting: set[tuple[str, str]] = set()
@@ -257,6 +268,7 @@ class Engine:
         for job in jobs:
             job.log.close()
         self._store.close()
+        self._dir_lock.release()
 
     def _run(self) -> None:
         # Every pass looks at every process, so it must be cheap and must not hold the

@@ -111,3 +111,39 @@ async def test_async_context_manager(tmp_path: Path) -> None:
         assert await ctx.get_system_status() is True
     assert server.proc is not None
     assert server.proc.returncode == 128 + signal.SIGTERM, server.output()
+
+
+def test_a_second_server_on_a_data_directory_in_use_exits_at_once(data_dir: Path) -> None:
+    """A second server exits nonzero naming the directory and the holder; a SIGKILL frees it."""
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "sleeper.py", SLEEPER)
+    first = ServerProcess(data_dir, args=QUICK_KILL).start()
+    api = Api(first.url, first.token, first.namespace)
+    second = ServerProcess(data_dir, tokens=first.tokens, args=QUICK_KILL, start_timeout=20)
+    try:
+        api.data(
+            "submitJob", "JuliaBatch", name="held", start_script="sleeper.py", run_volume="work"
+        )
+        api.wait_lines("JuliaBatch", "held", 1)
+        with pytest.raises(RuntimeError, match="did not start"):
+            second.start()
+        assert second.proc is not None
+        assert second.proc.returncode == 1
+        assert second.output().splitlines() == [
+            f"juliarun-server: data directory {data_dir.absolute()} is in use by another "
+            f"server (pid {first.pid}); stop that server or choose another data directory"
+        ]
+        assert api.status("JuliaBatch", "held")["phase"] == "running"
+        assert api.lines("JuliaBatch", "held") == ["up"]
+        # The job outlives its server without keeping the directory locked.
+        first.kill()
+        second.start()
+        api.close()
+        api = Api(second.url, second.token, second.namespace)
+        assert api.status("JuliaBatch", "held")["phase"] == "running"
+        (volume / "finish").touch()
+        assert api.wait_done("JuliaBatch", "held")["phase"] == "succeeded"
+    finally:
+        api.close()
+        first.stop()
+        second.stop()

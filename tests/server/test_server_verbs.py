@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 from server_support import FAST, Api
 from support import wait_until, write_script
 
-from juliarun_aio.server import LocalServer
+from juliarun_aio.server import DataDirectoryInUseError, LocalServer
 from juliarun_aio.server._launcher import describe_cleanup
 
 HELLO = "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
@@ -226,6 +228,23 @@ def test_each_submission_has_its_own_uid(api: Api, volume: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{16}", again)
     assert again != uid
     api.data("deleteJob", "JuliaParBatch", name="twice", force="true")
+
+
+def test_second_local_server_on_a_data_directory_raises(tmp_path: Path) -> None:
+    """A LocalServer on a data directory in use raises a typed error and changes nothing."""
+    with LocalServer(tmp_path / "data", **FAST) as first:
+        with pytest.raises(DataDirectoryInUseError) as info:
+            LocalServer(tmp_path / "data", **FAST).start()
+        assert info.value.pid == os.getpid()
+        assert info.value.directory == (tmp_path / "data").absolute()
+        assert str(tmp_path / "data") in str(info.value)
+        api = Api(first.url, first.token, first.namespace)
+        try:
+            assert api.data("getSystemStatus") is True
+        finally:
+            api.close()
+    with LocalServer(tmp_path / "data", **FAST) as again:
+        assert again.url
 
 
 def test_scale_of_a_job_without_workers_is_false(api: Api, volume: Path) -> None:
