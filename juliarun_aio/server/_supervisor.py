@@ -813,11 +813,17 @@ class Engine:
                 created_at=time.time(),
                 uid=new_uid(),
             )
-            job_dir = self.layout.job(namespace, spec.name)
-            if job_dir.exists():  # left over from an interrupted deletion
-                shutil.rmtree(job_dir)
-            log = JobLog(self.layout.job_logs(namespace, spec.name))
+            # The row first: nothing on disk is removed for a submission that is not
+            # recorded.
             self._store.insert_job(row)
+            try:
+                job_dir = self.layout.job(namespace, spec.name)
+                if job_dir.exists():  # left over from a deletion interrupted by a crash
+                    shutil.rmtree(job_dir)
+                log = JobLog(self.layout.job_logs(namespace, spec.name))
+            except BaseException:
+                self._store.delete_job(namespace, spec.name)
+                raise
             job = _Job(row, spec, log)
             self._jobs[key] = job
             self._collector.register(key, log)
@@ -880,17 +886,18 @@ class Engine:
                 return
             if "nworkers" in changed and not job.terminal:
                 self._check_workers(job, kind, _requested(spec))
-            job.spec, job.row.params = spec, new_params
-            job.row.spec_version += 1
-            if "nworkers" in changed:
-                job.row.requested = _requested(spec)
+            version = job.row.spec_version + 1
+            requested = _requested(spec) if "nworkers" in changed else job.row.requested
+            # Committed first: a change that fails to be recorded must not take effect.
             self._store.update_job(
                 namespace,
                 job.row.name,
                 params=new_params,
-                spec_version=job.row.spec_version,
-                requested=job.row.requested,
+                spec_version=version,
+                requested=requested,
             )
+            job.spec, job.row.params = spec, new_params
+            job.row.spec_version, job.row.requested = version, requested
             # A new definition deserves a new attempt at starting what could not start.
             for slot in job.slots.values():
                 if slot.error is not None:
@@ -924,8 +931,10 @@ class Engine:
             job.log.release_readers()
             self._stop_processes([job], "deleted")
             job.log.close()
-            shutil.rmtree(self.layout.job(namespace, job.row.name), ignore_errors=True)
+            # The files go only once the deletion is committed: if it fails, the job is
+            # still there, whole, for the next server.
             self._store.delete_job(namespace, job.row.name)
+            shutil.rmtree(self.layout.job(namespace, job.row.name), ignore_errors=True)
         finally:
             with self._lock:
                 self._deleting.discard(key)

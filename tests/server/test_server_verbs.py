@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from support import wait_until, write_script
 
 from juliarun_aio.server import DataDirectoryInUseError, LocalServer
 from juliarun_aio.server._launcher import describe_cleanup
+from juliarun_aio.server._store import Store
 
 HELLO = "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
@@ -245,6 +247,61 @@ def test_second_local_server_on_a_data_directory_raises(tmp_path: Path) -> None:
             api.close()
     with LocalServer(tmp_path / "data", **FAST) as again:
         assert again.url
+
+
+def test_refused_submit_removes_nothing_on_disk(
+    api: Api, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit whose database insert fails leaves the files under the job's name alone."""
+    leftover = server.data_dir / "namespaces" / "default" / "jobs" / "kept" / "logs"
+    leftover.mkdir(parents=True)
+    (leftover / "combined.ndjson").write_text("precious\n")
+    monkeypatch.setattr(Store, "insert_job", lambda *_args: _raise_disk_error())
+    api.error(500, "submitJob", "JuliaBatch", name="kept", start_script="x.py", run_volume="work")
+    assert (leftover / "combined.ndjson").read_text() == "precious\n"
+    assert api.data("listJobs") == {}
+
+
+def test_submit_that_cannot_create_its_files_leaves_no_job(api: Api, server: LocalServer) -> None:
+    """A submit whose job directory cannot be made answers an error and records nothing."""
+    jobs = server.data_dir / "namespaces" / "default" / "jobs"
+    jobs.parent.mkdir(parents=True, exist_ok=True)
+    jobs.write_text("not a directory")
+    api.error(500, "submitJob", "JuliaBatch", name="nodir", start_script="x.py", run_volume="work")
+    assert api.data("listJobs") == {}
+
+
+def test_failed_delete_keeps_the_job_and_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete whose database change fails removes no file: the next server has the job whole."""
+    data_dir = tmp_path / "data"
+    with LocalServer(data_dir, **FAST) as server:
+        volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+        write_script(volume, "hello.py", HELLO)
+        api = Api(server.url, server.token, server.namespace)
+        try:
+            api.data(
+                "submitJob", "JuliaBatch", name="hi", start_script="hello.py", run_volume="work"
+            )
+            api.wait_done("JuliaBatch", "hi")
+            with monkeypatch.context() as patch:
+                patch.setattr(Store, "delete_job", lambda *_args: _raise_disk_error())
+                api.error(500, "deleteJob", "JuliaBatch", name="hi")
+        finally:
+            api.close()
+        token = server.token
+    with LocalServer(data_dir, tokens={"default": token}, **FAST) as again:
+        api = Api(again.url, token, "default")
+        try:
+            assert api.status("JuliaBatch", "hi")["phase"] == "succeeded"
+            assert api.data("tailJob", "JuliaBatch", name="hi") == "hello\noops"
+        finally:
+            api.close()
+
+
+def _raise_disk_error() -> None:
+    raise sqlite3.OperationalError("disk I/O error")
 
 
 def test_scale_of_a_job_without_workers_is_false(api: Api, volume: Path) -> None:
