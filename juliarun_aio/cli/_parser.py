@@ -73,7 +73,9 @@ def _common_parents() -> tuple[_Parser, _Parser]:
     group.add_argument(
         "--token",
         default=argparse.SUPPRESS,
-        help="the raw token (JRUN_TOKEN); prefer --token-file, which other users cannot see",
+        metavar="VALUE",
+        help="the raw token (JRUN_TOKEN), written --token=VALUE (a token may start with '-'); "
+        "prefer --token-file, which other users cannot see",
     )
     group.add_argument(
         "--token-file",

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NS=TOKEN",
-        help="a namespace and its token (repeatable)",
+        help="a namespace and its token, as --token=NS=TOKEN (repeatable)",
     )
     parser.add_argument(
         "--config", type=Path, help="JSON or TOML file mapping namespaces to tokens"

@@ -9,10 +9,11 @@ scale-up from driving the machine into swap or the OOM killer, while 8 per core 
 allows the mostly idle workers of development and test jobs; 64 per job is as many as
 one Distributed.jl master usually drives on one machine.
 
-Credentials are one raw token per namespace.  They come from ``--token NS=TOKEN`` flags, a
+Credentials are one raw token per namespace.  They come from ``--token=NS=TOKEN`` flags, a
 small JSON or TOML file ``{namespace = "token"}`` (``--config``), or, when neither is given,
 a token generated once for namespace ``default`` and kept in ``<data-dir>/credentials.json``
-(mode 0600) so that restarting the server keeps it.
+(mode 0600) so that restarting the server keeps it.  Generated tokens never start with
+``-``, so that they also work as the value of a separate command-line argument.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "ServerConfig",
     "default_max_workers",
+    "generate_token",
     "load_or_create_tokens",
     "parse_token_flag",
     "read_tokens_file",
@@ -147,6 +149,18 @@ class ServerConfig:
             raise ConfigError("at least one namespace token is needed")
 
 
+def generate_token(nbytes: int = 32) -> str:
+    """Return a random URL-safe token of ``nbytes`` random bytes that does not start with ``-``.
+
+    A token starting with ``-`` would be read as an option by command lines
+    (``juliarun --token <token>``).
+    """
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
+
+
 def parse_token_flag(text: str) -> tuple[str, str]:
     """Split a ``NAMESPACE=TOKEN`` flag value.
 
@@ -192,7 +206,7 @@ def load_or_create_tokens(data_dir: Path) -> tuple[dict[str, str], bool]:
     if path.exists():
         return read_tokens_file(path), False
     data_dir.mkdir(parents=True, exist_ok=True)
-    tokens = {DEFAULT_NAMESPACE: secrets.token_urlsafe(32)}
+    tokens = {DEFAULT_NAMESPACE: generate_token()}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(tokens, fh)

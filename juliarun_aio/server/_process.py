@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from typing import IO, TypeVar
 
 import anyio.to_thread
 
-from ._config import DEFAULT_HOST, DEFAULT_NAMESPACE
+from ._config import DEFAULT_HOST, DEFAULT_NAMESPACE, generate_token
 
 __all__ = ["ServerProcess"]
 
@@ -67,7 +66,7 @@ class ServerProcess:
         start_timeout: float = 30.0,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.tokens = dict(tokens) if tokens is not None else {namespace: secrets.token_urlsafe(24)}
+        self.tokens = dict(tokens) if tokens is not None else {namespace: generate_token(24)}
         self.namespace = namespace
         self.host = host
         self.port = port

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import socket
 import tempfile
@@ -16,7 +15,7 @@ import anyio.to_thread
 import uvicorn
 
 from ._app import create_app
-from ._config import DEFAULT_NAMESPACE, ServerConfig
+from ._config import DEFAULT_NAMESPACE, ServerConfig, generate_token
 from ._supervisor import Engine
 from ._ui import Dashboard
 
@@ -122,7 +121,7 @@ class LocalServer:
         self._temporary = data_dir is None
         path = Path(tempfile.mkdtemp(prefix="juliarun-")) if data_dir is None else Path(data_dir)
         if tokens is None:
-            tokens = {namespace: secrets.token_urlsafe(24)}
+            tokens = {namespace: generate_token(24)}
         self.namespace = namespace
         self.config = ServerConfig(data_dir=path, tokens=tokens, **settings)
         self._engine: Engine | None = None

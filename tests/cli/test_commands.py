@@ -14,7 +14,7 @@ from juliarun_aio.cli import main
 URL = "http://jrun.test"
 TOKEN = "s3cret-token-value"
 #: The connection flags of every call.
-CONNECT = ["--url", URL, "--token", TOKEN, "--namespace", "team"]
+CONNECT = ["--url", URL, f"--token={TOKEN}", "--namespace", "team"]
 
 
 @pytest.fixture

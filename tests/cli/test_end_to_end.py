@@ -79,6 +79,20 @@ def assert_one_line_error(err: str) -> None:
     assert "Traceback" not in err
 
 
+def test_token_starting_with_a_dash_works_as_token_equals_value(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--token=VALUE passes any token, one that starts with '-' too; --help shows that form."""
+    with LocalServer(tmp_path / "data", tokens={"default": "-starts-with-a-dash"}) as server:
+        code, out, err = run(
+            capsys, "--url", server.url, "--token=-starts-with-a-dash", "-n", "default", "list"
+        )
+    assert code == 0, err
+    assert "-starts-with-a-dash" not in out + err
+    assert main(["list", "--help"]) == 0
+    assert "written --token=VALUE" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.usefixtures("env")
 def test_submit_follow_streams_the_log(
     capsys: pytest.CaptureFixture[str], scripts: dict[str, str], job_name: str
@@ -263,7 +277,7 @@ def test_wrong_token_exits_4_without_leaking_it(
     """A wrong token exits 4 with one line, and neither token appears anywhere."""
     wrong = "wrong-token-0123456789"
     code, out, err = run(
-        capsys, "--url", local.url, "--token", wrong, "--namespace", local.namespace, "list"
+        capsys, "--url", local.url, f"--token={wrong}", "--namespace", local.namespace, "list"
     )
     assert code == 4
     assert out == ""
@@ -276,7 +290,7 @@ def test_wrong_token_exits_4_without_leaking_it(
 def test_wrong_namespace_exits_4(capsys: pytest.CaptureFixture[str], local: LocalServer) -> None:
     """A token used in another namespace exits 4."""
     code, _, err = run(
-        capsys, "list", "--url", local.url, "--token", local.token, "--namespace", "other"
+        capsys, "list", "--url", local.url, f"--token={local.token}", "--namespace", "other"
     )
     assert code == 4
     assert_one_line_error(err)
@@ -351,7 +365,7 @@ def test_missing_configuration_is_one_line(capsys: pytest.CaptureFixture[str]) -
 def test_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """A server that does not answer is exit 1 with a hint, not a traceback."""
     code, _, err = run(
-        capsys, "--url", "http://127.0.0.1:9", "--token", "t", "--namespace", "n", "status"
+        capsys, "--url", "http://127.0.0.1:9", "--token=t", "--namespace", "n", "status"
     )
     assert code == 1
     assert_one_line_error(err)

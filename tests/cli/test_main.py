@@ -60,7 +60,7 @@ def test_server_help_is_the_servers(capsys: pytest.CaptureFixture[str]) -> None:
 def test_server_configuration_error_is_one_line() -> None:
     """A bad server flag value exits 1 with one line (in a process: the server sets up logging)."""
     done = subprocess.run(
-        [sys.executable, "-m", "juliarun_aio", "server", "--token", "no-equals-sign"],
+        [sys.executable, "-m", "juliarun_aio", "server", "--token=no-equals-sign"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -190,8 +190,7 @@ def test_invalid_spec_value_from_main_is_exit_2(capsys: pytest.CaptureFixture[st
         [
             "--url",
             "http://127.0.0.1:9",
-            "--token",
-            "t",
+            "--token=t",
             "--namespace",
             "n",
             "submit",

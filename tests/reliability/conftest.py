@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from reliability_support import FAST_SERVER, FIGURES
 
 from juliarun_aio import Context
 from juliarun_aio.server import LocalServer
+from juliarun_aio.server._config import generate_token
 
 #: The second namespace of :func:`server`, for isolation tests.
 OTHER_NAMESPACE = "other"
@@ -19,7 +19,7 @@ OTHER_NAMESPACE = "other"
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LocalServer]:
     """A local server on a free loopback port with namespaces ``default`` and ``other``."""
-    tokens = {"default": secrets.token_urlsafe(24), OTHER_NAMESPACE: secrets.token_urlsafe(24)}
+    tokens = {"default": generate_token(24), OTHER_NAMESPACE: generate_token(24)}
     with LocalServer(tmp_path / "data", tokens=tokens, **FAST_SERVER) as running:
         yield running
 

@@ -346,10 +346,16 @@ def test_the_token_never_appears_in_cli_output(tmp_path: Path) -> None:
     with LocalServer(tmp_path / "data", tokens={"default": TOKEN}, **FAST_SERVER) as server:
         volume = server.data_dir / "namespaces" / "default" / "volumes" / "work"
         write_script(volume, "hello.py", "print('hello from the cli job')\n")
-        good = ["--url", server.url, "--token", TOKEN, "--namespace", "default"]
+        good = ["--url", server.url, f"--token={TOKEN}", "--namespace", "default"]
         by_file = ["--url", server.url, "--token-file", str(token_file), "--namespace", "default"]
-        wrong = ["--url", server.url, "--token", WRONG_TOKEN, "--namespace", "default"]
-        closed = ["--url", f"http://127.0.0.1:{free_port()}", "--token", TOKEN, "--namespace", "d"]
+        wrong = ["--url", server.url, f"--token={WRONG_TOKEN}", "--namespace", "default"]
+        closed = [
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+            f"--token={TOKEN}",
+            "--namespace",
+            "d",
+        ]
         runs: list[tuple[list[str], dict[str, str]]] = [
             ([*good, "--json", "status"], {}),
             (

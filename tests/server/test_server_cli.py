@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from juliarun_aio.server._config import ConfigError, parse_token_flag, read_tokens_file
+from juliarun_aio.server import LocalServer, ServerProcess
+from juliarun_aio.server._config import (
+    ConfigError,
+    generate_token,
+    load_or_create_tokens,
+    parse_token_flag,
+    read_tokens_file,
+)
 
 
 def _start(data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
@@ -62,3 +70,18 @@ def test_token_files_and_flags(tmp_path: Path) -> None:
         parse_token_flag("just-a-token")
     with pytest.raises(ConfigError, match="cannot read"):
         read_tokens_file(tmp_path / "missing.json")
+
+
+def test_generated_tokens_never_start_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored, LocalServer and ServerProcess tokens skip random values that start with '-'."""
+    drawn = iter(["-looks-like-a-flag", "first-good", "-again", "second-good", "-x", "third"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _nbytes: next(drawn))
+    tokens, created = load_or_create_tokens(tmp_path / "data")
+    assert created
+    assert tokens == {"default": "first-good"}
+    assert LocalServer(tmp_path / "local").token == "second-good"
+    assert ServerProcess(tmp_path / "process").token == "third"
+    monkeypatch.undo()
+    assert not any(generate_token().startswith("-") for _ in range(2000))
