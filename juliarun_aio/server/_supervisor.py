@@ -88,10 +88,12 @@ TERMINAL = frozenset({"succeeded", "failed", "lost"})
 #: Seconds between two checks of the processes re-adopted from an earlier server (each
 #: check reads its exit file and /proc entry; started processes are checked every pass).
 ADOPTED_CHECK = 0.1
-# Parameters that never change after submission, and those that cannot change while the
-# job runs (its master is not restarted, so a new value would never take effect).
-FIXED = frozenset({"run_volume", "ports", "external", "additional_volumes", "pkg_bundle"})
-FIXED_WHILE_RUNNING = frozenset({"start_script", "builder_script", "cfg_file", "shell", "passwd"})
+# Parameters that never change after submission: the job's place and ports, and what its
+# master runs (the master is not restarted, so a new value would never take effect).
+FIXED = frozenset(
+    {"run_volume", "ports", "external", "additional_volumes", "pkg_bundle"}
+    | {"start_script", "builder_script", "cfg_file", "shell", "passwd"}
+)
 #: Threads that start queued processes.  Two let one fork while the other waits for its
 #: exec; more only compete with the request threads for the interpreter and the CPUs.
 STARTERS = 2
@@ -848,8 +850,12 @@ class Engine:
     def update(self, namespace: str, kind: str, params: Mapping[str, str]) -> None:
         """``updateJob``: change what can change; say what cannot.
 
+        A complete job runs nothing any more, so no change to it could take effect: it is
+        refused rather than recorded.
+
         Raises:
-            ApiError: 404 for an unknown job, 400 for an invalid or impossible change.
+            ApiError: 404 for an unknown job, 400 for an invalid or impossible change, 409
+                for a job that is complete.
         """
         with self._lock:
             name = params.get("name")
@@ -863,6 +869,11 @@ class Engine:
                     f"the type of job {name!r} cannot change from {other.kind} to {kind}; "
                     "delete it and submit a new one"
                 ) from None
+            if job.terminal:
+                raise _conflict(
+                    f"job {job.row.name!r} is complete ({job.row.phase}): an update would never "
+                    "take effect; delete it and submit it again to run it with new settings"
+                )
             merged = dict(job.row.params)
             merged.update({k: v for k, v in params.items() if k not in ("jruntok", "jrunns")})
             try:
@@ -875,16 +886,15 @@ class Engine:
                 for field in set(new_params) | set(job.row.params)
                 if new_params.get(field) != job.row.params.get(field)
             }
-            fixed = FIXED if job.terminal else FIXED | FIXED_WHILE_RUNNING
-            refused = sorted(changed & fixed)
+            refused = sorted(changed & FIXED)
             if refused:
                 raise _bad_request(
-                    f"cannot change {', '.join(refused)} of job {job.row.name!r}"
-                    f"{'' if job.terminal else ' while it runs'}; delete it and submit it again"
+                    f"cannot change {', '.join(refused)} of job {job.row.name!r} once it is "
+                    "submitted; delete it and submit it again"
                 )
             if not changed:
                 return
-            if "nworkers" in changed and not job.terminal:
+            if "nworkers" in changed:
                 self._check_workers(job, kind, _requested(spec))
             version = job.row.spec_version + 1
             requested = _requested(spec) if "nworkers" in changed else job.row.requested
@@ -903,9 +913,8 @@ class Engine:
                 if slot.error is not None:
                     slot.error, slot.given_up = None, False
                     slot.waiting_until = time.monotonic()
-            if not job.terminal:
-                self._set_message(job, None)
-                self._reconcile(job, time.monotonic())
+            self._set_message(job, None)
+            self._reconcile(job, time.monotonic())
 
     def delete(self, namespace: str, kind: str, name: str | None, *, force: bool) -> bool:
         """``deleteJob``: remove a job; an incomplete one only with ``force``.

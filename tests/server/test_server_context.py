@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import attrs
 import pytest
 from server_support import FAST
 from support import write_script
@@ -108,6 +109,20 @@ async def test_tail_logs_follows_a_job_to_its_end(tmp_path: Path) -> None:
             texts = [line.text async for line in ctx.tail_logs(spec)]
             assert texts == [str(i) for i in range(2000)]
             assert (await ctx.wait_for_job(spec, timeout=30)).succeeded
+
+
+async def test_update_of_a_complete_job_raises_conflict(tmp_path: Path) -> None:
+    """update_job on a complete job raises ConflictError saying the job is complete."""
+    async with LocalServer(tmp_path / "data", **FAST) as server:
+        write_script(_volume(server), "hello.py", "print('hello')\n")
+        spec = JuliaBatch(name="done", start_script="hello.py", run_volume="work")
+        async with Context(url=server.url, token=server.token, namespace=server.namespace) as ctx:
+            await ctx.submit_job(spec)
+            assert (await ctx.wait_for_job(spec, timeout=30)).succeeded
+            with pytest.raises(ConflictError, match="is complete") as info:
+                await ctx.update_job(attrs.evolve(spec, cpu=2))
+            assert "delete it and submit it again" in str(info.value)
+            assert info.value.verb == "updateJob"
 
 
 async def test_credentials_errors_map_to_typed_errors(tmp_path: Path) -> None:

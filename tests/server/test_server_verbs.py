@@ -214,6 +214,27 @@ def test_update_job_changes_what_can_change(api: Api, volume: Path) -> None:
     api.data("deleteJob", "JuliaParBatch", name="par", force="true")
 
 
+def test_update_of_a_complete_job_is_a_conflict(api: Api, volume: Path) -> None:
+    """updateJob on a complete job answers 409 saying what to do, and changes nothing."""
+    write_script(volume, "hello.py", HELLO)
+    api.data(
+        "submitJob",
+        "JuliaParBatchWorkers",
+        name="done",
+        start_script="hello.py",
+        run_volume="work",
+        nworkers=1,
+    )
+    before = api.wait_done("JuliaParBatchWorkers", "done")
+    assert before["phase"] == "succeeded"
+    for change in ({"nworkers": 3}, {"envvars": '{"A": "1"}'}, {}):
+        message = api.error(409, "updateJob", "JuliaParBatchWorkers", name="done", **change)
+        assert "complete (succeeded)" in message
+        assert "delete it and submit it again" in message
+    assert api.status("JuliaParBatchWorkers", "done") == before
+    assert api.data("getJobScale", "JuliaParBatchWorkers", name="done") == [0, 1]
+
+
 def test_each_submission_has_its_own_uid(api: Api, volume: Path) -> None:
     """A job's uid is in its status, kept by updates, and new when the name is submitted again."""
     write_script(volume, "sleeper.py", SLEEPER)
