@@ -164,3 +164,95 @@ def _size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+#: Writes ``total`` numbered lines in 50 bursts, pausing between them.
+NUMBERED = """\
+import sys, time
+total = {total}
+burst = max(1, total // 50)
+for start in range(1, total + 1, burst):
+    stop = min(start + burst, total + 1)
+    sys.stdout.write("".join(f"line {{i:07d}}\\n" for i in range(start, stop)))
+    sys.stdout.flush()
+    time.sleep(0.05)
+"""
+
+
+async def _wait_for_line(ctx: Context, job: JobSpec, number: float) -> None:
+    """Wait until the job's log has line ``number`` of :data:`NUMBERED`."""
+    with anyio.fail_after(120):
+        while True:
+            last = await ctx.tail_job(job, count=1)
+            if last.startswith("line ") and int(last.split()[1]) >= number:
+                return
+            await anyio.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_logs_read_from_the_start_after_restarts_are_exact(tmp_path: Path) -> None:
+    """Lifecycle: after SIGKILL and SIGTERM restarts, a long log reads exactly from any cursor."""
+    total = scaled(1_000_000, 20_000)
+    data_dir = tmp_path / "data"
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "numbered.py", NUMBERED.format(total=total))
+    expected = [f"line {i:07d}" for i in range(1, total + 1)]
+    token = "read-after-restart-token"
+    server = ServerProcess(data_dir, tokens={"default": token}, args=QUICK_KILL).start()
+    job = JuliaBatch(name="numbered", start_script="numbered.py", run_volume="work")
+    restarts = {"kill": 0, "term": 0}
+    reads = checked = 0
+    try:
+        async with Context(server.url, token, "default", timeout=30.0) as ctx:
+
+            async def check(since: int | None, at_least: int) -> int:
+                """Read from ``since`` to the end as it is now; return the last cursor."""
+                nonlocal reads, checked
+                lines = [line async for line in ctx.tail_logs(job, follow=False, since=since)]
+                first = (since or 0) + 1
+                end = first + len(lines)
+                assert [line.cursor for line in lines] == list(range(first, end)), since
+                assert [line.text for line in lines] == expected[first - 1 : end - 1], since
+                assert end - 1 >= at_least, (since, end - 1, at_least)
+                reads, checked = reads + 1, checked + len(lines)
+                return end - 1
+
+            async def restart(kill: bool) -> None:
+                await anyio.to_thread.run_sync(server.kill if kill else server.stop)
+                restarts["kill" if kill else "term"] += 1
+                await anyio.to_thread.run_sync(server.start)
+
+            await ctx.submit_job(job)
+            # While the job writes: killed at 30% then read from cursors 1 and 100;
+            # stopped at 70% then read from the middle.  Each time also from the last
+            # line and past it.
+            await _wait_for_line(ctx, job, total * 0.3)
+            await restart(kill=True)
+            last = await check(None, int(total * 0.3))
+            await check(99, last)
+            await check(last - 1, last)
+            await check(last, last)
+            await _wait_for_line(ctx, job, total * 0.7)
+            await restart(kill=False)
+            last = await check(int(total * 0.35), int(total * 0.7))
+            await check(last - 1, last)
+            await check(last, last)
+            # Once complete: killed, then the whole log from the start.
+            with anyio.fail_after(120):
+                assert (await ctx.wait_for_job(job, poll=POLL)).succeeded
+            await restart(kill=True)
+            assert await check(None, total) == total
+            assert await check(total - 1, total) == total
+            assert await check(total, total) == total
+    finally:
+        server.stop()
+    record(
+        "log read from the start after restarts",
+        lines=total,
+        server_kills=restarts["kill"],
+        server_terms=restarts["term"],
+        reads=reads,
+        lines_checked=checked,
+    )
