@@ -256,3 +256,68 @@ async def test_logs_read_from_the_start_after_restarts_are_exact(tmp_path: Path)
         reads=reads,
         lines_checked=checked,
     )
+
+
+#: Prints numbered lines every few milliseconds until the file ``finish`` exists.
+STEADY = """\
+import os, time
+i = 0
+while not os.path.exists("finish"):
+    i += 1
+    print(f"line {i:07d}", flush=True)
+    time.sleep(0.005)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_second_servers_on_a_busy_data_directory_change_nothing(tmp_path: Path) -> None:
+    """Lifecycle: servers started on a data directory in use exit at once and touch nothing."""
+    attempts = scaled(3, 2)
+    data_dir = tmp_path / "data"
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "steady.py", STEADY)
+    token = "busy-directory-token"
+    first = ServerProcess(data_dir, tokens={"default": token}, args=QUICK_KILL).start()
+    holder = first.pid
+    job = JuliaBatch(name="steady", start_script="steady.py", run_volume="work")
+    codes: list[int | None] = []
+    messages: set[str] = set()
+    try:
+        async with Context(first.url, token, "default", timeout=10.0) as ctx:
+            await ctx.submit_job(job)
+            await _wait_for_line(ctx, job, 50)
+            for _ in range(attempts):
+                second = ServerProcess(data_dir, tokens={"default": token}, args=QUICK_KILL)
+                with pytest.raises(RuntimeError, match="did not start"):
+                    await anyio.to_thread.run_sync(second.start)
+                assert second.proc is not None
+                codes.append(second.proc.returncode)
+                messages.add(second.output().strip())
+                assert (await ctx.get_job_status(job)).phase == "running"
+            (volume / "finish").touch()
+            with anyio.fail_after(60):
+                assert (await ctx.wait_for_job(job, poll=POLL)).succeeded
+            texts = [line.text async for line in ctx.tail_logs(job, follow=False)]
+        # Killed, the first server leaves the directory free at once (its job's processes
+        # do not hold the lock), and the next server has the same log.
+        await anyio.to_thread.run_sync(first.kill)
+        await anyio.to_thread.run_sync(first.start)
+        async with Context(first.url, token, "default", timeout=10.0) as ctx:
+            again = [line.text async for line in ctx.tail_logs(job, follow=False)]
+    finally:
+        first.stop()
+    record(
+        "second server on a busy data directory",
+        attempts=attempts,
+        refused_with_status_1=codes.count(1),
+        log_lines_intact=len(texts),
+    )
+    assert codes == [1] * attempts
+    assert messages == {
+        f"juliarun-server: data directory {data_dir.absolute()} is in use by another server "
+        f"(pid {holder}); stop that server or choose another data directory"
+    }
+    assert texts == [f"line {i:07d}" for i in range(1, len(texts) + 1)]
+    assert again == texts
