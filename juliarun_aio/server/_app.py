@@ -7,8 +7,9 @@ carry an HTTP status and ``{"code": <status>, "data": "<message>"}``:
 
 - 400 malformed input, 401 missing/undecodable/wrong credential, 403 a valid credential
   of another namespace, 404 unknown verb, job type or job (jobs of other namespaces are
-  invisible), 405 not a GET, 409 name taken / incomplete job without ``force``, 414 a
-  query string over :data:`MAX_QUERY`, 500 a bug (logged; the server keeps running).
+  invisible), 405 not a GET, 409 name taken / incomplete job without ``force`` / update of
+  a complete job, 414 a query string over :data:`MAX_QUERY`, 500 a bug (logged; the server
+  keeps running).
 
 The extensions ``serverInfo`` and ``streamLogs``, and the ``X-JuliaRun-Line-Count`` header
 of ``tailJob`` answers, are described in PROTOCOL-EXTENSIONS.md.  The dashboard (``/ui/``,
