@@ -21,10 +21,10 @@ from ._errors import (
     JuliaRunError,
     PermissionDeniedError,
     RateLimitError,
+    RequestTimeoutError,
     ResponseError,
     ServerError,
     SpecError,
-    TimeoutError,
     TransportError,
     WaitTimeoutError,
 )
@@ -81,11 +81,11 @@ __all__ = [
     "PkgBuilder",
     "PollPolicy",
     "RateLimitError",
+    "RequestTimeoutError",
     "ResponseError",
     "RetryPolicy",
     "ServerError",
     "SpecError",
-    "TimeoutError",
     "TransportError",
     "WaitTimeoutError",
     "Webserver",
@@ -95,3 +95,8 @@ __all__ = [
     "release_cluster",
     "self_job",
 ]
+
+#: The former name of :class:`RequestTimeoutError`, kept as an attribute of the package
+#: only: it is not in ``__all__``, so ``from juliarun_aio import *`` leaves the builtin
+#: ``TimeoutError`` alone.
+TimeoutError = RequestTimeoutError

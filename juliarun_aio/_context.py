@@ -345,11 +345,11 @@ class Context:
         self._scrub_chain(exc)
         detail = str(exc) or type(exc).__name__
         cls = (
-            errors.TimeoutError
+            errors.RequestTimeoutError
             if isinstance(exc, httpx.TimeoutException)
             else errors.TransportError
         )
-        what = "timed out" if cls is errors.TimeoutError else "failed"
+        what = "timed out" if cls is errors.RequestTimeoutError else "failed"
         message = (
             f"request to {self.url} {what} after {attempts} attempt(s): "
             f"{type(exc).__name__}: {detail}"
@@ -389,7 +389,7 @@ class Context:
         # A proxy's error page can be long; its start says what happened.
         message = _shorten(self.redact(message), _MAX_MESSAGE)
         cls = errors.api_error_class(status, message)
-        hint = errors.hint_for(cls)
+        hint = errors.hint_for(cls, system_verb_at=self.url if job is None else None)
         text = f"server answered {status}" + (f" (code {code})" if code is not None else "")
         text += f": {message or '(no message)'}"
         if hint:

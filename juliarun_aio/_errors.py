@@ -8,7 +8,7 @@ Every error the SDK raises derives from :class:`JuliaRunError`::
     ├── SpecError (ValueError)    an invalid job spec, raised before any request
     ├── ResponseError             the server answered something we cannot read
     ├── TransportError            connect / read / timeout, after retries
-    │   └── TimeoutError          a connect, read or overall deadline passed
+    │   └── RequestTimeoutError   a connect, read or overall deadline passed
     ├── WaitTimeoutError          a waiting helper gave up (also a TimeoutError builtin)
     └── ApiError                  the server said no (HTTP status or nonzero ``code``)
         ├── BadRequestError       400
@@ -39,10 +39,10 @@ __all__ = [
     "JuliaRunError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestTimeoutError",
     "ResponseError",
     "ServerError",
     "SpecError",
-    "TimeoutError",
     "TransportError",
     "WaitTimeoutError",
     "api_error_class",
@@ -127,8 +127,13 @@ class TransportError(JuliaRunError):
         self.attempts = attempts
 
 
-class TimeoutError(TransportError, builtins.TimeoutError):
-    """A connect, read, pool or overall deadline passed."""
+class RequestTimeoutError(TransportError, builtins.TimeoutError):
+    """A connect, read, pool or overall deadline passed.
+
+    Also a builtin :class:`TimeoutError`, so ``except TimeoutError`` catches it.  Named so
+    that ``from juliarun_aio import *`` does not shadow the builtin (it was called
+    ``TimeoutError`` before; ``juliarun_aio.TimeoutError`` remains as an alias).
+    """
 
 
 class WaitTimeoutError(JuliaRunError, builtins.TimeoutError):
@@ -238,6 +243,17 @@ def api_error_class(status_code: int, message: str = "") -> type[ApiError]:
     return ApiError
 
 
-def hint_for(cls: type[ApiError]) -> str:
-    """Return the "what to do next" sentence for an error class (empty if none)."""
+def hint_for(cls: type[ApiError], *, system_verb_at: str | None = None) -> str:
+    """Return the "what to do next" sentence for an error class (empty if none).
+
+    Args:
+        cls: The error class.
+        system_verb_at: For a system verb (no job), the URL it was sent to: a 404 there
+            means no JuliaRun server answers at that URL, not that a job is missing.
+    """
+    if system_verb_at is not None and cls is JobNotFoundError:
+        return (
+            f"no JuliaRun server was found at {system_verb_at}; check the URL (url= or "
+            "JRUN_URL), including any path after the host"
+        )
     return _HINTS.get(cls, "")

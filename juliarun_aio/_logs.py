@@ -384,7 +384,7 @@ class _Tail:
             except httpx.TransportError as exc:
                 error = ctx._transport_error(exc, STREAM_VERB, ref, retry + 1)
             except _StreamIdleError:
-                error = errors.TimeoutError(
+                error = errors.RequestTimeoutError(
                     f"no data on the log stream for {self.idle_timeout:g} s",
                     verb=STREAM_VERB,
                     job=ref.name,

@@ -37,10 +37,10 @@ from juliarun_aio import (
     JuliaParBatch,
     PermissionDeniedError,
     RateLimitError,
+    RequestTimeoutError,
     ResponseError,
     RetryPolicy,
     ServerError,
-    TimeoutError,
     TransportError,
 )
 from juliarun_aio._context import MAX_URL_LENGTH
@@ -374,6 +374,22 @@ def test_a_namespace_too_long_for_any_request_is_refused() -> None:
     """The namespace is named when it is what leaves no room in the URL."""
     with pytest.raises(ConfigurationError, match="the namespace is too long"):
         Context(URL, TOKEN, "n" * 70_000, env={})
+
+
+@pytest.mark.anyio
+async def test_wrong_path_prefix_says_the_server_was_not_found(router: respx.MockRouter) -> None:
+    """A system verb answered 404 (a wrong path prefix) names the URL, not a job name."""
+    router.get(path="/api/getSystemStatus/").mock(
+        return_value=httpx.Response(404, text="Not Found")
+    )
+    router.get(path="/api/getJobStatus/JuliaParBatch/").mock(return_value=fail(404))
+    async with Context(f"{URL}/api", TOKEN, NS, retries=ZERO, env={}) as ctx:
+        with pytest.raises(JobNotFoundError) as info:
+            await ctx.get_system_status()
+        assert f"no JuliaRun server was found at {URL}/api" in str(info.value)
+        assert "job name" not in str(info.value)
+        with pytest.raises(JobNotFoundError, match="check the job name"):
+            await ctx.get_job_status(JOB)
 
 
 # -- responses: every result shape ---------------------------------------------------
@@ -716,7 +732,7 @@ async def test_read_attempts_are_bounded_for_transport_errors(router: respx.Mock
     error = info.value
     assert route.call_count == 3
     assert error.attempts == 3
-    assert not isinstance(error, TimeoutError)
+    assert not isinstance(error, RequestTimeoutError)
     assert "after 3 attempt(s)" in str(error)
     assert "ConnectError" in str(error)
     assert (error.verb, error.job) == ("listJobs", None)
@@ -725,12 +741,12 @@ async def test_read_attempts_are_bounded_for_transport_errors(router: respx.Mock
 
 @pytest.mark.anyio
 async def test_timeouts_raise_timeout_error(router: respx.MockRouter) -> None:
-    """A read that keeps timing out raises TimeoutError, also a builtin TimeoutError."""
+    """A read that keeps timing out raises RequestTimeoutError, also a builtin TimeoutError."""
     route = router.get(path="/getJobStatus/JuliaParBatch/").mock(
         side_effect=httpx.ReadTimeout("timed out")
     )
     async with make_ctx() as ctx:
-        with pytest.raises(TimeoutError) as info:
+        with pytest.raises(RequestTimeoutError) as info:
             await ctx.get_job_status(JOB)
     assert isinstance(info.value, TransportError)
     assert isinstance(info.value, builtins.TimeoutError)
@@ -911,7 +927,7 @@ async def test_submit_unknown_outcome_is_not_resent(router: respx.MockRouter) ->
     )
     router.get(path="/getJobStatus/JuliaParBatch/").mock(return_value=fail(503))
     async with make_ctx() as ctx:
-        with pytest.raises(TimeoutError) as info:
+        with pytest.raises(RequestTimeoutError) as info:
             await ctx.submit_job(SPEC)
     assert submit.call_count == 1
     assert "outcome is unknown" in str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 
+import anyio
 import pytest
 
 import juliarun_aio
@@ -18,10 +19,10 @@ from juliarun_aio import (
     JuliaRunError,
     PermissionDeniedError,
     RateLimitError,
+    RequestTimeoutError,
     ResponseError,
     ServerError,
     SpecError,
-    TimeoutError,
     TransportError,
     WaitTimeoutError,
 )
@@ -36,7 +37,7 @@ from juliarun_aio._errors import api_error_class, hint_for
         (SpecError, (JuliaRunError, ValueError)),
         (ResponseError, (JuliaRunError,)),
         (TransportError, (JuliaRunError,)),
-        (TimeoutError, (TransportError, builtins.TimeoutError)),
+        (RequestTimeoutError, (TransportError, builtins.TimeoutError)),
         (WaitTimeoutError, (JuliaRunError, builtins.TimeoutError)),
         (ApiError, (JuliaRunError,)),
         (BadRequestError, (ApiError,)),
@@ -65,6 +66,36 @@ def test_every_exported_error_is_in_the_tree() -> None:
     ]
     assert len(errors) == 16
     assert all(issubclass(cls, JuliaRunError) for cls in errors)
+
+
+@pytest.mark.parametrize("module", ["juliarun_aio", "juliarun_aio.server", "juliarun_aio.cli"])
+def test_star_import_shadows_no_builtin(module: str) -> None:
+    """``from juliarun_aio import *`` leaves every builtin, TimeoutError included, alone."""
+    namespace: dict[str, object] = {}
+    exec(f"from {module} import *", namespace)
+    shadowed = sorted(
+        name for name in namespace if hasattr(builtins, name) and name != "__builtins__"
+    )
+    assert shadowed == []
+
+
+def test_old_timeout_name_is_an_alias_outside_all() -> None:
+    """``juliarun_aio.TimeoutError`` still names the request timeout, but is not exported."""
+    assert juliarun_aio.TimeoutError is RequestTimeoutError
+    assert "TimeoutError" not in juliarun_aio.__all__
+    assert "RequestTimeoutError" in juliarun_aio.__all__
+
+
+@pytest.mark.anyio
+async def test_builtin_timeout_error_still_catches_anyio_timeouts() -> None:
+    """After a star import, ``except TimeoutError`` catches an event-loop timeout."""
+    namespace: dict[str, object] = {}
+    exec("from juliarun_aio import *", namespace)
+    timeout_error = namespace.get("TimeoutError", builtins.TimeoutError)
+    assert isinstance(timeout_error, type)
+    with pytest.raises(timeout_error):
+        with anyio.fail_after(0.001):
+            await anyio.sleep(1)
 
 
 def test_transport_errors_are_not_api_errors() -> None:
@@ -196,9 +227,9 @@ def test_api_error_defaults() -> None:
 
 
 def test_transport_error_counts_attempts() -> None:
-    """TransportError and TimeoutError carry the number of attempts made."""
+    """TransportError and RequestTimeoutError carry the number of attempts made."""
     assert TransportError("down", attempts=3).attempts == 3
-    timeout = TimeoutError("slow", verb="getJobScale", job="w")
+    timeout = RequestTimeoutError("slow", verb="getJobScale", job="w")
     assert timeout.attempts == 1
     assert str(timeout) == "slow [getJobScale, job 'w']"
 
@@ -220,6 +251,6 @@ def test_spec_error_names_the_field() -> None:
 
 def test_timeout_errors_are_caught_as_builtin_timeouts() -> None:
     """Code catching the builtin TimeoutError also catches both timeout kinds."""
-    for error in (TimeoutError("t"), WaitTimeoutError("w")):
+    for error in (RequestTimeoutError("t"), WaitTimeoutError("w")):
         with pytest.raises(builtins.TimeoutError):
             raise error

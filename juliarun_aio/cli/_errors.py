@@ -118,7 +118,8 @@ def describe(exc: BaseException) -> tuple[ExitCode, str, str] | None:
     if isinstance(exc, CliError):
         return exc.exit_code, exc.what, exc.todo
     if isinstance(exc, errors.SpecError):
-        option = "--" + exc.field.replace("_", "-")
+        # The job name is the positional NAME of submit/update; every other field a flag.
+        option = "NAME" if exc.field == "name" else "--" + exc.field.replace("_", "-")
         message = exc.message.removeprefix(f"{exc.field}: ")
         return (
             ExitCode.USAGE,

@@ -115,6 +115,27 @@ def test_submit_sends_the_wire_parameters(
     assert capsys.readouterr().out == "submitted JuliaParBatch/train\n"
 
 
+def test_bad_positional_name_is_reported_against_name(
+    server: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid NAME exits 2 naming the positional NAME, not a --name flag that is not there."""
+    argv = [
+        *CONNECT,
+        "submit",
+        "JuliaBatch",
+        "Bad_Name",
+        "--start-script",
+        "a.py",
+        "--run-volume",
+        "w",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("juliarun: error: NAME: ")
+    assert "--name" not in err
+    assert len(server.calls) == 0
+
+
 def test_update_sends_the_spec(
     server: respx.MockRouter, capsys: pytest.CaptureFixture[str]
 ) -> None:
