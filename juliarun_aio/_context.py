@@ -9,10 +9,11 @@ query string at the last moment and removed from every message, log record and r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -34,6 +35,7 @@ from ._config import (
 )
 from ._jobs import _MAX_NAME, JOB_KINDS, JobRef, JobSpec
 from ._logs import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT, LogLine
+from ._loops import LoopState, closed_error, forget_connections, running_loop
 from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable, excerpt
 from ._retry import (
     RetryPolicy,
@@ -122,14 +124,22 @@ class Context:
         timeout: Per-request timeouts: seconds or an :class:`httpx.Timeout`
             (default: 5 s to connect, 30 s for the rest).  Overridable per call.
         retries: A :class:`RetryPolicy`, or an int for the number of attempts.
-        limits: Pool limits; also bounds the requests in flight on this Context.
+        limits: Pool limits; also bounds the requests in flight on this Context, and
+            half of ``max_connections`` bounds the log streams open at once (so that
+            calls always find a connection); at least 2.
         client: An :class:`httpx.AsyncClient` to use instead of creating one (custom
             transports, proxies, TLS, or respx).  The Context does not close an injected
-            client.
+            client, and cannot take it into another event loop (:class:`EventLoopError`).
         env: The environment to resolve from (default ``os.environ``).
 
+    A Context may be used from one event loop after another (notebook cells run with
+    ``asyncio.run``, a loop per test, trio after asyncio): in each new loop it starts a
+    fresh connection pool and drops the old one's connections.  It serves one loop at a
+    time, and is not thread-safe.
+
     Raises:
-        ConfigurationError: URL, credential or namespace could not be resolved.
+        ConfigurationError: URL, credential or namespace could not be resolved, or
+            ``limits.max_connections`` is below 2.
     """
 
     def __init__(
@@ -150,15 +160,9 @@ class Context:
         )
         self._timeout = _as_timeout(timeout)
         self._retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(attempts=retries)
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=self._timeout,
-            limits=limits,
-            headers={"User-Agent": f"juliarun_aio/{__version__}"},
-        )
-        # Bounds requests in flight below the pool size, so that any number of helpers
-        # queue here (no deadline) instead of timing out waiting for a pooled connection.
-        self._slots = anyio.CapacityLimiter(max(1, limits.max_connections or 100))
+        self._limits = limits
+        self._slot_count = _slot_count(limits)
+        self._injected = client
         self._closed = False
         self._secrets: tuple[str, ...] = ()
         self._token_seen: str | None = None
@@ -168,6 +172,10 @@ class Context:
         # Pollers ask for the same few URLs over and over; parsing one costs more than
         # the rest of a call's client-side work.  Keyed by the token, so rotation misses.
         self._urls: dict[tuple[Any, ...], httpx.URL] = {}
+        # The pool, slots and pollers of the event loop in use (see _loops.py), made now
+        # (once the settings are known to be usable) so that the first call does not pay
+        # for building a client.
+        self._state: LoopState | None = self._new_state(running_loop())
         install_log_redaction()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -194,17 +202,71 @@ class Context:
 
     @property
     def http_client(self) -> httpx.AsyncClient:
-        """The pooled client, for extensions that need raw access (e.g. log streams)."""
+        """The pooled client of the running event loop, for extensions that need raw access."""
+        return self.loop_state().client
+
+    def loop_state(self) -> LoopState:
+        """Return this Context's pool, slots and pollers for the running event loop.
+
+        In an event loop other than the one used last, the old pool's connections are
+        dropped and a fresh state is started.
+
+        Raises:
+            ClientClosedError: the Context is closed.
+            EventLoopError: the Context has an injected ``client=`` that was used in
+                another event loop.
+        """
         self._check_open()
-        return self._client
+        loop = running_loop()
+        state = self._state
+        if state is not None and (state.loop is loop or loop is None):
+            return state
+        if state is not None and state.loop is None:
+            state.loop = loop  # made outside any event loop: the first one adopts it
+            return state
+        if state is not None:
+            if self._injected is not None:
+                raise errors.EventLoopError(
+                    "this Context's client= was first used in another event loop and "
+                    "cannot follow into this one; create the httpx.AsyncClient and the "
+                    "Context inside the event loop that uses them, or leave out client= "
+                    "so that the Context starts a pool in each loop"
+                )
+            forget_connections(state.client, state.loop)
+            logger.debug("%r: new event loop, new connection pool", self)
+        self._state = state = self._new_state(loop)
+        return state
+
+    def _new_state(self, loop: object | None) -> LoopState:
+        client = self._injected or httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=self._limits,
+            headers={"User-Agent": f"juliarun_aio/{__version__}"},
+        )
+        return LoopState(loop, client, slots=self._slot_count, stream_slots=self._slot_count // 2)
 
     async def aclose(self) -> None:
-        """Close the connection pool (an injected client is left open). Idempotent."""
+        """Close the connection pool (an injected client is left open). Idempotent.
+
+        Works in any event loop.  Calls and generators in flight on this Context raise
+        :class:`ClientClosedError`.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._owns_client:
-            await self._client.aclose()
+        state, self._state = self._state, None
+        if state is None:
+            return
+        state.close()
+        if self._injected is not None:
+            return
+        if state.loop is None or state.loop is running_loop():
+            # Shielded: a pool half closed because the closing task was cancelled
+            # would leave connections behind.
+            with anyio.CancelScope(shield=True):
+                await state.client.aclose()
+        else:
+            forget_connections(state.client, state.loop)
 
     async def __aenter__(self) -> Context:
         self._check_open()
@@ -219,9 +281,7 @@ class Context:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise errors.ClientClosedError(
-                "this Context is closed; create a new one (async with Context(...) as ctx)"
-            )
+            raise closed_error()
 
     # -- request plumbing ------------------------------------------------------------
 
@@ -317,24 +377,55 @@ class Context:
         return self._timeout if isinstance(timeout, _Unset) else _as_timeout(timeout)
 
     async def _send_once(
-        self, verb: str, job: JobRef | None, params: Mapping[str, str], timeout: httpx.Timeout
+        self,
+        state: LoopState,
+        verb: str,
+        job: JobRef | None,
+        params: Mapping[str, str],
+        timeout: httpx.Timeout,
     ) -> httpx.Response:
         """Send one GET and read its body; httpx errors are passed through untouched."""
-        self._check_open()
         url = self.build_url(verb, job, params)
         # Every call checkpoints (as trio expects of async functions; concurrent watchers
         # join a shared poll here even when a transport answers without waiting).  Then a
         # free slot, the common case, is taken directly: acquire() would add a shielded
         # checkpoint, a second trip through the event loop.
         await anyio.lowlevel.checkpoint()
+        slots = state.slots
         try:
-            self._slots.acquire_nowait()
+            slots.acquire_nowait()
         except anyio.WouldBlock:
-            await self._slots.acquire()
+            await slots.acquire()
         try:
-            return await self._client.get(url, timeout=timeout)
+            return await state.client.get(url, timeout=timeout)
         finally:
-            self._slots.release()
+            slots.release()
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self,
+        verb: str,
+        job: JobRef | None,
+        params: Mapping[str, str],
+        *,
+        timeout: httpx.Timeout,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send a streaming GET of ``verb`` and yield the response, its body not read yet.
+
+        One of the Context's request slots is held while the response is open.  httpx
+        errors are passed through untouched; the caller reads the status and the body.
+        """
+        state = self.loop_state()
+        # Borrowed on behalf of a token, not the task: a generator closed by the garbage
+        # collector runs its cleanup in another task, which must still release the slot.
+        borrower = object()
+        await state.slots.acquire_on_behalf_of(borrower)
+        try:
+            url = self.build_url(verb, job, params)
+            async with state.client.stream("GET", url, timeout=timeout) as response:
+                yield response
+        finally:
+            state.slots.release_on_behalf_of(borrower)
 
     def _transport_error(
         self, exc: httpx.HTTPError, verb: str, job: JobRef | None, attempts: int
@@ -462,82 +553,86 @@ class Context:
         (``idempotent=False``) retry only what never reached the server or an explicit
         429; any other failure raises :class:`_AmbiguousWriteError` for :meth:`_write` to settle.
         """
-        params = params or {}
-        http_timeout = self._timeout_for(timeout)
-        policy = self._retry
-        start = time.monotonic()
-        refreshed = False
-        retry = 0
-        while True:
-            attempt_started = time.monotonic()
-            try:
-                response = await self._send_once(verb, job, params, http_timeout)
-            except httpx.HTTPError as exc:
-                error: errors.JuliaRunError = self._transport_error(exc, verb, job, retry + 1)
-                retryable = is_retryable_exception(exc) if idempotent else never_reached_server(exc)
-                if not retryable and not idempotent and is_retryable_exception(exc):
-                    raise _AmbiguousWriteError(error) from exc
-                retry_after = None
-                cause: BaseException | None = exc
-            else:
-                logger.debug(
-                    "%s %s -> %d in %.1f ms (attempt %d)",
+        state = self.loop_state()
+        with state.close_guard():
+            params = params or {}
+            http_timeout = self._timeout_for(timeout)
+            policy = self._retry
+            start = time.monotonic()
+            refreshed = False
+            retry = 0
+            while True:
+                attempt_started = time.monotonic()
+                try:
+                    response = await self._send_once(state, verb, job, params, http_timeout)
+                except httpx.HTTPError as exc:
+                    error: errors.JuliaRunError = self._transport_error(exc, verb, job, retry + 1)
+                    retryable = (
+                        is_retryable_exception(exc) if idempotent else never_reached_server(exc)
+                    )
+                    if not retryable and not idempotent and is_retryable_exception(exc):
+                        raise _AmbiguousWriteError(error) from exc
+                    retry_after = None
+                    cause: BaseException | None = exc
+                else:
+                    logger.debug(
+                        "%s %s -> %d in %.1f ms (attempt %d)",
+                        verb,
+                        job.name if job else "-",
+                        response.status_code,
+                        (time.monotonic() - attempt_started) * 1000,
+                        retry + 1,
+                    )
+                    try:
+                        return self._unwrap(verb, job, response), response.headers
+                    except errors.AuthenticationError:
+                        # Service-account tokens rotate: re-read the file once, then retry.
+                        if refreshed or not self._config.token.is_file:
+                            raise
+                        refreshed = True
+                        self._config.token.refresh()
+                        logger.info("%s: 401, token file re-read, retrying once", verb)
+                        continue
+                    except errors.ApiError as exc:
+                        status = response.status_code
+                        error, cause = exc, None
+                        if idempotent:
+                            retryable = is_retryable_status(status)
+                        else:
+                            retryable = status == 429
+                            if not retryable and (status >= 500 or status == 408):
+                                raise _AmbiguousWriteError(exc) from None
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    except errors.ResponseError as exc:
+                        # A 2xx answer we cannot read: a write probably applied, so settle it
+                        # by a read; a read would only get the same answer again.
+                        if not idempotent:
+                            raise _AmbiguousWriteError(exc) from None
+                        raise
+                delay = (
+                    next_delay(
+                        retry,
+                        policy=policy,
+                        elapsed=time.monotonic() - start,
+                        retry_after=retry_after,
+                    )
+                    if retryable
+                    else None
+                )
+                if delay is None:
+                    if isinstance(error, errors.TransportError):
+                        error.attempts = retry + 1
+                    raise error from cause
+                logger.info(
+                    "%s %s failed (%s); retry %d in %.2f s",
                     verb,
                     job.name if job else "-",
-                    response.status_code,
-                    (time.monotonic() - attempt_started) * 1000,
+                    type(error).__name__,
                     retry + 1,
+                    delay,
                 )
-                try:
-                    return self._unwrap(verb, job, response), response.headers
-                except errors.AuthenticationError:
-                    # Service-account tokens rotate: re-read the file once, then retry.
-                    if refreshed or not self._config.token.is_file:
-                        raise
-                    refreshed = True
-                    self._config.token.refresh()
-                    logger.info("%s: 401, token file re-read, retrying once", verb)
-                    continue
-                except errors.ApiError as exc:
-                    status = response.status_code
-                    error, cause = exc, None
-                    if idempotent:
-                        retryable = is_retryable_status(status)
-                    else:
-                        retryable = status == 429
-                        if not retryable and (status >= 500 or status == 408):
-                            raise _AmbiguousWriteError(exc) from None
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                except errors.ResponseError as exc:
-                    # A 2xx answer we cannot read: a write probably applied, so settle it
-                    # by a read; a read would only get the same answer again.
-                    if not idempotent:
-                        raise _AmbiguousWriteError(exc) from None
-                    raise
-            delay = (
-                next_delay(
-                    retry,
-                    policy=policy,
-                    elapsed=time.monotonic() - start,
-                    retry_after=retry_after,
-                )
-                if retryable
-                else None
-            )
-            if delay is None:
-                if isinstance(error, errors.TransportError):
-                    error.attempts = retry + 1
-                raise error from cause
-            logger.info(
-                "%s %s failed (%s); retry %d in %.2f s",
-                verb,
-                job.name if job else "-",
-                type(error).__name__,
-                retry + 1,
-                delay,
-            )
-            await anyio.sleep(delay)
-            retry += 1
+                await anyio.sleep(delay)
+                retry += 1
 
     async def _write(
         self,
@@ -559,41 +654,42 @@ class Context:
         ``applied_if`` is the error a resent request gets when the first one landed after
         all (a 409 for a submit, a 404 for a delete): it then counts as success.
         """
-        start = time.monotonic()
-        retry = 0
-        while True:
-            try:
-                return await self._call(verb, job, params, timeout=timeout, idempotent=False)
-            except _AmbiguousWriteError as ambiguous:
-                error = ambiguous.error
-            except errors.ApiError as exc:
-                if retry > 0 and applied_if is not None and isinstance(exc, applied_if):
-                    logger.info("%s %s: an earlier try landed after all", verb, job.name)
+        with self.loop_state().close_guard():
+            start = time.monotonic()
+            retry = 0
+            while True:
+                try:
+                    return await self._call(verb, job, params, timeout=timeout, idempotent=False)
+                except _AmbiguousWriteError as ambiguous:
+                    error = ambiguous.error
+                except errors.ApiError as exc:
+                    if retry > 0 and applied_if is not None and isinstance(exc, applied_if):
+                        logger.info("%s %s: an earlier try landed after all", verb, job.name)
+                        return None
+                    raise
+                try:
+                    outcome = await verify()
+                except errors.JuliaRunError as exc:
+                    logger.info("%s %s: follow-up read failed: %s", verb, job.name, exc)
+                    outcome = _UNKNOWN
+                if outcome == _APPLIED:
+                    logger.info("%s %s: failed reply, but the change is in effect", verb, job.name)
                     return None
-                raise
-            try:
-                outcome = await verify()
-            except errors.JuliaRunError as exc:
-                logger.info("%s %s: follow-up read failed: %s", verb, job.name, exc)
-                outcome = _UNKNOWN
-            if outcome == _APPLIED:
-                logger.info("%s %s: failed reply, but the change is in effect", verb, job.name)
-                return None
-            delay = (
-                next_delay(retry, policy=self._retry, elapsed=time.monotonic() - start)
-                if outcome == _NOT_APPLIED
-                else None
-            )
-            if delay is None:
-                note = (
-                    "the change was not applied"
+                delay = (
+                    next_delay(retry, policy=self._retry, elapsed=time.monotonic() - start)
                     if outcome == _NOT_APPLIED
-                    else "the outcome is unknown; check the job's state before trying again"
+                    else None
                 )
-                error.message = f"{error.message} ({note})"
-                raise error
-            await anyio.sleep(delay)
-            retry += 1
+                if delay is None:
+                    note = (
+                        "the change was not applied"
+                        if outcome == _NOT_APPLIED
+                        else "the outcome is unknown; check the job's state before trying again"
+                    )
+                    error.message = f"{error.message} ({note})"
+                    raise error
+                await anyio.sleep(delay)
+                retry += 1
 
     # -- system verbs ----------------------------------------------------------------
 
@@ -1006,3 +1102,22 @@ def _as_timeout(value: float | httpx.Timeout) -> httpx.Timeout:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
     return httpx.Timeout(float(value), connect=min(float(value), DEFAULT_TIMEOUT.connect or 5.0))
+
+
+def _slot_count(limits: httpx.Limits) -> int:
+    """Return how many requests may be in flight at once; half of them may be streams.
+
+    Raises:
+        ConfigurationError: fewer than 2 connections: a log stream holds one for as long
+            as it runs, and calls made meanwhile need another.
+    """
+    # Without a connection limit, requests in flight are still bounded, so that helpers
+    # queue on the Context instead of opening connections without end.
+    total = limits.max_connections or 100
+    if total < 2:
+        raise errors.ConfigurationError(
+            f"limits.max_connections={total} is too small: a log stream (tail_logs) holds "
+            "a connection while it runs and the calls made meanwhile need another; "
+            "use httpx.Limits(max_connections=2) or more"
+        )
+    return total

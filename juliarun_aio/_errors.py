@@ -4,7 +4,8 @@ Every error the SDK raises derives from :class:`JuliaRunError`::
 
     JuliaRunError
     ├── ConfigurationError        no URL / token / namespace could be resolved
-    ├── ClientClosedError         the Context was used after it was closed
+    ├── ClientClosedError         the Context was closed before or during the call
+    ├── EventLoopError            an injected client cannot follow into another event loop
     ├── SpecError (ValueError)    an invalid job spec, raised before any request
     ├── ResponseError             the server answered something we cannot read
     ├── TransportError            connect / read / timeout, after retries
@@ -35,6 +36,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "EventLoopError",
     "JobNotFoundError",
     "JuliaRunError",
     "PermissionDeniedError",
@@ -73,11 +75,26 @@ class JuliaRunError(Exception):
 
 
 class ConfigurationError(JuliaRunError):
-    """The client could not resolve its URL, credential or namespace."""
+    """The client could not resolve its URL, credential or namespace, or cannot use a setting."""
 
 
 class ClientClosedError(JuliaRunError):
-    """A :class:`~juliarun_aio.Context` was used after it was closed."""
+    """A :class:`~juliarun_aio.Context` was closed before or while the call ran.
+
+    Every method and generator of a Context raises it once :meth:`aclose` has run, and
+    those in flight when it runs are interrupted with it.
+    """
+
+
+class EventLoopError(JuliaRunError):
+    """A Context cannot serve the running event loop.
+
+    A Context follows its caller from one event loop to the next (notebook cells run
+    with ``asyncio.run``, a loop per test, trio after asyncio) by starting a fresh
+    connection pool in each.  A client passed as ``client=`` cannot be replaced that way:
+    it belongs to the loop the Context first used it in.  Create the client and the
+    Context inside the event loop that uses them, or let the Context make its own client.
+    """
 
 
 class SpecError(JuliaRunError, ValueError):

@@ -70,9 +70,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
@@ -128,7 +129,6 @@ Mode = Literal["auto", "stream", "poll"]
 
 STREAM_VERB = "streamLogs"
 _PATH_FEATURE = "tail_logs.path"
-_STREAM_SLOTS_FEATURE = "tail_logs.stream_slots"
 # The heartbeat period asked for is a third of the idle timeout, so that a healthy but
 # quiet stream sends a few per timeout; within the server's default 5 s and its 10 ms floor.
 _MAX_HEARTBEAT = 5.0
@@ -297,12 +297,20 @@ class _Tail:
         self._start_wait = poll.initial
 
     async def run(self, mode: Mode) -> AsyncGenerator[LogLine, None]:
-        path = await _log_path(self.ctx, self.ref) if mode == "auto" else mode
+        ctx = self.ctx
+        with ctx.loop_state().close_guard():
+            path = await _log_path(ctx, self.ref) if mode == "auto" else mode
         # Both paths yield lists of lines (one per network chunk or poll), so that the
         # generator hops cost per batch; only this, the public generator, hops per line.
         batches = self._stream() if path == "stream" else self._poll()
         async with contextlib.aclosing(batches):
-            async for batch in batches:
+            while True:
+                # Guarded per batch, never across the yield: closing the Context ends
+                # the wait for the next batch, whichever path it is on.
+                with ctx.loop_state().close_guard():
+                    batch = await anext(batches, None)
+                if batch is None:
+                    return
                 for line in batch:
                     yield line
 
@@ -327,14 +335,46 @@ class _Tail:
     # -- the resumable stream --------------------------------------------------------
 
     async def _stream(self) -> AsyncGenerator[list[LogLine], None]:
+        slots = self.ctx.loop_state().stream_slots
+        # Borrowed on behalf of a token, not the task: a generator closed by the garbage
+        # collector runs its cleanup in another task, which must still release the slot.
+        borrower = object()
+        await self._take_stream_slot(slots, borrower)
+        try:
+            batches = self._stream_holding_slot()
+            async with contextlib.aclosing(batches):
+                async for lines in batches:
+                    yield lines
+        finally:
+            slots.release_on_behalf_of(borrower)
+
+    async def _take_stream_slot(self, slots: anyio.CapacityLimiter, borrower: object) -> None:
+        """Wait for a stream slot, at most ``start_timeout`` seconds."""
+        wait = math.inf if self.start_timeout is None else self.start_timeout
+        with anyio.move_on_after(wait) as scope:
+            await slots.acquire_on_behalf_of(borrower)
+        if scope.cancelled_caught:
+            connections = int(self.ctx.loop_state().slots.total_tokens)
+            raise errors.WaitTimeoutError(
+                f"no log stream slot became free within {wait:g} s: all "
+                f"{int(slots.total_tokens)} of this Context are held by other tail_logs "
+                f"generators (streams may take half of its {connections} connections, "
+                "httpx.Limits(max_connections)); close the generators you no longer read "
+                "(use contextlib.aclosing, or drop them), or create the Context with "
+                "limits=httpx.Limits(max_connections=...) to run more streams at once",
+                verb=STREAM_VERB,
+                job=self.ref.name,
+            )
+
+    async def _stream_holding_slot(self) -> AsyncGenerator[list[LogLine], None]:
         ctx, ref = self.ctx, self.ref
         cursor = self.since
         policy = ctx.retry_policy
         retry = 0
         alive_at = time.monotonic()
-        client = ctx.http_client
+        client_timeout = ctx.http_client.timeout
         # Reads are bounded by the idle timeout below, not by httpx.
-        timeout = httpx.Timeout(None, connect=client.timeout.connect, pool=client.timeout.pool)
+        timeout = httpx.Timeout(None, connect=client_timeout.connect, pool=client_timeout.pool)
         while True:
             params = {
                 "cursor": str(cursor),
@@ -346,12 +386,7 @@ class _Tail:
             ended = False
             error: errors.JuliaRunError
             try:
-                async with (
-                    _stream_slot(ctx),
-                    client.stream(
-                        "GET", ctx.build_url(STREAM_VERB, ref, params), timeout=timeout
-                    ) as response,
-                ):
+                async with ctx.open_stream(STREAM_VERB, ref, params, timeout=timeout) as response:
                     if response.status_code != 200 or "ndjson" not in response.headers.get(
                         "content-type", ""
                     ):
@@ -494,27 +529,6 @@ def _warn_gap(
         ),
         stacklevel=3,
     )
-
-
-@contextlib.asynccontextmanager
-async def _stream_slot(ctx: Context) -> AsyncIterator[None]:
-    """Hold a stream slot and a request slot of ``ctx`` while a stream is open."""
-    slots: anyio.CapacityLimiter | None = ctx.feature(_STREAM_SLOTS_FEATURE)
-    if slots is None:
-        slots = anyio.CapacityLimiter(max(1, int(ctx._slots.total_tokens) // 2))
-        ctx.remember(_STREAM_SLOTS_FEATURE, slots)
-    # Borrow on behalf of a token, not the task: a generator that is garbage-collected
-    # is closed from another task, which must still be able to release.
-    borrower = object()
-    await slots.acquire_on_behalf_of(borrower)
-    try:
-        await ctx._slots.acquire_on_behalf_of(borrower)
-        try:
-            yield
-        finally:
-            ctx._slots.release_on_behalf_of(borrower)
-    finally:
-        slots.release_on_behalf_of(borrower)
 
 
 _decode_json = json.JSONDecoder().decode

@@ -90,8 +90,6 @@ class PollPolicy:
 #: The default polling rhythm: 0.25 s after a change, backing off to 5 s.
 DEFAULT_POLL_POLICY = PollPolicy()
 
-_POLLERS = "watch.pollers"
-
 
 class _SharedPoll(Generic[_T]):
     """The latest value of one verb for one job, shared by every watcher on a Context.
@@ -171,12 +169,12 @@ class _SharedPoll(Generic[_T]):
 
 
 def _shared_poll(
-    ctx: Context, verb: str, ref: JobRef, fetch: Callable[[], Awaitable[_T]], policy: PollPolicy
+    pollers: dict[tuple[str, JobRef], _SharedPoll[_T]],
+    verb: str,
+    ref: JobRef,
+    fetch: Callable[[], Awaitable[_T]],
+    policy: PollPolicy,
 ) -> _SharedPoll[_T]:
-    pollers: dict[tuple[str, JobRef], _SharedPoll[_T]] | None = ctx.feature(_POLLERS)
-    if pollers is None:
-        pollers = {}
-        ctx.remember(_POLLERS, pollers)
     poller = pollers.get((verb, ref))
     if poller is None:
         poller = pollers[(verb, ref)] = _SharedPoll(fetch, policy)
@@ -184,9 +182,13 @@ def _shared_poll(
     return poller
 
 
-def _release(ctx: Context, verb: str, ref: JobRef, poller: _SharedPoll[_T]) -> None:
+def _release(
+    pollers: dict[tuple[str, JobRef], _SharedPoll[_T]],
+    verb: str,
+    ref: JobRef,
+    poller: _SharedPoll[_T],
+) -> None:
     poller.subscribers -= 1
-    pollers: dict[tuple[str, JobRef], _SharedPoll[_T]] = ctx.feature(_POLLERS)
     if poller.subscribers == 0 and pollers.get((verb, ref)) is poller:
         del pollers[(verb, ref)]
 
@@ -215,14 +217,15 @@ async def _changes(
     """Yield the value of ``verb`` for ``ref`` now and on every change."""
     deadline = math.inf if timeout is None else time.monotonic() + timeout
     started = time.monotonic()
-    poller = _shared_poll(ctx, verb, ref, fetch, policy)
+    state = ctx.loop_state()
+    poller = _shared_poll(state.pollers, verb, ref, fetch, policy)
     seen = 0
     last: _T | None = None
     try:
         while True:
             # The deadline scope covers the wait only: a generator must not yield
             # inside a cancel scope.
-            with anyio.move_on_after(deadline - time.monotonic()) as scope:
+            with state.close_guard(), anyio.move_on_after(deadline - time.monotonic()) as scope:
                 seen, value = await poller.next(seen, started)
             if scope.cancelled_caught:
                 raise WaitTimeoutError(on_timeout(last), verb=verb, job=ref.name)
@@ -232,7 +235,7 @@ async def _changes(
                 last = value
                 yield value
     finally:
-        _release(ctx, verb, ref, poller)
+        _release(state.pollers, verb, ref, poller)
 
 
 def _check_timeout(timeout: float | None) -> None:

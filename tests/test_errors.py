@@ -15,6 +15,7 @@ from juliarun_aio import (
     ClientClosedError,
     ConfigurationError,
     ConflictError,
+    EventLoopError,
     JobNotFoundError,
     JuliaRunError,
     PermissionDeniedError,
@@ -34,6 +35,7 @@ from juliarun_aio._errors import api_error_class, hint_for
     [
         (ConfigurationError, (JuliaRunError,)),
         (ClientClosedError, (JuliaRunError,)),
+        (EventLoopError, (JuliaRunError,)),
         (SpecError, (JuliaRunError, ValueError)),
         (ResponseError, (JuliaRunError,)),
         (TransportError, (JuliaRunError,)),
@@ -64,7 +66,7 @@ def test_every_exported_error_is_in_the_tree() -> None:
         for obj in exported
         if isinstance(obj, type) and issubclass(obj, BaseException) and not issubclass(obj, Warning)
     ]
-    assert len(errors) == 16
+    assert len(errors) == 17
     assert all(issubclass(cls, JuliaRunError) for cls in errors)
 
 

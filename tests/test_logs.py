@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import warnings
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -670,8 +671,8 @@ async def test_breaking_out_closes_the_stream() -> None:
                 if line.cursor == 3:
                     break
         assert body.closed
-        assert ctx._slots.borrowed_tokens == 0
-        slots = ctx.feature("tail_logs.stream_slots")
+        assert ctx.loop_state().slots.borrowed_tokens == 0
+        slots = ctx.loop_state().stream_slots
         assert slots.borrowed_tokens == 0
 
 
@@ -686,21 +687,30 @@ async def test_cancelling_the_consumer_closes_the_stream() -> None:
                 async for _line in lines:
                     pass
         assert body.closed
-        assert ctx._slots.borrowed_tokens == 0
+        assert ctx.loop_state().slots.borrowed_tokens == 0
 
 
-@pytest.mark.anyio
-async def test_streams_leave_half_the_slots_to_short_calls() -> None:
-    """More streams than stream slots wait; short calls still go through."""
-    bodies = [ScriptedStream([ndjson(log_events(1, 1))], stall=True) for _ in range(3)]
+@contextlib.asynccontextmanager
+async def stalling_streams(
+    count: int, max_connections: int = 20
+) -> AsyncIterator[tuple[Context, list[ScriptedStream]]]:
+    """A Context on a server whose ``count`` streams send line 1, then nothing."""
+    bodies = [ScriptedStream([ndjson(log_events(1, 1))], stall=True) for _ in range(count)]
     async with (
         respx.mock(assert_all_called=False) as router,
-        mock_context(limits=httpx.Limits(max_connections=4)) as ctx,
+        mock_context(limits=httpx.Limits(max_connections=max_connections)) as ctx,
     ):
         _stream_server(router, StreamServer(*bodies))
         router.get(f"{URL}/getJobStatus/JuliaBatch/").mock(
             return_value=envelope({"succeeded": False})
         )
+        yield ctx, bodies
+
+
+@pytest.mark.anyio
+async def test_streams_leave_half_the_slots_to_short_calls() -> None:
+    """More streams than stream slots wait; short calls still go through."""
+    async with stalling_streams(3, max_connections=4) as (ctx, _bodies):
         first_lines: list[int] = []
         two_streaming = anyio.Event()
         async with anyio.create_task_group() as tg:
@@ -722,7 +732,68 @@ async def test_streams_leave_half_the_slots_to_short_calls() -> None:
                 for _ in range(10):
                     await ctx.get_job_status(JOB)
             tg.cancel_scope.cancel()
-        assert ctx._slots.borrowed_tokens == 0
+        assert ctx.loop_state().slots.borrowed_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_waiting_for_a_stream_slot_is_bounded_by_start_timeout() -> None:
+    """Ten tails kept open after their first line hold every slot; the next one is refused
+    after start_timeout with an error naming the limit, and gets a slot once one is freed."""
+    async with stalling_streams(11) as (ctx, _bodies):
+        kept = [ctx.tail_logs(JOB, idle_timeout=60) for _ in range(10)]
+        for lines in kept:
+            assert (await anext(lines)).cursor == 1
+        with anyio.fail_after(10), pytest.raises(WaitTimeoutError) as caught:
+            await _collect(ctx.tail_logs(JOB, start_timeout=0.2))
+        message = str(caught.value)
+        assert "no log stream slot became free within 0.2 s" in message
+        assert "all 10 of this Context" in message
+        assert "max_connections" in message
+        await kept.pop().aclose()
+        with anyio.fail_after(10):
+            extra = ctx.tail_logs(JOB, start_timeout=0.2)
+            assert (await anext(extra)).cursor == 1
+        for lines in [*kept, extra]:
+            await lines.aclose()
+        assert ctx.loop_state().stream_slots.borrowed_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_a_dropped_tail_gives_its_slot_back() -> None:
+    """A generator no longer referenced (never closed) frees its stream slot."""
+    async with stalling_streams(2, max_connections=2) as (ctx, bodies):
+        dropped = ctx.tail_logs(JOB, idle_timeout=60)
+        assert (await anext(dropped)).cursor == 1
+        slots = ctx.loop_state().stream_slots
+        assert slots.borrowed_tokens == slots.total_tokens == 1
+        # trio warns about a generator collected unfinished, as it does for any.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del dropped
+            gc.collect()
+        async with contextlib.aclosing(ctx.tail_logs(JOB, start_timeout=5)) as lines:
+            assert (await anext(lines)).cursor == 1
+        assert bodies[0].closed
+
+
+@pytest.mark.anyio
+async def test_calls_inside_a_tail_on_the_smallest_pool() -> None:
+    """With two connections, a call made while a stream runs does not wait for it."""
+    body = ScriptedStream([ndjson(log_events(1, 3))], stall=True)
+    async with (
+        respx.mock(assert_all_called=False) as router,
+        mock_context(limits=httpx.Limits(max_connections=2)) as ctx,
+    ):
+        _stream_server(router, StreamServer(body))
+        router.get(f"{URL}/getJobStatus/JuliaBatch/").mock(
+            return_value=envelope({"succeeded": False})
+        )
+        with anyio.fail_after(5):
+            async with contextlib.aclosing(ctx.tail_logs(JOB, idle_timeout=60)) as lines:
+                async for line in lines:
+                    assert not (await ctx.get_job_status(JOB)).succeeded
+                    if line.cursor == 3:
+                        break
 
 
 # -- against the local server -------------------------------------------------------------
@@ -830,7 +901,7 @@ async def test_breaking_out_leaves_no_open_stream(server: LocalServer) -> None:
                 if line.cursor == 10:
                     break
         assert open_pool_connections(ctx) == 0
-        assert ctx._slots.borrowed_tokens == 0
+        assert ctx.loop_state().slots.borrowed_tokens == 0
         follow_up = await _collect(ctx.tail_logs(spec, follow=False, since=10))
         assert follow_up[0].cursor == 11
         await ctx.delete_job(spec, force=True)

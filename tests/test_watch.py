@@ -135,7 +135,7 @@ async def test_many_watchers_share_one_poller() -> None:
         assert len(finals) == 200
         assert all(f.succeeded for f in finals)
         assert route.call_count <= 25
-        assert ctx.feature("watch.pollers") == {}
+        assert ctx.loop_state().pollers == {}
 
 
 @pytest.mark.anyio
@@ -170,7 +170,7 @@ async def test_leaving_a_watch_hands_polling_to_the_others() -> None:
         async with contextlib.aclosing(ctx.wait_for_workers(JOB, 1, poll=policy)) as first:
             async for _scale in first:
                 break
-        assert ctx.feature("watch.pollers") == {}
+        assert ctx.loop_state().pollers == {}
         assert await ctx.wait_for_scale(JOB, 1, poll=policy) == JobScale(1, 1)
 
 

@@ -181,8 +181,8 @@ async def test_cancelled_generators_leave_no_connection_task_or_warning(
                 await anyio.sleep(0.05)
             leftover_tasks = [repr(t) for t in _tasks() - baseline]
             busy = _busy_connections(ctx)
-            slots_in_use = ctx._slots.borrowed_tokens
-            pollers = ctx.feature("watch.pollers") or {}
+            slots_in_use = ctx.loop_state().slots.borrowed_tokens
+            pollers = ctx.loop_state().pollers
             alive = await ctx.get_system_status()
         gc.collect()
     resource_warnings = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
