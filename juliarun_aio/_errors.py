@@ -11,6 +11,7 @@ Every error the SDK raises derives from :class:`JuliaRunError`::
     ├── TransportError            connect / read / timeout, after retries
     │   └── RequestTimeoutError   a connect, read or overall deadline passed
     ├── WaitTimeoutError          a waiting helper gave up (also a TimeoutError builtin)
+    ├── JobStateError             the job is in a state a wait cannot succeed from
     └── ApiError                  the server said no (HTTP status or nonzero ``code``)
         ├── BadRequestError       400
         ├── AuthenticationError   401
@@ -28,6 +29,10 @@ an envelope ``{"code": <nonzero>, "data": "<message>"}`` -- map to the same clas
 from __future__ import annotations
 
 import builtins
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import JobScale, JobStatus
 
 __all__ = [
     "ApiError",
@@ -38,6 +43,7 @@ __all__ = [
     "ConflictError",
     "EventLoopError",
     "JobNotFoundError",
+    "JobStateError",
     "JuliaRunError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -48,6 +54,7 @@ __all__ = [
     "TransportError",
     "WaitTimeoutError",
     "api_error_class",
+    "job_replaced_error",
 ]
 
 
@@ -157,6 +164,31 @@ class WaitTimeoutError(JuliaRunError, builtins.TimeoutError):
     """A waiting helper (``wait_for_workers``, ``wait_for_job``...) ran out of time."""
 
 
+class JobStateError(JuliaRunError):
+    """The job is in a state from which the wait cannot succeed.
+
+    ``wait_for_workers`` / ``wait_for_scale`` raise it as soon as the job has ended, or
+    the server says its workers cannot start, instead of waiting out their timeout.
+
+    Attributes:
+        status: The job's last status (its ``phase`` and ``message`` say why).
+        scale: The job's last scale, when one was read.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        verb: str | None = None,
+        job: str | None = None,
+        status: JobStatus | None = None,
+        scale: JobScale | None = None,
+    ) -> None:
+        super().__init__(message, verb=verb, job=job)
+        self.status = status
+        self.scale = scale
+
+
 class ApiError(JuliaRunError):
     """The server refused the request.
 
@@ -258,6 +290,20 @@ def api_error_class(status_code: int, message: str = "") -> type[ApiError]:
         if any(needle in lowered for needle in needles):
             return cls
     return ApiError
+
+
+def job_replaced_error(job: str, verb: str) -> JobNotFoundError:
+    """Return the error for a job that was deleted and submitted again under its name.
+
+    The job being waited on or tailed is gone; the one of the same name now is another
+    submission (its ``uid`` differs), so following it would mix two jobs.
+    """
+    return JobNotFoundError(
+        f"job {job!r} was deleted (a job submitted later under the same name is another job)",
+        verb=verb,
+        job=job,
+        status_code=404,
+    )
 
 
 def hint_for(cls: type[ApiError], *, system_verb_at: str | None = None) -> str:

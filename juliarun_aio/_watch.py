@@ -16,6 +16,23 @@ it changes.  Both poll, because the protocol has no push channel:
 - **No background task.**  The watcher whose turn it is makes the request in its own task;
   if it goes away (break, cancel), the next waiting watcher takes over.  Nothing outlives
   the generators, so there is nothing to clean up.
+- **Outages are waited out.**  A poll that fails with a transport error, a timeout or an
+  answer that may change (5xx, 408, 429) is an outage, not an end: polling goes on with
+  backoff until the server answers again.  Only the watcher's ``timeout`` (or, without
+  one, :attr:`PollPolicy.outage` seconds of outage), a definite refusal (another 4xx) or
+  closing the Context end a wait.  A graceful restart of a server takes seconds.
+- **The state is read at least once.**  Every wait reads the state before its deadline
+  counts, so ``timeout=0`` means "check now".
+- **One submission.**  On servers that report a job's ``uid`` (the local server does), a
+  watcher raises :class:`~juliarun_aio.JobNotFoundError` when the uid changes: the job it
+  watched was deleted and another one was submitted under its name.  A plain JuliaRun
+  server reports no uid, so there a delete followed at once by a new submission of the
+  same name between two polls goes unnoticed, and the watcher goes on with the new job.
+- **Waits that cannot succeed end early.**  ``wait_for_workers`` also reads the job's
+  status with each poll and raises :class:`~juliarun_aio.JobStateError` once the job has
+  ended, or when the server reports a worker that cannot start (a status ``message`` on a
+  running job, the local server's way) and the scale stays short of ``n`` for
+  :data:`STUCK_POLLS` polls in a row.
 
 A plain JuliaRun server reports only ``succeeded``: it cannot say that a job failed, so
 there ``watch_job`` ends on success only, or raises :class:`~juliarun_aio.JobNotFoundError`
@@ -36,16 +53,26 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 import attrs
 
-from ._errors import JuliaRunError, WaitTimeoutError
+from ._errors import (
+    ApiError,
+    JobStateError,
+    JuliaRunError,
+    TransportError,
+    WaitTimeoutError,
+    job_replaced_error,
+)
 from ._jobs import JobRef
 from ._models import JobScale, JobStatus
+from ._retry import is_retryable_status
 
 if TYPE_CHECKING:
     from ._context import Context, Job
 
 __all__ = [
+    "DEFAULT_OUTAGE",
     "DEFAULT_POLL_POLICY",
     "DEFAULT_WAIT_TIMEOUT",
+    "STUCK_POLLS",
     "PollPolicy",
     "wait_for_job",
     "wait_for_scale",
@@ -55,8 +82,13 @@ __all__ = [
 
 #: How long ``wait_for_workers`` / ``wait_for_scale`` wait by default, in seconds.
 DEFAULT_WAIT_TIMEOUT = 600.0
+#: How long a wait without a timeout rides out a server that does not answer, in seconds.
+DEFAULT_OUTAGE = 300.0
+#: Polls in a row that must show a worker that cannot start, and no progress, before
+#: ``wait_for_workers`` gives up on reaching ``n``.
+STUCK_POLLS = 3
 
-_T = TypeVar("_T", JobScale, JobStatus)
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -69,6 +101,10 @@ class PollPolicy:
         factor: Growth of the interval per poll that shows no change.
         jitter: Random spread of every wait, as a fraction: ``0.2`` waits between 80 %
             and 120 % of the interval.  ``PollPolicy(0, 0)`` never waits (tests).
+        outage: Seconds a wait without a ``timeout`` rides out a server that does not
+            answer (transport errors, timeouts, 5xx), counted from the first failed poll;
+            then the last error is raised.  A wait with a ``timeout`` rides out any
+            outage within it.
     """
 
     initial: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
@@ -77,6 +113,7 @@ class PollPolicy:
     jitter: float = attrs.field(
         default=0.2, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
     )
+    outage: float = attrs.field(default=DEFAULT_OUTAGE, validator=attrs.validators.ge(0))
 
     def grow(self, interval: float) -> float:
         """Return the interval after a poll that showed no change."""
@@ -91,11 +128,23 @@ class PollPolicy:
 DEFAULT_POLL_POLICY = PollPolicy()
 
 
-class _SharedPoll(Generic[_T]):
-    """The latest value of one verb for one job, shared by every watcher on a Context.
+def is_outage(error: JuliaRunError) -> bool:
+    """Tell whether a failed poll means "the server is not answering now" (wait it out).
 
-    ``version`` grows by one each time the value changes (or a poll fails), so a watcher
-    that remembers the version it saw knows whether there is news.
+    Transport errors and timeouts, and the statuses a read is retried on (5xx but 501 and
+    505, 408, 429), are outages; any other refusal is definite.
+    """
+    if isinstance(error, TransportError):
+        return True
+    return isinstance(error, ApiError) and is_retryable_status(error.status_code)
+
+
+class _SharedPoll(Generic[_T]):
+    """The latest value of one poll for one job, shared by every watcher on a Context.
+
+    ``version`` grows by one each time the value changes (or a poll is refused), so a
+    watcher that remembers the version it saw knows whether there is news.  A poll that
+    meets an outage publishes nothing: it records the error and when the outage began.
     """
 
     def __init__(self, fetch: Callable[[], Awaitable[_T]], policy: PollPolicy) -> None:
@@ -103,7 +152,12 @@ class _SharedPoll(Generic[_T]):
         self.policy = policy
         self.version = 0
         self.result: _T | JuliaRunError | None = None
+        # When the last answer arrived, and when the last poll ended, answered or not.
         self.fetched_at = -math.inf
+        self.attempted_at = -math.inf
+        # While the server does not answer: since when, and what the last poll raised.
+        self.down_since: float | None = None
+        self.outage: JuliaRunError | None = None
         self.subscribers = 0
         self._interval = policy.initial
         self._in_flight: anyio.Event | None = None
@@ -120,14 +174,25 @@ class _SharedPoll(Generic[_T]):
             try:
                 value: _T | JuliaRunError = await self._fetch()
             except JuliaRunError as exc:
+                if is_outage(exc):
+                    self._fail(exc)
+                    return
                 value = exc
             self._publish(value)
         finally:
             self._in_flight = None
             done.set()
 
+    def _fail(self, error: JuliaRunError) -> None:
+        self.attempted_at = now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+        self.outage = error
+        self._interval = self.policy.grow(self._interval)
+
     def _publish(self, value: _T | JuliaRunError) -> None:
-        self.fetched_at = time.monotonic()
+        self.fetched_at = self.attempted_at = time.monotonic()
+        self.down_since = self.outage = None
         if isinstance(value, JuliaRunError) or value != self.result:
             self.result = value
             self.version += 1
@@ -135,25 +200,37 @@ class _SharedPoll(Generic[_T]):
         else:
             self._interval = self.policy.grow(self._interval)
 
-    async def next(self, seen: int, since: float) -> tuple[int, _T]:
-        """Wait for a value newer than version ``seen``, fetched at or after ``since``.
+    def down_for(self) -> float:
+        """Seconds since the ongoing outage began (0 while the server answers)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def news(self, seen: int, since: float) -> tuple[int, _T] | None:
+        """Return the value newer than version ``seen`` fetched at or after ``since``.
 
         Raises:
-            JuliaRunError: the poll that produced the news failed (each caller gets its
-                own copy of the error).
+            JuliaRunError: the poll that produced the news was refused (each caller gets
+                its own copy of the error).
         """
-        while True:
-            result = self.result
-            if result is not None and self.version > seen and self.fetched_at >= since:
-                if isinstance(result, JuliaRunError):
-                    raise copy.copy(result)
-                return self.version, result
-            if seen == 0 or self.fetched_at < since:
-                await self.fetch_shared()
-            elif self._scheduled:
-                await self._tick.wait()
-            else:
-                await self._poll_in_turn()
+        result = self.result
+        if result is None or self.version <= seen or self.fetched_at < since:
+            return None
+        if isinstance(result, JuliaRunError):
+            raise copy.copy(result)
+        return self.version, result
+
+    async def attempt_since(self, since: float) -> None:
+        """Make sure a poll ended at or after ``since``: make one, or join one in flight."""
+        while self.attempted_at < since:
+            await self.fetch_shared()
+
+    async def wait(self) -> None:
+        """Wait until the next poll ended: join one in flight, or make it in turn."""
+        if self._in_flight is not None:
+            await self._in_flight.wait()
+        elif self._scheduled:
+            await self._tick.wait()
+        else:
+            await self._poll_in_turn()
 
     async def _poll_in_turn(self) -> None:
         # One watcher sleeps and polls for all; the others wait for its tick.  The tick
@@ -168,79 +245,156 @@ class _SharedPoll(Generic[_T]):
             self._tick = anyio.Event()
 
 
+_PollerKey = tuple[str, JobRef]
+
+
 def _shared_poll(
-    pollers: dict[tuple[str, JobRef], _SharedPoll[_T]],
-    verb: str,
-    ref: JobRef,
+    pollers: dict[_PollerKey, _SharedPoll[_T]],
+    key: _PollerKey,
     fetch: Callable[[], Awaitable[_T]],
     policy: PollPolicy,
 ) -> _SharedPoll[_T]:
-    poller = pollers.get((verb, ref))
+    poller = pollers.get(key)
     if poller is None:
-        poller = pollers[(verb, ref)] = _SharedPoll(fetch, policy)
+        poller = pollers[key] = _SharedPoll(fetch, policy)
     poller.subscribers += 1
     return poller
 
 
 def _release(
-    pollers: dict[tuple[str, JobRef], _SharedPoll[_T]],
-    verb: str,
-    ref: JobRef,
-    poller: _SharedPoll[_T],
+    pollers: dict[_PollerKey, _SharedPoll[_T]], key: _PollerKey, poller: _SharedPoll[_T]
 ) -> None:
     poller.subscribers -= 1
-    if poller.subscribers == 0 and pollers.get((verb, ref)) is poller:
-        del pollers[(verb, ref)]
-
-
-async def _until(
-    changes: AsyncGenerator[_T, None], done: Callable[[_T], bool]
-) -> AsyncGenerator[_T, None]:
-    """Yield from ``changes`` up to and including the first value that is ``done``."""
-    async with contextlib.aclosing(changes):
-        async for value in changes:
-            yield value
-            if done(value):
-                return
+    if poller.subscribers == 0 and pollers.get(key) is poller:
+        del pollers[key]
 
 
 async def _changes(
     ctx: Context,
-    verb: str,
-    ref: JobRef,
+    key: _PollerKey,
     fetch: Callable[[], Awaitable[_T]],
     *,
     timeout: float | None,
     policy: PollPolicy,
-    on_timeout: Callable[[_T | None], str],
+    describe: Callable[[_T | None], str],
 ) -> AsyncGenerator[_T, None]:
-    """Yield the value of ``verb`` for ``ref`` now and on every change."""
-    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    """Yield the polled value now and on every change, waiting out outages.
+
+    Raises:
+        WaitTimeoutError: ``timeout`` passed; the message is ``describe(last value)``,
+            plus the ongoing outage if there is one.
+        JuliaRunError: a poll was refused; or, without a timeout, the server did not
+            answer for ``policy.outage`` seconds (the last error, saying so).
+        ClientClosedError: the Context was closed.
+    """
     started = time.monotonic()
+    deadline = math.inf if timeout is None else started + timeout
+    budget = policy.outage if timeout is None else math.inf
     state = ctx.loop_state()
-    poller = _shared_poll(state.pollers, verb, ref, fetch, policy)
+    poller = _shared_poll(state.pollers, key, fetch, policy)
     seen = 0
     last: _T | None = None
     try:
+        # The first read does not count against the deadline: timeout=0 checks now.
+        with state.close_guard():
+            await poller.attempt_since(started)
         while True:
-            # The deadline scope covers the wait only: a generator must not yield
-            # inside a cancel scope.
-            with state.close_guard(), anyio.move_on_after(deadline - time.monotonic()) as scope:
-                seen, value = await poller.next(seen, started)
-            if scope.cancelled_caught:
-                raise WaitTimeoutError(on_timeout(last), verb=verb, job=ref.name)
-            # The shared value may have changed and changed back since this watcher
-            # last looked; that is no change for this watcher.
-            if value != last:
-                last = value
-                yield value
+            news = poller.news(seen, started)
+            if news is not None:
+                seen, value = news
+                # The shared value may have changed and changed back since this watcher
+                # last looked; that is no change for this watcher.
+                if value != last:
+                    last = value
+                    yield value
+                continue
+            down = poller.down_for()
+            if poller.outage is not None and down >= budget:
+                error = copy.copy(poller.outage)
+                error.message += (
+                    f" (no answer for {down:.0f} s, longer than a wait without a timeout "
+                    f"rides out: PollPolicy.outage={budget:g})"
+                )
+                raise error
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                message = describe(last)
+                if poller.outage is not None:
+                    message += f"; the server has not answered for {down:.1f} s: {poller.outage}"
+                raise WaitTimeoutError(message, verb=key[0], job=key[1].name)
+            # The deadline covers the wait only: a generator must not yield inside a
+            # cancel scope.
+            with state.close_guard(), anyio.move_on_after(remaining):
+                await poller.wait()
     finally:
-        _release(state.pollers, verb, ref, poller)
+        _release(state.pollers, key, poller)
 
 
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not timeout >= 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+
+
+def _same_submission(uid: str | None, status: JobStatus, ref: JobRef, verb: str) -> str | None:
+    """Return the uid of the submission watched, or raise if ``status`` is of another."""
+    if uid is not None and status.uid is not None and status.uid != uid:
+        raise job_replaced_error(ref.name, verb)
+    return uid if uid is not None else status.uid
+
+
+def _summary(status: JobStatus | None, scale: JobScale | None = None) -> str:
+    """Describe what was last seen of a job, for messages: phase, counts, message."""
+    if status is None and scale is None:
+        return "nothing was read yet"
+    parts = []
+    if scale is not None:
+        parts.append(f"{scale.running} running, {scale.requested} requested")
+    if status is not None:
+        if status.phase:
+            parts.append(f"phase {status.phase}")
+        else:
+            parts.append("succeeded" if status.succeeded else "not succeeded")
+        if status.parallelism or status.nworkers_succeeded or status.npending:
+            parts.append(
+                f"{status.nworkers_succeeded} of {status.parallelism} worker(s) succeeded, "
+                f"{status.npending} pending"
+            )
+        if status.message:
+            parts.append(f"message {status.message!r}")
+    return "last seen: " + ", ".join(parts)
+
+
+@attrs.frozen
+class _Workers:
+    """One poll of ``wait_for_workers``: the scale, then the status read after it.
+
+    ``stuck`` says the status has reported a worker that cannot start, with the scale
+    short of what was requested, for :data:`STUCK_POLLS` polls in a row.
+    """
+
+    scale: JobScale
+    status: JobStatus
+    stuck: bool = False
+
+
+def _workers_fetch(ctx: Context, ref: JobRef) -> Callable[[], Awaitable[_Workers]]:
+    same = 0
+    previous: tuple[object, ...] | None = None
+
+    async def fetch() -> _Workers:
+        nonlocal same, previous
+        scale = await ctx.get_job_scale(ref)
+        # Read after the scale, so that its uid vouches for the scale too.
+        status = await ctx.get_job_status(ref)
+        short = (
+            status.message is not None and not status.completed and scale.running < scale.requested
+        )
+        key = (scale, status.phase, status.message)
+        same = same + 1 if short and key == previous else int(short)
+        previous = key
+        return _Workers(scale, status, stuck=same >= STUCK_POLLS)
+
+    return fetch
 
 
 def wait_for_workers(
@@ -253,50 +407,82 @@ def wait_for_workers(
 ) -> AsyncGenerator[JobScale, None]:
     """Yield the job's :class:`JobScale` now and on every change until ``n`` workers run.
 
-    The last value yielded has ``running >= n``; the generator then ends.
+    The last value yielded has ``running >= n``; the generator then ends.  Each poll
+    reads the scale and then the status, so that a wait that cannot succeed ends early.
 
     Args:
         ctx: The Context to poll through.
         job: The job (a spec or a :class:`JobRef`).
         n: How many running workers to wait for.
-        timeout: Seconds to wait in total; ``None`` waits forever.
+        timeout: Seconds to wait in total (``0``: check once); ``None`` waits forever.
         poll: The polling rhythm (default :data:`DEFAULT_POLL_POLICY`).
 
     Raises:
         ValueError: ``n`` or ``timeout`` is negative (raised at once, not on iteration).
         WaitTimeoutError: fewer than ``n`` workers ran within ``timeout``; the message
-            says how many were running and requested.
-        JobNotFoundError: the job does not exist (or was deleted while waiting).
+            says what was last seen (workers running and requested, phase, message).
+        JobStateError: the job ended, or the server says workers cannot start and fewer
+            than ``n`` run.
+        JobNotFoundError: the job does not exist, was deleted, or was replaced by
+            another submission of the same name.
     """
     if isinstance(n, bool) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     _check_timeout(timeout)
     ref = job.ref
 
-    async def fetch() -> JobScale:
-        return await ctx.get_job_scale(ref)
-
-    def on_timeout(last: JobScale | None) -> str:
-        now = (
-            "the scale was never read"
-            if last is None
-            else f"{last.running} running, {last.requested} requested"
-        )
+    def describe(last: _Workers | None) -> str:
+        seen = _summary(last.status, last.scale) if last else "nothing was read yet"
         return (
             f"job {ref.name!r} did not reach {n} running worker(s) within {timeout:g} s "
-            f"({now}); check that the job was scaled (set_job_scale) and has resources"
+            f"({seen}); check that the job was scaled (set_job_scale) and has resources"
         )
 
-    changes = _changes(
+    views = _changes(
         ctx,
-        "getJobScale",
-        ref,
-        fetch,
+        ("getJobScale", ref),
+        _workers_fetch(ctx, ref),
         timeout=timeout,
         policy=poll or DEFAULT_POLL_POLICY,
-        on_timeout=on_timeout,
+        describe=describe,
     )
-    return _until(changes, lambda scale: scale.running >= n)
+    return _scales_until(views, ref, n)
+
+
+async def _scales_until(
+    views: AsyncGenerator[_Workers, None], ref: JobRef, n: int
+) -> AsyncGenerator[JobScale, None]:
+    uid: str | None = None
+    last: JobScale | None = None
+    async with contextlib.aclosing(views):
+        async for view in views:
+            uid = _same_submission(uid, view.status, ref, "getJobStatus")
+            scale, status = view.scale, view.status
+            if scale.running >= n:
+                yield scale
+                return
+            if status.completed:
+                raise JobStateError(
+                    f"job {ref.name!r} ended before {n} worker(s) ran "
+                    f"({_summary(status, scale)}); no more workers will start",
+                    verb="getJobStatus",
+                    job=ref.name,
+                    status=status,
+                    scale=scale,
+                )
+            if view.stuck:
+                raise JobStateError(
+                    f"job {ref.name!r} cannot reach {n} running worker(s): {status.message} "
+                    f"({_summary(status, scale)}); fix the job and update it (update_job), "
+                    "or wait for fewer workers",
+                    verb="getJobStatus",
+                    job=ref.name,
+                    status=status,
+                    scale=scale,
+                )
+            if scale != last:
+                last = scale
+                yield scale
 
 
 async def wait_for_scale(
@@ -311,13 +497,7 @@ async def wait_for_scale(
 
     Same arguments and errors as :func:`wait_for_workers`.
     """
-    scales = wait_for_workers(ctx, job, n, timeout=timeout, poll=poll)
-    last: JobScale | None = None
-    async with contextlib.aclosing(scales):
-        async for scale in scales:
-            last = scale
-    assert last is not None  # the generator ends only after yielding a final scale
-    return last
+    return await _last(wait_for_workers(ctx, job, n, timeout=timeout, poll=poll))
 
 
 def watch_job(
@@ -335,13 +515,17 @@ def watch_job(
     Args:
         ctx: The Context to poll through.
         job: The job (a spec or a :class:`JobRef`).
-        timeout: Seconds to watch in total; ``None`` watches until the job completes.
+        timeout: Seconds to watch in total (``0``: check once); ``None`` watches until
+            the job completes (riding out at most :attr:`PollPolicy.outage` seconds of
+            server outage).
         poll: The polling rhythm (default :data:`DEFAULT_POLL_POLICY`).
 
     Raises:
         ValueError: ``timeout`` is negative (raised at once, not on iteration).
-        WaitTimeoutError: the job did not complete within ``timeout``.
-        JobNotFoundError: the job does not exist (or was deleted while watched).
+        WaitTimeoutError: the job did not complete within ``timeout``; the message says
+            what was last seen (phase, worker counts, message).
+        JobNotFoundError: the job does not exist, was deleted, or was replaced by
+            another submission of the same name.
     """
     _check_timeout(timeout)
     ref = job.ref
@@ -349,23 +533,30 @@ def watch_job(
     async def fetch() -> JobStatus:
         return await ctx.get_job_status(ref)
 
-    def on_timeout(last: JobStatus | None) -> str:
-        if last is None:
-            now = "its status was never read"
-        else:
-            now = f"phase {last.phase}" if last.phase else f"succeeded={last.succeeded}"
-        return f"job {ref.name!r} did not complete within {timeout:g} s ({now})"
+    def describe(last: JobStatus | None) -> str:
+        return f"job {ref.name!r} did not complete within {timeout:g} s ({_summary(last)})"
 
-    changes = _changes(
+    statuses = _changes(
         ctx,
-        "getJobStatus",
-        ref,
+        ("getJobStatus", ref),
         fetch,
         timeout=timeout,
         policy=poll or DEFAULT_POLL_POLICY,
-        on_timeout=on_timeout,
+        describe=describe,
     )
-    return _until(changes, lambda status: status.completed)
+    return _statuses_until(statuses, ref)
+
+
+async def _statuses_until(
+    statuses: AsyncGenerator[JobStatus, None], ref: JobRef
+) -> AsyncGenerator[JobStatus, None]:
+    uid: str | None = None
+    async with contextlib.aclosing(statuses):
+        async for status in statuses:
+            uid = _same_submission(uid, status, ref, "getJobStatus")
+            yield status
+            if status.completed:
+                return
 
 
 async def wait_for_job(
@@ -379,10 +570,14 @@ async def wait_for_job(
 
     Same arguments and errors as :func:`watch_job`.
     """
-    statuses = watch_job(ctx, job, timeout=timeout, poll=poll)
-    last: JobStatus | None = None
-    async with contextlib.aclosing(statuses):
-        async for status in statuses:
-            last = status
-    assert last is not None  # the generator ends only after yielding a final status
+    return await _last(watch_job(ctx, job, timeout=timeout, poll=poll))
+
+
+async def _last(values: AsyncGenerator[_T, None]) -> _T:
+    """Consume ``values`` and return the last one (the generator yields at least one)."""
+    last: _T | None = None
+    async with contextlib.aclosing(values):
+        async for value in values:
+            last = value
+    assert last is not None
     return last

@@ -27,6 +27,7 @@ from juliarun_aio._watch import PollPolicy
 URL = "http://jrun.test"
 NS = "research"
 NO_WAIT = PollPolicy(0, 0)
+RUNNING = {"succeeded": False, "phase": "running", "failed": False}
 
 
 def ok(data: object = None) -> httpx.Response:
@@ -124,16 +125,21 @@ async def test_release_cluster_outside_a_job(
 async def test_initialize_cluster_scales_then_waits(
     router: respx.MockRouter, in_job: JobRef
 ) -> None:
-    """initialize_cluster sends setJobScale(n), then polls getJobScale until n run."""
+    """initialize_cluster sends setJobScale(n), then polls the scale (and status) until n run."""
     scale = router.get(path="/setJobScale/JuliaParBatch/").mock(return_value=ok(True))
     polls = router.get(path="/getJobScale/JuliaParBatch/")
     polls.side_effect = [ok([0, 3]), ok([1, 3]), ok([1, 3]), ok([3, 3])]
+    router.get(path="/getJobStatus/JuliaParBatch/").mock(return_value=ok(RUNNING))
     async with make_ctx() as ctx:
         assert await initialize_cluster(ctx, 3, poll=NO_WAIT) == JobScale(3, 3)
     sequence = [(call.request.url.path, params(call.request)) for call in router.calls]
+    poll = [
+        ("/getJobScale/JuliaParBatch/", {"name": "par-1"}),
+        ("/getJobStatus/JuliaParBatch/", {"name": "par-1"}),
+    ]
     assert sequence == [
         ("/setJobScale/JuliaParBatch/", {"name": "par-1", "parallelism": "3"}),
-        *[("/getJobScale/JuliaParBatch/", {"name": "par-1"})] * 4,
+        *poll * 4,
     ]
     assert scale.call_count == 1
 
@@ -143,6 +149,7 @@ async def test_initialize_cluster_already_running(router: respx.MockRouter, in_j
     """When n workers already run, one scale read ends the wait."""
     router.get(path="/setJobScale/JuliaParBatch/").mock(return_value=ok(True))
     polls = router.get(path="/getJobScale/JuliaParBatch/").mock(return_value=ok([2, 2]))
+    router.get(path="/getJobStatus/JuliaParBatch/").mock(return_value=ok(RUNNING))
     async with make_ctx() as ctx:
         assert await initialize_cluster(ctx, 2) == JobScale(2, 2)
     assert polls.call_count == 1
@@ -165,6 +172,7 @@ async def test_initialize_cluster_times_out(router: respx.MockRouter, in_job: Jo
     """Workers that do not come in time raise WaitTimeoutError naming the job and n."""
     router.get(path="/setJobScale/JuliaParBatch/").mock(return_value=ok(True))
     router.get(path="/getJobScale/JuliaParBatch/").mock(return_value=ok([1, 4]))
+    router.get(path="/getJobStatus/JuliaParBatch/").mock(return_value=ok(RUNNING))
     async with make_ctx() as ctx:
         with pytest.raises(WaitTimeoutError, match="did not reach 4 running worker") as info:
             await initialize_cluster(ctx, 4, timeout=0, poll=NO_WAIT)

@@ -17,6 +17,7 @@ from juliarun_aio import (
     ConflictError,
     EventLoopError,
     JobNotFoundError,
+    JobStateError,
     JuliaRunError,
     PermissionDeniedError,
     RateLimitError,
@@ -41,6 +42,7 @@ from juliarun_aio._errors import api_error_class, hint_for
         (TransportError, (JuliaRunError,)),
         (RequestTimeoutError, (TransportError, builtins.TimeoutError)),
         (WaitTimeoutError, (JuliaRunError, builtins.TimeoutError)),
+        (JobStateError, (JuliaRunError,)),
         (ApiError, (JuliaRunError,)),
         (BadRequestError, (ApiError,)),
         (AuthenticationError, (ApiError,)),
@@ -66,7 +68,7 @@ def test_every_exported_error_is_in_the_tree() -> None:
         for obj in exported
         if isinstance(obj, type) and issubclass(obj, BaseException) and not issubclass(obj, Warning)
     ]
-    assert len(errors) == 17
+    assert len(errors) == 18
     assert all(issubclass(cls, JuliaRunError) for cls in errors)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import httpx
@@ -16,18 +17,24 @@ from juliarun_aio import (
     JobNotFoundError,
     JobRef,
     JobScale,
+    JobStateError,
     JobStatus,
     JuliaBatch,
     JuliaParBatch,
+    PermissionDeniedError,
+    TransportError,
     WaitTimeoutError,
 )
 from juliarun_aio._watch import PollPolicy
 from juliarun_aio.server import LocalServer
 
+_T = TypeVar("_T")
+
 JOB = JobRef("JuliaParBatch", "par1")
 NO_WAIT = PollPolicy(initial=0.0, maximum=0.0)
 SCALE = f"{URL}/getJobScale/JuliaParBatch/"
 STATUS = f"{URL}/getJobStatus/JuliaParBatch/"
+RUNNING = {"succeeded": False, "phase": "running", "failed": False, "uid": "a1"}
 
 
 def answers(*data: object) -> Iterator[httpx.Response]:
@@ -36,6 +43,31 @@ def answers(*data: object) -> Iterator[httpx.Response]:
         yield envelope(item)
     while True:
         yield envelope(data[-1])
+
+
+def script(*items: object) -> Callable[[httpx.Request], httpx.Response]:
+    """A respx side effect: each item in turn (an exception is raised, a Response returned,
+    anything else answered as the envelope's data); the last one repeats."""
+    queue = list(items)
+
+    def side_effect(_: httpx.Request) -> httpx.Response:
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item if isinstance(item, httpx.Response) else envelope(item)
+
+    return side_effect
+
+
+async def collect(values: AsyncGenerator[_T, None], into: list[_T]) -> None:
+    """Consume ``values`` into ``into`` (kept when the generator raises)."""
+    async with contextlib.aclosing(values):
+        async for value in values:
+            into.append(value)
+
+
+#: Longer than the Context's retries (4 attempts): each poll in it fails.
+OUTAGE = [httpx.ConnectError("connection refused")] * 12 + [envelope("restarting", status=503)] * 6
 
 
 def test_poll_policy_backs_off_with_jitter() -> None:
@@ -53,6 +85,7 @@ async def test_wait_for_workers_yields_changes_until_n_run() -> None:
     scales = answers([0, 2], [0, 2], [1, 2], [1, 2], [2, 2], [3, 3])
     async with respx.mock() as router, mock_context() as ctx:
         route = router.get(SCALE).mock(side_effect=lambda _: next(scales))
+        router.get(STATUS).mock(return_value=envelope(RUNNING))
         got = [s async for s in ctx.wait_for_workers(JOB, 2, poll=NO_WAIT)]
         assert route.call_count == 5
     assert got == [JobScale(0, 2), JobScale(1, 2), JobScale(2, 2)]
@@ -64,6 +97,7 @@ async def test_wait_for_scale_returns_the_final_scale() -> None:
     scales = answers([1, 4], [4, 4])
     async with respx.mock() as router, mock_context() as ctx:
         router.get(SCALE).mock(side_effect=lambda _: next(scales))
+        router.get(STATUS).mock(return_value=envelope(RUNNING))
         assert await ctx.wait_for_scale(JOB, 3, poll=NO_WAIT) == JobScale(4, 4)
 
 
@@ -72,6 +106,7 @@ async def test_wait_for_workers_timeout_says_running_and_requested() -> None:
     """The timeout error names the running and requested workers."""
     async with respx.mock() as router, mock_context() as ctx:
         router.get(SCALE).mock(return_value=envelope([1, 3]))
+        router.get(STATUS).mock(return_value=envelope(RUNNING))
         with pytest.raises(WaitTimeoutError, match=r"reach 3 running.*1 running, 3 requested"):
             await ctx.wait_for_scale(JOB, 3, timeout=0.05, poll=PollPolicy(0.01, 0.01))
 
@@ -166,12 +201,187 @@ async def test_leaving_a_watch_hands_polling_to_the_others() -> None:
     scales = answers([0, 1], [0, 1], [0, 1], [1, 1])
     async with respx.mock() as router, mock_context() as ctx:
         router.get(SCALE).mock(side_effect=lambda _: next(scales))
+        router.get(STATUS).mock(return_value=envelope(RUNNING))
         policy = PollPolicy(0.001, 0.001)
         async with contextlib.aclosing(ctx.wait_for_workers(JOB, 1, poll=policy)) as first:
             async for _scale in first:
                 break
         assert ctx.loop_state().pollers == {}
         assert await ctx.wait_for_scale(JOB, 1, poll=policy) == JobScale(1, 1)
+
+
+# -- outages, waits that cannot succeed, timeout=0, one submission ------------------------
+
+
+@pytest.mark.anyio
+async def test_watch_job_rides_out_an_outage() -> None:
+    """Connection errors and 503s for longer than the retries are waited out, not raised."""
+    done = {**RUNNING, "succeeded": True, "phase": "succeeded"}
+    async with respx.mock() as router, mock_context() as ctx:
+        route = router.get(STATUS).mock(side_effect=script(RUNNING, *OUTAGE, done))
+        seen = [s.phase async for s in ctx.watch_job(JOB, poll=NO_WAIT)]
+    assert seen == ["running", "succeeded"]
+    assert route.call_count == 2 + len(OUTAGE)
+
+
+@pytest.mark.anyio
+async def test_wait_for_workers_rides_out_an_outage() -> None:
+    """A scale wait goes on through an outage and ends when the workers run."""
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(SCALE).mock(side_effect=script([0, 2], *OUTAGE, [2, 2]))
+        router.get(STATUS).mock(return_value=envelope(RUNNING))
+        got = [s async for s in ctx.wait_for_workers(JOB, 2, timeout=30, poll=NO_WAIT)]
+    assert got == [JobScale(0, 2), JobScale(2, 2)]
+
+
+@pytest.mark.anyio
+async def test_an_outage_longer_than_the_budget_raises_the_last_error() -> None:
+    """Without a timeout, an outage longer than PollPolicy.outage raises, saying so."""
+    policy = PollPolicy(initial=0.005, maximum=0.005, outage=0.2)
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(STATUS).mock(side_effect=script(RUNNING, httpx.ConnectError("refused")))
+        with anyio.fail_after(10), pytest.raises(TransportError, match=r"PollPolicy\.outage=0\.2"):
+            await ctx.wait_for_job(JOB, poll=policy)
+
+
+@pytest.mark.anyio
+async def test_a_timeout_during_an_outage_names_the_last_state_and_the_outage() -> None:
+    """A deadline met during an outage says what was last seen and what the server did."""
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(STATUS).mock(side_effect=script(RUNNING, envelope("down", status=502)))
+        with pytest.raises(WaitTimeoutError) as caught:
+            await ctx.wait_for_job(JOB, timeout=0.2, poll=PollPolicy(0.01, 0.01))
+    message = str(caught.value)
+    assert "last seen: phase running" in message
+    assert "has not answered for" in message
+    assert "502" in message
+
+
+@pytest.mark.anyio
+async def test_a_refusal_ends_a_wait_at_once() -> None:
+    """A 4xx is not an outage: the wait ends with it."""
+    async with respx.mock() as router, mock_context() as ctx:
+        route = router.get(STATUS).mock(
+            side_effect=script(RUNNING, envelope("not in this namespace", status=403))
+        )
+        with pytest.raises(PermissionDeniedError):
+            await ctx.wait_for_job(JOB, timeout=30, poll=NO_WAIT)
+    assert route.call_count == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"succeeded": True, "phase": "succeeded", "uid": "a1"},
+        {"succeeded": False, "phase": "failed", "failed": True, "message": "exit code 3"},
+        {"succeeded": True, "created": True},  # a plain JuliaRun server: success only
+    ],
+)
+async def test_waiting_for_workers_of_an_ended_job_raises_at_once(status: object) -> None:
+    """Workers of a job that ended will never start: one poll, then JobStateError."""
+    async with respx.mock() as router, mock_context() as ctx:
+        scales = router.get(SCALE).mock(return_value=envelope([0, 2]))
+        router.get(STATUS).mock(return_value=envelope(status))
+        with pytest.raises(JobStateError, match=r"ended before 2 worker\(s\) ran") as caught:
+            await ctx.wait_for_scale(JOB, 2, poll=NO_WAIT)
+    assert scales.call_count == 1
+    assert caught.value.status is not None
+    assert caught.value.scale == JobScale(0, 2)
+
+
+@pytest.mark.anyio
+async def test_workers_that_cannot_start_end_the_wait_after_a_few_polls() -> None:
+    """A running job whose server says a worker cannot start, and no progress: JobStateError."""
+    stuck = {**RUNNING, "message": "worker-2 cannot start: no such file: 'w.py'"}
+    async with respx.mock() as router, mock_context() as ctx:
+        scales = router.get(SCALE).mock(return_value=envelope([1, 2]))
+        router.get(STATUS).mock(return_value=envelope(stuck))
+        with pytest.raises(JobStateError) as caught:
+            await ctx.wait_for_scale(JOB, 2, poll=NO_WAIT)
+    message = str(caught.value)
+    assert "cannot reach 2 running worker(s): worker-2 cannot start: no such file" in message
+    assert "phase running" in message
+    assert "1 running, 2 requested" in message
+    assert scales.call_count == 3
+
+
+@pytest.mark.anyio
+async def test_a_message_does_not_end_a_wait_that_makes_progress() -> None:
+    """Workers still coming (the scale changes) or enough running: the message is no verdict."""
+    stuck = {**RUNNING, "message": "worker-3 cannot start: no such file"}
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(SCALE).mock(side_effect=script([0, 3], [1, 3], [2, 3]))
+        router.get(STATUS).mock(return_value=envelope(stuck))
+        assert await ctx.wait_for_scale(JOB, 2, poll=NO_WAIT) == JobScale(2, 3)
+
+
+@pytest.mark.anyio
+async def test_timeout_messages_say_phase_counts_and_message() -> None:
+    """Both kinds of wait say the last phase, worker counts and server message on timeout."""
+    status = {
+        **RUNNING,
+        "parallelism": 3,
+        "nworkers_succeeded": 1,
+        "npending": 2,
+        "message": "waiting for a GPU",
+    }
+    # Workers come and go, so the message is no verdict (see the test above).
+    flapping = [[1, 3], [2, 3]] * 1000
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(SCALE).mock(side_effect=script(*flapping))
+        router.get(STATUS).mock(return_value=envelope(status))
+        policy = PollPolicy(0.01, 0.01)
+        with pytest.raises(WaitTimeoutError) as for_job:
+            await ctx.wait_for_job(JOB, timeout=0.05, poll=policy)
+        with pytest.raises(WaitTimeoutError) as for_workers:
+            await ctx.wait_for_scale(JOB, 3, timeout=0.05, poll=policy)
+    assert "last seen: phase running, 1 of 3 worker(s) succeeded, 2 pending, message 'waiting" in (
+        str(for_job.value)
+    )
+    assert "running, 3 requested, phase running" in str(for_workers.value)
+    assert "message 'waiting for a GPU'" in str(for_workers.value)
+
+
+@pytest.mark.anyio
+async def test_timeout_zero_checks_now() -> None:
+    """timeout=0 reads the state once: a finished job or a reached scale is returned."""
+    done = {**RUNNING, "succeeded": True, "phase": "succeeded"}
+    async with respx.mock() as router, mock_context() as ctx:
+        status = router.get(STATUS).mock(return_value=envelope(done))
+        router.get(SCALE).mock(return_value=envelope([2, 2]))
+        assert (await ctx.wait_for_job(JOB, timeout=0)).succeeded
+        assert await ctx.wait_for_scale(JOB, 2, timeout=0) == JobScale(2, 2)
+        assert [s async for s in ctx.watch_job(JOB, timeout=0)] == [JobStatus.from_wire(done)]
+        status.mock(return_value=envelope(RUNNING))
+        with pytest.raises(WaitTimeoutError, match=r"within 0 s \(last seen: phase running"):
+            await ctx.wait_for_job(JOB, timeout=0)
+
+
+@pytest.mark.anyio
+async def test_a_new_submission_of_the_name_ends_a_watch() -> None:
+    """The watched job's uid changing means it was deleted and resubmitted: JobNotFoundError."""
+    again = {**RUNNING, "uid": "b2"}
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(STATUS).mock(side_effect=script(RUNNING, RUNNING, again))
+        router.get(SCALE).mock(return_value=envelope([0, 2]))
+        seen: list[JobStatus] = []
+        with pytest.raises(JobNotFoundError, match="submitted later under the same name"):
+            await collect(ctx.watch_job(JOB, poll=NO_WAIT), into=seen)
+        assert [s.uid for s in seen] == ["a1"]
+        router.get(STATUS).mock(side_effect=script(RUNNING, again))
+        with pytest.raises(JobNotFoundError, match="submitted later under the same name"):
+            await ctx.wait_for_scale(JOB, 2, poll=NO_WAIT)
+
+
+@pytest.mark.anyio
+async def test_without_uids_a_watch_cannot_tell_submissions_apart() -> None:
+    """A plain server reports no uid: the watch goes on (documented limitation)."""
+    plain = {"succeeded": False, "created": True}
+    async with respx.mock() as router, mock_context() as ctx:
+        router.get(STATUS).mock(side_effect=script(plain, plain, {**plain, "succeeded": True}))
+        final = await ctx.wait_for_job(JOB, poll=NO_WAIT)
+    assert final.succeeded
 
 
 def test_bad_arguments_raise_at_once() -> None:
@@ -230,3 +440,32 @@ async def test_watch_job_ends_when_the_job_ends(server: LocalServer, code: int, 
     assert seen[-1].phase == phase
     assert seen[-1].failed == (code != 0)
     assert all(not s.completed for s in seen[:-1])
+
+
+@pytest.mark.anyio
+async def test_waits_that_cannot_succeed_end_early_on_the_local_server(server: LocalServer) -> None:
+    """Workers of a finished job, or without a worker script, end the wait within seconds."""
+    write_script(server, "quick.py", "print('done')\n")
+    write_script(server, "master.py", MASTER)
+    finished = JuliaParBatch(
+        name="finished", start_script="quick.py", worker_start_script="quick.py", run_volume="work"
+    )
+    broken = JuliaParBatch(
+        name="broken",
+        start_script="master.py",
+        worker_start_script="missing.py",
+        run_volume="work",
+    )
+    async with server_context(server) as ctx:
+        await ctx.submit_job(finished)
+        await ctx.wait_for_job(finished, timeout=20, poll=FAST_POLL)
+        with anyio.fail_after(10), pytest.raises(JobStateError, match="phase succeeded"):
+            await ctx.wait_for_scale(finished, 2, poll=FAST_POLL)
+        await ctx.submit_job(broken)
+        await ctx.set_job_scale(broken, 2)
+        with anyio.fail_after(10), pytest.raises(JobStateError) as caught:
+            await ctx.wait_for_scale(broken, 2, poll=FAST_POLL)
+        assert "cannot start" in str(caught.value)
+        assert caught.value.status is not None
+        assert caught.value.status.phase == "running"
+        await ctx.delete_job(broken, force=True)

@@ -11,7 +11,7 @@ code  meaning
 2     usage error: bad flag or flag value
 3     job not found
 4     authentication or permission refused
-5     the job failed
+5     the job failed, or ended before what was waited for
 6     a wait timed out
 7     conflict: the job exists already, or is still running
 130   interrupted (Ctrl-C)
@@ -135,6 +135,12 @@ def describe(exc: BaseException) -> tuple[ExitCode, str, str] | None:
         )
     if isinstance(exc, errors.ApiError):
         return _describe_api(exc)
+    if isinstance(exc, errors.JobStateError):
+        return (
+            ExitCode.JOB_FAILED,
+            exc.message,
+            f"check the job with 'juliarun job-status {exc.job or 'NAME'}' and its logs",
+        )
     if isinstance(exc, errors.WaitTimeoutError):
         return (
             ExitCode.TIMEOUT,

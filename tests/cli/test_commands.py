@@ -178,6 +178,22 @@ def test_refused_scale_exits_1(
     assert capsys.readouterr().err.startswith("juliarun: error: the server refused to scale")
 
 
+def test_waiting_for_workers_of_a_finished_job_exits_5(
+    server: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scale --wait on a job that already ended fails at once with the job's state (exit 5)."""
+    server.get("/setJobScale/JuliaParBatch/").mock(return_value=ok(True))
+    server.get("/getJobScale/JuliaParBatch/").mock(return_value=ok([0, 2]))
+    ended = {**STATUS, "succeeded": False, "phase": "failed", "failed": True, "message": "oom"}
+    server.get("/getJobStatus/JuliaParBatch/").mock(return_value=ok(ended))
+    argv = [*CONNECT, "scale", "JuliaParBatch/train", "2", "--wait", "--timeout", "600"]
+    assert main(argv) == 5
+    err = capsys.readouterr().err
+    assert "ended before 2 worker(s) ran" in err
+    assert "phase failed" in err
+    assert "'oom'" in err
+
+
 def test_negative_scale_is_a_usage_error(
     server: respx.MockRouter, capsys: pytest.CaptureFixture[str]
 ) -> None:
