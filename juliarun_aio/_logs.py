@@ -13,6 +13,11 @@ job is quiet, and an end marker once the job completed and every line was sent.
   or below the cursor are dropped, so none is lost and none repeated.  It gives up when
   no byte arrived for the policy's ``total_timeout``.
 - Each :class:`LogLine` carries its ``cursor``: pass it as ``since=`` to resume later.
+- A tail reads one submission of the job.  The first answer names it (the
+  ``X-JuliaRun-Job-Uid`` header); every reconnect asks for that ``uid`` and checks the
+  header, so a job deleted and submitted again under its name while tailed ends the tail
+  with :class:`~juliarun_aio.JobNotFoundError` instead of yielding the new job's lines.  A
+  server without job uids sends no header, and then this cannot be told.
 
 **Polling** (a plain JuliaRun server: only ``tailJob``, the last ``count`` lines).
 
@@ -60,10 +65,14 @@ while tailed raises :class:`~juliarun_aio.JobNotFoundError`.
 
 Connections: a stream holds a pooled connection for as long as it runs.  So that streams
 can never starve the short calls, at most half of the Context's request slots carry
-streams (10 with the default pool of 20); further streams wait for a free stream slot.
-Raise ``limits`` on the Context to run more streams at once.  Closing the generator --
-``break``, cancellation, an exception in the consumer -- closes the response and frees
-its slot; with :func:`contextlib.aclosing` that happens before the ``async with`` ends.
+streams (10 with the default pool of 20); a further tail waits for a free stream slot up
+to ``start_timeout``, then raises :class:`~juliarun_aio.WaitTimeoutError` naming the
+limit.  Raise ``limits`` on the Context to run more streams at once.  Closing the
+generator -- ``break``, cancellation, an exception in the consumer -- closes the response
+and frees its slot; with :func:`contextlib.aclosing` that happens before the ``async
+with`` ends.  A generator dropped without closing frees it when the event loop finalizes
+it (trio warns about such generators).  Closing the Context ends a tail with
+:class:`~juliarun_aio.ClientClosedError`.
 """
 
 from __future__ import annotations
@@ -129,6 +138,8 @@ Mode = Literal["auto", "stream", "poll"]
 
 STREAM_VERB = "streamLogs"
 _PATH_FEATURE = "tail_logs.path"
+#: The header of every ``streamLogs`` answer that names the job submission it reads.
+UID_HEADER = "X-JuliaRun-Job-Uid"
 # The heartbeat period asked for is a third of the idle timeout, so that a healthy but
 # quiet stream sends a few per timeout; within the server's default 5 s and its 10 ms floor.
 _MAX_HEARTBEAT = 5.0
@@ -334,6 +345,16 @@ class _Tail:
 
     # -- the resumable stream --------------------------------------------------------
 
+    def _check_uid(self, uid: str | None, header: str | None) -> str | None:
+        """Return the submission the stream reads, or raise if the job was replaced.
+
+        Servers without job uids send no header; then nothing can be told (and a
+        reconnect after a delete and a new submit would read the new job).
+        """
+        if uid is not None and header is not None and header != uid:
+            raise errors.job_replaced_error(self.ref.name, STREAM_VERB)
+        return header if uid is None else uid
+
     async def _stream(self) -> AsyncGenerator[list[LogLine], None]:
         slots = self.ctx.loop_state().stream_slots
         # Borrowed on behalf of a token, not the task: a generator closed by the garbage
@@ -375,6 +396,9 @@ class _Tail:
         client_timeout = ctx.http_client.timeout
         # Reads are bounded by the idle timeout below, not by httpx.
         timeout = httpx.Timeout(None, connect=client_timeout.connect, pool=client_timeout.pool)
+        # The submission this tail reads, from the first answer's header: a reconnect
+        # must not follow into a job submitted later under the same name.
+        uid: str | None = None
         while True:
             params = {
                 "cursor": str(cursor),
@@ -383,6 +407,8 @@ class _Tail:
             }
             if self.stream is not None:
                 params["stream"] = self.stream
+            if uid is not None:
+                params["uid"] = uid
             ended = False
             error: errors.JuliaRunError
             try:
@@ -398,6 +424,7 @@ class _Tail:
                             job=ref.name,
                             status_code=response.status_code,
                         )
+                    uid = self._check_uid(uid, response.headers.get(UID_HEADER))
                     self.job_seen = True
                     chunks = _ndjson(response, self.idle_timeout)
                     async with contextlib.aclosing(chunks):

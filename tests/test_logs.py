@@ -735,6 +735,60 @@ async def test_streams_leave_half_the_slots_to_short_calls() -> None:
         assert ctx.loop_state().slots.borrowed_tokens == 0
 
 
+def with_uid(body: ScriptedStream, uid: str) -> httpx.Response:
+    """A streamLogs answer for the job submission ``uid``."""
+    response = stream_response(body)
+    response.headers[logs.UID_HEADER] = uid
+    return response
+
+
+@pytest.mark.anyio
+async def test_a_reconnect_asks_for_the_same_submission() -> None:
+    """Reconnects send the uid of the first answer; the server's 404 ends the tail."""
+    deleted = envelope(
+        "job 'job1' was deleted (a job submitted later under the same name is another job)",
+        status=404,
+    )
+    server = StreamServer(with_uid(ScriptedStream([ndjson(log_events(1, 2))]), "a1"), deleted)
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, server)
+        got: list[LogLine] = []
+        with pytest.raises(JobNotFoundError, match="submitted later under the same name"):
+            await _collect(ctx.tail_logs(JOB, poll=NO_WAIT), into=got)
+    assert [line.cursor for line in got] == [1, 2]
+    assert "uid" not in server.requests[0].url.params
+    assert server.requests[1].url.params["uid"] == "a1"
+
+
+@pytest.mark.anyio
+async def test_an_answer_for_another_submission_ends_the_tail() -> None:
+    """A reconnect answered for another submission (its header) is not followed."""
+    server = StreamServer(
+        with_uid(ScriptedStream([ndjson(log_events(1, 2))]), "a1"),
+        with_uid(ScriptedStream([ndjson([*log_events(1, 5), {"end": True, "cursor": 5}])]), "b2"),
+    )
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, server)
+        got: list[LogLine] = []
+        with pytest.raises(JobNotFoundError, match="was deleted"):
+            await _collect(ctx.tail_logs(JOB, poll=NO_WAIT), into=got)
+    assert [line.text for line in got] == ["line 1", "line 2"]
+
+
+@pytest.mark.anyio
+async def test_servers_without_uids_are_tailed_as_before() -> None:
+    """No uid header: reconnects carry no uid (nothing can be told apart there)."""
+    server = StreamServer(
+        ScriptedStream([ndjson(log_events(1, 2))]),
+        ScriptedStream([ndjson([*log_events(3, 3), {"end": True, "cursor": 3}])]),
+    )
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, server)
+        got = await _collect(ctx.tail_logs(JOB))
+    assert [line.cursor for line in got] == [1, 2, 3]
+    assert all("uid" not in request.url.params for request in server.requests)
+
+
 @pytest.mark.anyio
 async def test_waiting_for_a_stream_slot_is_bounded_by_start_timeout() -> None:
     """Ten tails kept open after their first line hold every slot; the next one is refused
