@@ -971,15 +971,18 @@ class Context:
             stream: ``"stdout"`` or ``"stderr"``; both when ``None``.
             since: Resume after this :attr:`LogLine.cursor` (polling path: skip this
                 many lines).
-            start_timeout: Seconds to wait for a job that does not exist yet (``None``:
-                forever).
+            start_timeout: Seconds to wait for a job that does not exist yet, and for a
+                free stream slot (``None``: forever).
             idle_timeout: Seconds without any byte on a stream before reconnecting.
             mode: ``"auto"``, or force ``"stream"`` or ``"poll"``.
             poll: Polling rhythm, e.g. ``PollPolicy(initial=0.05)``.
 
         Raises:
-            JobNotFoundError: the job was deleted while tailed.
-            WaitTimeoutError: the job did not appear within ``start_timeout``.
+            JobNotFoundError: the job was deleted while tailed (on the stream path, also
+                when it was replaced by another submission of the same name).
+            WaitTimeoutError: the job did not appear, or no stream slot became free,
+                within ``start_timeout``.
+            ClientClosedError: the Context was closed.
             LogGapWarning: (a warning) polled lines may be missing or repeated; its
                 ``missing`` and ``repeated`` say how many at most.
         """
@@ -1006,11 +1009,14 @@ class Context:
         """Yield the job's scale now and on every change until ``n`` workers run.
 
         Watchers of one job share one poller per Context, so any number of them cost
-        the requests of one.
+        the requests of one.  Each poll reads the scale, then the status.  Server
+        outages are waited out within ``timeout``; ``timeout=0`` checks once.
 
         Raises:
             WaitTimeoutError: fewer than ``n`` workers ran within ``timeout`` seconds;
-                the message says how many were running and requested.
+                the message says what was last seen (workers, phase, message).
+            JobStateError: the job ended, or the server says workers cannot start.
+            JobNotFoundError: the job does not exist, was deleted, or was replaced.
         """
         return _watch.wait_for_workers(self, job, n, timeout=timeout, poll=poll)
 
@@ -1031,10 +1037,14 @@ class Context:
         """Yield the job's status now and on every change; end once it succeeded or failed.
 
         A plain JuliaRun server cannot report failure: there this ends on success only
-        (or raises :class:`JobNotFoundError` once the job is deleted).
+        (or raises :class:`JobNotFoundError` once the job is deleted).  Server outages
+        are waited out within ``timeout`` (without one, ``PollPolicy.outage`` seconds);
+        ``timeout=0`` checks once.
 
         Raises:
-            WaitTimeoutError: the job did not complete within ``timeout`` seconds.
+            WaitTimeoutError: the job did not complete within ``timeout`` seconds; the
+                message says what was last seen (phase, worker counts, message).
+            JobNotFoundError: the job does not exist, was deleted, or was replaced.
         """
         return _watch.watch_job(self, job, timeout=timeout, poll=poll)
 
