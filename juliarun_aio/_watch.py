@@ -295,8 +295,10 @@ async def _changes(
     seen = 0
     last: _T | None = None
     try:
-        # The first read does not count against the deadline: timeout=0 checks now.
-        with state.close_guard():
+        # The first read may outlast the deadline (timeout=0 checks now), but not by
+        # more than one request: retries past the deadline are cut short.
+        first_read = max(deadline, started + _one_request(ctx))
+        with state.close_guard(), anyio.move_on_after(first_read - time.monotonic()):
             await poller.attempt_since(started)
         while True:
             news = poller.news(seen, started)
@@ -328,6 +330,12 @@ async def _changes(
                 await poller.wait()
     finally:
         _release(state.pollers, key, poller)
+
+
+def _one_request(ctx: Context) -> float:
+    """Return the longest one request of ``ctx`` may take: connect, then answer."""
+    limits = ctx.http_client.timeout
+    return (limits.connect or math.inf) + (limits.read or math.inf)
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -359,6 +359,25 @@ async def test_timeout_zero_checks_now() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_server_that_does_not_answer_is_waited_for_one_request_at_most() -> None:
+    """A first read that hangs is cut after one request's timeouts, even for timeout=0."""
+
+    asked = anyio.Event()
+
+    async def hang(_: httpx.Request) -> httpx.Response:
+        asked.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    # respx enforces no timeout: without the bound this would wait forever.
+    async with respx.mock(assert_all_called=False) as router, mock_context(timeout=0.2) as ctx:
+        router.get(STATUS).mock(side_effect=hang)
+        with anyio.fail_after(10), pytest.raises(WaitTimeoutError, match="nothing was read yet"):
+            await ctx.wait_for_job(JOB, timeout=0)
+    assert asked.is_set()
+
+
+@pytest.mark.anyio
 async def test_a_new_submission_of_the_name_ends_a_watch() -> None:
     """The watched job's uid changing means it was deleted and resubmitted: JobNotFoundError."""
     again = {**RUNNING, "uid": "b2"}
