@@ -118,6 +118,25 @@ def test_one_context_runs_in_loop_after_loop(server: LocalServer) -> None:
             trio.run(ctx.get_system_status)
 
 
+@pytest.fixture(scope="module")
+def shared(server: LocalServer) -> Iterator[Context]:
+    """One Context for the whole module, closed in a loop of its own at the end."""
+    ctx = server_context(server)
+    yield ctx
+    anyio.run(ctx.aclose)
+    assert connections_to(server) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("round_", [1, 2])
+async def test_a_module_wide_context_serves_each_test_in_its_own_loop(
+    shared: Context, round_: int
+) -> None:
+    """pytest runs each of these tests in a loop of its own (asyncio, trio, in turn); a
+    Context made once for the module serves them all."""
+    assert await use(shared) == ["line 0", "line 1", "line 2"]
+
+
 def test_aclose_in_another_loop_drops_the_pool(server: LocalServer) -> None:
     """A Context used under trio and closed under asyncio leaves no connection open."""
     with nothing_printed():
