@@ -314,15 +314,17 @@ async def _changes(
             if poller.outage is not None and down >= budget:
                 error = copy.copy(poller.outage)
                 error.message += (
-                    f" (no answer for {down:.0f} s, longer than a wait without a timeout "
-                    f"rides out: PollPolicy.outage={budget:g})"
+                    f" (the server has been unavailable for {down:.0f} s, longer than a wait "
+                    f"without a timeout rides out: PollPolicy.outage={budget:g})"
                 )
                 raise error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 message = describe(last)
                 if poller.outage is not None:
-                    message += f"; the server has not answered for {down:.1f} s: {poller.outage}"
+                    message += (
+                        f"; the server has been unavailable for {down:.1f} s: {poller.outage}"
+                    )
                 raise WaitTimeoutError(message, verb=key[0], job=key[1].name)
             # The deadline covers the wait only: a generator must not yield inside a
             # cancel scope.
@@ -335,7 +337,9 @@ async def _changes(
 def _one_request(ctx: Context) -> float:
     """Return the longest one request of ``ctx`` may take: connect, then answer."""
     limits = ctx.http_client.timeout
-    return (limits.connect or math.inf) + (limits.read or math.inf)
+    if limits.connect is None or limits.read is None:
+        return math.inf
+    return limits.connect + limits.read
 
 
 def _check_timeout(timeout: float | None) -> None:

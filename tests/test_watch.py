@@ -253,7 +253,7 @@ async def test_a_timeout_during_an_outage_names_the_last_state_and_the_outage() 
             await ctx.wait_for_job(JOB, timeout=0.2, poll=PollPolicy(0.01, 0.01))
     message = str(caught.value)
     assert "last seen: phase running" in message
-    assert "has not answered for" in message
+    assert "the server has been unavailable for" in message
     assert "502" in message
 
 
