@@ -1024,3 +1024,43 @@ async def test_poll_path_never_drops_lines_of_look_alike_windows(
             got = await _collect(ctx.tail_logs(spec, mode="poll"))
     assert [r["text"] for r in combined_log(server, "alike")] == expected
     assert [line.text for line in got] == expected
+
+
+# Prints "<TAG> <i>" every few hundredths of a second for a while.
+TICKER = """\
+import os, time
+for i in range(2000):
+    print(os.environ["TAG"], i, flush=True)
+    time.sleep(0.02)
+"""
+
+
+def ticker(tag: str) -> JuliaBatch:
+    """The job ``reused``, printing ``tag``."""
+    return JuliaBatch(
+        name="reused", start_script="ticker.py", run_volume="work", envvars={"TAG": tag}
+    )
+
+
+@pytest.mark.anyio
+async def test_a_tail_never_follows_into_a_job_reusing_the_name(server: LocalServer) -> None:
+    """Tail X, force-delete X, submit a new X at once: the tail ends with JobNotFoundError
+    and yields none of the new job's lines."""
+    write_script(server, "ticker.py", TICKER)
+    async with server_context(server) as ctx:
+        await ctx.submit_job(ticker("old"))
+        got: list[LogLine] = []
+
+        async def tail_and_replace() -> None:
+            async with contextlib.aclosing(ctx.tail_logs(ticker("old"))) as lines:
+                async for line in lines:
+                    got.append(line)
+                    if len(got) == 5:
+                        await ctx.delete_job(ticker("old"), force=True)
+                        await ctx.submit_job(ticker("new"))
+
+        with anyio.fail_after(30), pytest.raises(JobNotFoundError, match="reused"):
+            await tail_and_replace()
+        await ctx.delete_job(ticker("new"), force=True)
+    assert len(got) >= 5
+    assert all(line.text.startswith("old ") for line in got), got

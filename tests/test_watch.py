@@ -488,3 +488,62 @@ async def test_waits_that_cannot_succeed_end_early_on_the_local_server(server: L
         assert caught.value.status is not None
         assert caught.value.status.phase == "running"
         await ctx.delete_job(broken, force=True)
+
+
+@pytest.mark.anyio
+async def test_a_watch_never_follows_into_a_job_reusing_the_name(server: LocalServer) -> None:
+    """Watch X, force-delete X and submit a new X between two polls: JobNotFoundError."""
+    write_script(server, "master.py", MASTER)
+    spec = JuliaBatch(name="reused", start_script="master.py", run_volume="work")
+    async with server_context(server) as ctx:
+        await ctx.submit_job(spec)
+        first = await ctx.get_job_status(spec)
+        assert first.uid is not None
+        seen: list[JobStatus] = []
+        slow = PollPolicy(initial=1.0, maximum=1.0, jitter=0)
+
+        async def watch_and_replace() -> None:
+            async with contextlib.aclosing(ctx.watch_job(spec, poll=slow)) as statuses:
+                async for status in statuses:
+                    seen.append(status)
+                    await ctx.delete_job(spec, force=True)
+                    await ctx.submit_job(spec)
+
+        with anyio.fail_after(30), pytest.raises(JobNotFoundError, match="reused"):
+            await watch_and_replace()
+        assert [status.uid for status in seen] == [first.uid]
+        assert (await ctx.get_job_status(spec)).uid not in (None, first.uid)
+        await ctx.delete_job(spec, force=True)
+
+
+@pytest.mark.anyio
+async def test_a_worker_wait_never_reports_the_workers_of_a_job_reusing_the_name(
+    server: LocalServer,
+) -> None:
+    """Wait for 3 workers of X; X is replaced by a new X that runs 3: JobNotFoundError."""
+    write_script(server, "master.py", MASTER)
+    write_script(server, "worker.py", WORKER)
+
+    def par(workers: int) -> JuliaParBatch:
+        return JuliaParBatch(
+            name="reused",
+            start_script="master.py",
+            worker_start_script="worker.py",
+            run_volume="work",
+            nworkers=workers,
+        )
+
+    async with server_context(server) as ctx:
+        await ctx.submit_job(par(1))
+        slow = PollPolicy(initial=1.0, maximum=1.0, jitter=0)
+
+        async def wait_and_replace() -> None:
+            async with contextlib.aclosing(ctx.wait_for_workers(par(1), 3, poll=slow)) as scales:
+                async for _scale in scales:
+                    await ctx.delete_job(par(1), force=True)
+                    await ctx.submit_job(par(3))
+
+        with anyio.fail_after(30), pytest.raises(JobNotFoundError, match="reused"):
+            await wait_and_replace()
+        assert (await ctx.wait_for_scale(par(3), 3, timeout=20, poll=FAST_POLL)).running == 3
+        await ctx.delete_job(par(3), force=True)
