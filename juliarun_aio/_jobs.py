@@ -42,6 +42,7 @@ __all__ = [
     "Webserver",
     "check_parameters",
     "make_spec",
+    "memory_bytes",
     "quote",
     "validate_name",
 ]
@@ -77,7 +78,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CPU = re.compile(r"[0-9]+(\.[0-9]+)?|(?P<milli>[0-9]+)m")
 # Kubernetes memory: a positive decimal number of bytes, optionally with a binary or
 # decimal suffix ("512Mi", "1G") or a decimal exponent ("1e9").
-_MEMORY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)([KMGTPE]i|[kMGTPE]|[eE][0-9]+)?")
+_MEMORY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>[KMGTPE]i|[kMGTPE]|[eE][0-9]+)?")
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -216,13 +219,35 @@ def _check_cpu(_instance: object, attribute: attrs.Attribute[Any], value: object
 
 
 def _check_memory(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    match = _MEMORY.fullmatch(value) if isinstance(value, str) else None
-    if match is None or Decimal(match["number"]) == 0:
+    if not isinstance(value, str) or _MEMORY.fullmatch(value) is None or memory_bytes(value) == 0:
         raise SpecError(
             attribute.name,
             f"{quote(value)} is not a memory quantity; use a positive number of bytes "
             "with an optional suffix such as '512Mi', '1Gi', '500M' or '1e9'",
         )
+
+
+def memory_bytes(quantity: str) -> int:
+    """Convert a Kubernetes memory quantity (``512Mi``, ``1G``, ``1e9``) to bytes, rounding up.
+
+    The one reading of memory quantities: spec validation accepts exactly what this
+    converts, and the server sizes its limits with it.
+
+    Raises:
+        ValueError: ``quantity`` is not a memory quantity.
+    """
+    match = _MEMORY.fullmatch(quantity)
+    if match is None:
+        raise ValueError(f"not a memory quantity: {quote(quantity)}")
+    number = Decimal(match["number"])
+    suffix = match["suffix"] or ""
+    if suffix in _BINARY:
+        number *= 1024 ** _BINARY[suffix]
+    elif suffix in _DECIMAL:
+        number *= 1000 ** _DECIMAL[suffix]
+    elif suffix:
+        number *= 10 ** int(suffix[1:])
+    return int(number.to_integral_value(rounding="ROUND_CEILING"))
 
 
 def _quantity_text(value: str | float | None) -> str | None:

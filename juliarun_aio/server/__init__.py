@@ -22,10 +22,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from ._app import create_app
 from ._config import ConfigError, ServerConfig
-from ._process import ServerProcess
-from ._serve import LocalServer
+from ._engine import Engine
+from ._serve import LocalServer, ServerProcess
 from ._store import DataDirectoryInUseError
-from ._supervisor import Engine
 
 __all__ = [
     "ConfigError",

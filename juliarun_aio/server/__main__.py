@@ -34,9 +34,9 @@ from ._config import (
     parse_token_flag,
     read_tokens_file,
 )
+from ._engine import Engine
 from ._serve import bind_socket, make_uvicorn, url_of
 from ._store import DataDirectoryInUseError, DataDirectoryLock
-from ._supervisor import Engine
 from ._ui import Dashboard
 
 __all__ = ["main"]

@@ -41,8 +41,8 @@ from .._errors import ApiError
 from .._jobs import JOB_KINDS
 from .._logs import LINE_COUNT_HEADER
 from .._version import __version__
+from ._engine import Engine
 from ._logs import LogClosedError, stream_log
-from ._supervisor import Engine
 from ._ui import Dashboard
 
 __all__ = ["EXTENSIONS", "answer", "create_app"]

@@ -23,29 +23,26 @@ Which program runs:
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import sys
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 
 import attrs
 
 from .._errors import SpecError
-from .._jobs import JobSpec, validate_name
-from ._processes import LaunchPlan
+from .._jobs import JobSpec, memory_bytes, validate_name
 
 __all__ = [
     "ARRAY_KINDS",
     "MASTER_KINDS",
     "WORKER_KINDS",
     "LaunchError",
+    "LaunchPlan",
     "Layout",
     "ProcessRequest",
     "allocate_ports",
-    "memory_bytes",
     "plan_process",
 ]
 
@@ -72,33 +69,26 @@ DEFAULT_PORTS: Mapping[str, Mapping[str, tuple[int, int]]] = {
     },
 }
 
-_MEMORY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>[KMGTPE]i|[kMGTPE]|[eE][0-9]+)?")
-_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
-_DECIMAL = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
-
 
 class LaunchError(Exception):
     """A process cannot be started here; the message says why and what to do."""
 
 
-def memory_bytes(quantity: str) -> int:
-    """Convert a Kubernetes memory quantity (``512Mi``, ``1G``, ``1e9``) to bytes.
+@attrs.frozen
+class LaunchPlan:
+    """What to run for one process.
 
-    Raises:
-        ValueError: ``quantity`` is not a memory quantity.
+    Attributes:
+        argv: The program and its arguments (run without a shell).
+        env: The complete environment.
+        cwd: The working directory.
+        memory_bytes: Address-space limit, or ``None``.
     """
-    match = _MEMORY.fullmatch(quantity)
-    if match is None:
-        raise ValueError(f"not a memory quantity: {quantity!r}")
-    number = Decimal(match["number"])
-    suffix = match["suffix"] or ""
-    if suffix in _BINARY:
-        number *= 1024 ** _BINARY[suffix]
-    elif suffix in _DECIMAL:
-        number *= 1000 ** _DECIMAL[suffix]
-    elif suffix:
-        number *= 10 ** int(suffix[1:])
-    return int(number.to_integral_value(rounding="ROUND_CEILING"))
+
+    argv: list[str]
+    env: Mapping[str, str]
+    cwd: Path
+    memory_bytes: int | None = None
 
 
 def allocate_ports(names: list[str]) -> dict[str, int]:

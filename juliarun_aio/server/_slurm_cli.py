@@ -44,8 +44,7 @@ from typing import Literal, TypeVar
 import attrs
 
 from .._errors import SpecError
-from .._jobs import _CPU, FrozenDict, validate_name
-from ._runtime import memory_bytes
+from .._jobs import _CPU, FrozenDict, memory_bytes, validate_name
 
 __all__ = [
     "DEFAULT_TIMEOUT",

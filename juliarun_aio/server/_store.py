@@ -9,10 +9,11 @@ Two tables:
   under the same name gets a new one; a database from before the column existed is
   migrated at open, its jobs getting fresh uids).
 - ``processes``: one row per process ever started for a job -- its label (``master``,
-  ``worker-2``), the key naming its log and exit files, pid and kernel start time (to
-  re-adopt it after a restart), the spec version it was started with, its state
-  (``running``, ``exited``, ``lost``), exit code and the reason it ended.
-  Older rows of a label are pruned when it is restarted.
+  ``worker-2``), the key naming its log and exit files, the backend that runs it
+  (``local``, ``slurm``) and the backend's number for it (``pid``: a process id, a Slurm
+  job id) and kernel start time (to re-adopt it after a restart), the spec version it was
+  started with, its state (``running``, ``exited``, ``lost``), exit code and the reason it
+  ended.  Older rows of a label are pruned when it is restarted.
 
 Log lines are not here: they live in files (see ``_logs``).  All methods are thread-safe.
 
@@ -132,7 +133,8 @@ CREATE TABLE IF NOT EXISTS processes (
     exit_code    INTEGER,
     reason       TEXT,
     started_at   REAL NOT NULL,
-    ended_at     REAL
+    ended_at     REAL,
+    backend      TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS processes_by_job ON processes (namespace, job);
 """
@@ -187,6 +189,7 @@ class ProcRow:
     reason: str | None
     started_at: float
     ended_at: float | None
+    backend: str = "local"
 
 
 _JOB_UPDATABLE = frozenset(
@@ -229,6 +232,9 @@ class Store:
     def _migrate(self) -> None:
         """Bring a database written by an earlier version up to the current schema."""
         with self._transaction() as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(processes)")}
+            if "backend" not in columns:
+                db.execute("ALTER TABLE processes ADD COLUMN backend TEXT NOT NULL DEFAULT 'local'")
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
             if "uid" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN uid TEXT NOT NULL DEFAULT ''")
@@ -321,6 +327,7 @@ class Store:
         start_ticks: int | None,
         spec_version: int,
         started_at: float,
+        backend: str = "local",
     ) -> int:
         """Record a started process, dropping older ended rows of the same label.
 
@@ -335,8 +342,19 @@ class Store:
             )
             cursor = db.execute(
                 "INSERT INTO processes (namespace, job, label, key, restarts, pid, start_ticks, "
-                "spec_version, state, started_at) VALUES (?,?,?,?,?,?,?,?,'running',?)",
-                (namespace, job, label, key, restarts, pid, start_ticks, spec_version, started_at),
+                "spec_version, state, started_at, backend) VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
+                (
+                    namespace,
+                    job,
+                    label,
+                    key,
+                    restarts,
+                    pid,
+                    start_ticks,
+                    spec_version,
+                    started_at,
+                    backend,
+                ),
             )
             row_id = cursor.lastrowid
         assert row_id is not None
@@ -359,8 +377,16 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, namespace, job, label, key, restarts, pid, start_ticks, spec_version, "
-                "state, exit_code, reason, started_at, ended_at FROM processes "
+                "state, exit_code, reason, started_at, ended_at, backend FROM processes "
                 "WHERE namespace = ? AND job = ? ORDER BY id",
                 (namespace, job),
             ).fetchall()
         return [ProcRow(*row) for row in rows]
+
+    def running_backends(self) -> set[str]:
+        """The backends of the processes recorded as running."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT backend FROM processes WHERE state = 'running'"
+            ).fetchall()
+        return {row[0] for row in rows}

@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._errors import ApiError
 from .._version import __version__
 from . import _app
-from ._supervisor import Engine
+from ._engine import Engine
 
 __all__ = ["CSRF_HEADER", "SESSION_IDLE", "SESSION_LIFETIME", "Dashboard"]
 

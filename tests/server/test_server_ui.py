@@ -15,7 +15,7 @@ from support import write_script
 
 from juliarun_aio.server import LocalServer, ServerConfig, ServerProcess, create_app
 from juliarun_aio.server import _ui as ui_module
-from juliarun_aio.server._supervisor import Engine
+from juliarun_aio.server._engine import Engine
 from juliarun_aio.server._ui import SESSION_IDLE, SESSION_LIFETIME, Dashboard
 
 UI_FILES = Path(ui_module.__file__).with_name("ui")

@@ -1,4 +1,4 @@
-"""The job engine: the semantics of every verb, and the supervision of job processes.
+"""The job engine: the semantics of every verb, and the supervision of job slots.
 
 A job is a set of *slots*, one per process it should have: ``master`` and/or
 ``worker-1..N``.  A slot holds at most one running process at a time; when it exits the
@@ -16,19 +16,27 @@ engine decides, from the job type and the ``restart`` policy, what happens next:
 Restarts wait ``restart_backoff * 2**(failures - 1)`` seconds, capped at
 ``restart_backoff_max``; the failure count resets after a run at least that long.
 
-A supervisor thread checks the processes every ``supervise_interval`` seconds: it records
-exits, escalates SIGTERM to SIGKILL after ``kill_grace``, restarts and scales.  Every
-state change is written to the store; the job's log is drained before its phase becomes
-final, so a stream that sees the end of the job has seen all of its lines.
+Where and how a slot's process runs is its *backend*'s business (``_backend.py``: local
+processes, Slurm jobs); the engine only asks it to start, observe, signal and find again
+the processes of slots.  A job's phase is ``pending`` until its master (or a unit of a job
+array) runs, ``running`` from then on, and final once it has ended.
 
-Starting a process takes milliseconds (a fork and exec of the launcher), so no process is
-started while the engine's lock is held: a verb or a supervision pass only marks the
-slot as *starting* and queues it; a small pool of starter threads launches the queued
-slots (several at once) and then records each process under the lock -- or, when the slot
-is no longer wanted by then (job deleted or finished, worker scaled away), kills it and
-records nothing.  Deleting a job waits for its starts in flight.  The one exception to the
-queue is a job's master, which ``submitJob`` starts itself (still without the lock) so
-that a master that cannot start fails the submission's job before the answer is sent.
+A supervisor thread sweeps the slots every ``supervise_interval`` seconds (the backend
+observes all of them at once): it records exits, escalates SIGTERM to SIGKILL after
+``kill_grace``, restarts and scales.  Every state change is written to the store; the
+job's log is drained before its phase becomes final, so a stream that sees the end of the
+job has seen all of its lines.
+
+Starting a process takes a while (a fork and exec of the launcher, a call to the
+scheduler), so no process is started while the engine's lock is held: a verb or a
+supervision pass only marks the slot as *starting* and queues it; a small pool of starter
+threads launches the queued slots (several at once) and then records each process under
+the lock -- or, when the slot is no longer wanted by then (job deleted or finished, worker
+scaled away), kills it and records nothing.  Deleting a job waits for its starts in
+flight.  The one exception to the queue is a job's master, which ``submitJob`` starts
+itself (still without the lock) so that a master that cannot start fails the
+submission's job before the answer is sent.  A start the scheduler cannot take (it does
+not answer) is tried again a little later.
 
 Worker counts are capped (``max_workers_per_job`` and ``max_workers`` of all unfinished
 jobs together): a request that would raise a count above a cap is refused with a 400 and
@@ -40,7 +48,6 @@ to answer; the HTTP layer only translates them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import shutil
@@ -54,19 +61,23 @@ import attrs
 
 from .._errors import ApiError, BadRequestError, ConflictError, JobNotFoundError, SpecError
 from .._jobs import JobSpec, validate_name
-from .._models import Endpoint, JobInfo, JobScale, JobStatus
+from .._models import TERMINAL_PHASES, Endpoint, JobInfo, JobScale, JobStatus
 from .._wire import decode_spec, encode_spec
+from ._backend import (
+    Backend,
+    BackendError,
+    ExitInfo,
+    SchedulerBusyError,
+    SlotId,
+    SlotProcess,
+    SlotRecord,
+    StartRequest,
+    Sweep,
+    describe_exit,
+    make_backend,
+)
 from ._config import ServerConfig
 from ._logs import Collector, JobLog
-from ._processes import (
-    ExitInfo,
-    Process,
-    any_child_exited,
-    cleanup_mode,
-    describe_cleanup,
-    describe_exit,
-    launch,
-)
 from ._runtime import (
     ARRAY_KINDS,
     DEFAULT_PORTS,
@@ -75,19 +86,15 @@ from ._runtime import (
     LaunchError,
     Layout,
     ProcessRequest,
-    allocate_ports,
-    plan_process,
 )
 from ._store import DataDirectoryLock, JobRow, Store, new_uid
 
-__all__ = ["Engine"]
+__all__ = ["TERMINAL", "Engine"]
 
 logger = logging.getLogger("juliarun_aio.server")
 
-TERMINAL = frozenset({"succeeded", "failed", "lost"})
-#: Seconds between two checks of the processes re-adopted from an earlier server (each
-#: check reads its exit file and /proc entry; started processes are checked every pass).
-ADOPTED_CHECK = 0.1
+#: The phases a job never leaves.
+TERMINAL = TERMINAL_PHASES
 # Parameters that never change after submission: the job's place and ports, and what its
 # master runs (the master is not restarted, so a new value would never take effect).
 FIXED = frozenset(
@@ -99,6 +106,8 @@ FIXED = frozenset(
 STARTERS = 2
 #: Longest wait of a starter thread for a launcher to be up before it starts the next one.
 LAUNCH_PACE = 2.0
+#: Seconds before a start the scheduler could not take is tried again.
+BUSY_RETRY = 2.0
 
 
 def _bad_request(message: str) -> ApiError:
@@ -118,7 +127,7 @@ class _Slot:
     """One process position of a job (``master`` or ``worker-N``)."""
 
     label: str
-    process: Process | None = None
+    process: SlotProcess | None = None
     key: str | None = None  # names the current/last process's log and exit files
     row_id: int | None = None
     spec_version: int = 0
@@ -126,6 +135,7 @@ class _Slot:
     failures: int = 0  # consecutive failures, for the restart backoff
     started_at: float = 0.0
     exit_code: int | None = None
+    exit_reason: str | None = None  # how the last process ended, in words
     ended: bool = False  # the last process ended
     waiting_until: float | None = None  # a restart is due at this monotonic time
     given_up: bool = False  # will not be (re)started: done, Never, or cannot start
@@ -133,6 +143,7 @@ class _Slot:
     term_sent: float | None = None  # monotonic time SIGTERM was sent
     retiring: bool = False  # being stopped because the job was scaled down
     starting: bool = False  # a start is queued or under way
+    busy: str | None = None  # why the scheduler could not take its last start
 
     @property
     def is_worker(self) -> bool:
@@ -141,6 +152,11 @@ class _Slot:
     @property
     def index(self) -> int:
         return int(self.label.rpartition("-")[2]) if self.is_worker else 0
+
+    @property
+    def running(self) -> bool:
+        """Whether its program runs (started, and not waiting for resources)."""
+        return self.process is not None and self.process.running
 
 
 @attrs.define
@@ -169,6 +185,10 @@ class _Job:
         )
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _requested(spec: JobSpec) -> int:
     nworkers = spec.params().get("nworkers")
     if isinstance(nworkers, int):
@@ -177,25 +197,35 @@ def _requested(spec: JobSpec) -> int:
 
 
 class Engine:
-    """Jobs of every namespace, their processes and logs.
+    """Jobs of every namespace, their slots and logs.
 
     The engine holds its data directory's lock from construction until :meth:`stop`.
 
     Args:
         config: The server configuration.
         lock: The data directory's lock, when the caller took it already.
+        backend: Where the slots' processes run; by default the one ``config.backend``
+            names.
 
     Raises:
         DataDirectoryInUseError: Another server uses the data directory.
+        ConfigError: The backend's settings are invalid.
     """
 
-    def __init__(self, config: ServerConfig, *, lock: DataDirectoryLock | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        lock: DataDirectoryLock | None = None,
+        backend: Backend | None = None,
+    ) -> None:
         self.config = config
         # Before anything else: nothing may touch a data directory that another server uses.
         self._dir_lock = lock if lock is not None else DataDirectoryLock(config.data_dir)
         self.layout = Layout(config.data_dir)
         self.url = f"http://{config.host}:{config.port}"
         try:
+            self.backend = backend if backend is not None else make_backend(config, self.layout)
             self._store = Store(self.layout.database)
         except BaseException:
             self._dir_lock.release()
@@ -209,32 +239,44 @@ class Engine:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="juliarun-supervisor", daemon=True)
         self._started = False
-        #: How job process trees are cleaned up: ``cgroup2``, ``cgroup1``, ``subreaper`` or
-        #: ``session`` (see ``_launcher.py``); known once started.
-        self.process_cleanup = ""
+
+    @property
+    def process_cleanup(self) -> str:
+        """How the processes a job starts end with it (the backend's mechanism)."""
+        return self.backend.process_cleanup
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, url: str | None = None) -> None:
-        """Recover the stored jobs, re-adopt their processes and start supervising.
+        """Check the backend, recover the stored jobs, find their processes and supervise.
 
         Args:
             url: The URL jobs use to reach this server (``JRUN_URL``).
+
+        Raises:
+            BackendError: The backend cannot run jobs (the message says why).
         """
         if url is not None:
             self.url = url
+        self._check_backend()
+        self.backend.open(self.url)
         with self._lock:
             for row in self._store.jobs():
                 self._recover(row)
+            self._adopt_strays()
         self._collector.start()
         self._thread.start()
         self._started = True
-        self.process_cleanup, where = describe_cleanup(cleanup_mode())
-        logger.info(
-            "processes that jobs start end with their job: cleanup by %s%s",
-            self.process_cleanup,
-            f" under {where}" if where else "",
-        )
+
+    def _check_backend(self) -> None:
+        """Refuse a backend other than the one that runs the stored jobs' processes."""
+        others = self._store.running_backends() - {self.backend.name}
+        if others:
+            raise BackendError(
+                f"the data directory {self.config.data_dir} has processes running on the "
+                f"{', '.join(sorted(others))} backend; start the server with --backend "
+                f"{sorted(others)[0]}, or delete those jobs first"
+            )
 
     def release_streams(self) -> None:
         """End every open log stream (the server is about to stop)."""
@@ -269,29 +311,28 @@ class Engine:
         self._collector.stop()
         for job in jobs:
             job.log.close()
+        self.backend.close()
         self._store.close()
         self._dir_lock.release()
 
     def _run(self) -> None:
-        # Every pass looks at every process, so it must be cheap and must not hold the
-        # lock that the verbs need: the checks run without the lock (they only read, and
-        # a stale read is corrected by the next pass) and the lock is taken only for the
-        # jobs that have something to do -- an exit, a pending SIGKILL or a due restart.
-        # Processes this server started are checked with a single syscall while none has
-        # exited; re-adopted ones (not our children) need file reads each, so they are
-        # checked every ADOPTED_CHECK seconds rather than at every pass.
-        next_adopted_check = 0.0
+        # Every pass looks at every slot, so it must be cheap and must not hold the lock
+        # that the verbs need: the backend observes every slot at once without the lock
+        # (the engine only reads, and a stale read is corrected by the next pass), and the
+        # lock is taken only for the jobs that have something to do -- an exit, a process
+        # that started running, a pending SIGKILL or a due restart.
         while not self._stop.wait(self.config.supervise_interval):
             now = time.monotonic()
-            child_exited = any_child_exited()
-            check_adopted = now >= next_adopted_check
-            if check_adopted:
-                next_adopted_check = now + max(ADOPTED_CHECK, self.config.supervise_interval)
+            try:
+                sweep = self.backend.sweep()
+            except Exception:
+                logger.exception("observing the job processes failed")
+                continue
             with self._lock:
                 jobs = list(self._jobs.items())
             for key, job in jobs:
                 try:
-                    if not self._needs_attention(job, now, child_exited, check_adopted):
+                    if not self._needs_attention(job, now, sweep):
                         continue
                     with self._lock:
                         if self._jobs.get(key) is job:  # not deleted meanwhile
@@ -302,7 +343,7 @@ class Engine:
                     )
 
     @staticmethod
-    def _needs_attention(job: _Job, now: float, child_exited: bool, check_adopted: bool) -> bool:
+    def _needs_attention(job: _Job, now: float, sweep: Sweep) -> bool:
         """Whether :meth:`_supervise` has anything to do for ``job`` (read without the lock)."""
         if job.dirty:
             return True
@@ -314,10 +355,7 @@ class Engine:
                 continue
             if slot.term_sent is not None:
                 return True  # stopping: its exit is awaited, SIGKILL may be due
-            if process.is_child:
-                if child_exited and process.has_exited():
-                    return True
-            elif check_adopted and process.has_exited():
+            if sweep.changed(process):
                 return True
         return False
 
@@ -339,24 +377,60 @@ class Engine:
             slot.started_at = proc.started_at
             self._add_sources(job, slot)
             if proc.state == "running":
-                exit_path = log.directory / f"{proc.key}.exit"
-                slot.process = Process.adopt(proc.pid, proc.start_ticks, exit_path)
+                slot.process = self.backend.adopt(
+                    SlotRecord(
+                        slot=self._slot_id(job, slot),
+                        key=proc.key,
+                        log_dir=log.directory,
+                        ident=proc.pid,
+                        ticks=proc.start_ticks,
+                    )
+                )
             else:
                 log.drain(self._sources(slot))
                 slot.ended, slot.exit_code = True, proc.exit_code
+                slot.exit_reason = proc.reason
                 slot.given_up = self._settled(job, slot)
         self._jobs[(row.namespace, row.name)] = job
         self._collector.register((row.namespace, row.name), log)
         master = job.slots.get("master")
         if not job.terminal and master is not None and master.ended:
             # The server stopped between the master's exit and the job's end.
-            self._master_ended(job, ExitInfo(master.exit_code, describe_exit(master.exit_code)))
+            reason = master.exit_reason or describe_exit(master.exit_code)
+            self._master_ended(job, ExitInfo(master.exit_code, reason))
         self._publish(job)
         if not job.terminal:
             # A restart that was pending when the server stopped is due now.
             for slot in job.slots.values():
                 if slot.ended and not slot.given_up:
                     slot.waiting_until = time.monotonic()
+
+    def _adopt_strays(self) -> None:
+        """Take over the processes that earlier servers started but never recorded."""
+        submissions = {
+            (job.row.namespace, job.row.name, job.row.uid): [
+                proc.pid for proc in self._store.processes(job.row.namespace, job.row.name)
+            ]
+            for job in self._jobs.values()
+        }
+        for process in self.backend.strays(submissions):
+            job = self._jobs.get((process.slot.namespace, process.slot.job))
+            label = process.slot.label
+            slot = job.slots.get(label) if job is not None else None
+            wanted = job is not None and not job.terminal
+            if job is not None and label != "master":
+                index = int(label.rpartition("-")[2])
+                wanted = wanted and job.kind in WORKER_KINDS | ARRAY_KINDS
+                wanted = wanted and index <= job.row.requested
+            if job is None or not wanted or (slot is not None and slot.process is not None):
+                logger.info("stopping %s of an earlier server: no longer wanted", process.key)
+                process.discard()
+                continue
+            if slot is None:
+                slot = job.slots[label] = _Slot(label)
+            logger.info("adopting %s, started by an earlier server but not recorded", process.key)
+            self._record_start(job, slot, process, process.key, job.row.spec_version)
+            self._publish(job)
 
     def _settled(self, job: _Job, slot: _Slot) -> bool:
         """Whether an ended slot stays ended (no restart)."""
@@ -395,7 +469,7 @@ class Engine:
             slot.starting = False
             job.starts -= 1
 
-    def _start_queued(self, job: _Job, slot: _Slot, request: ProcessRequest, version: int) -> None:
+    def _start_queued(self, job: _Job, slot: _Slot, request: StartRequest, version: int) -> None:
         try:
             process = self._start(job, slot, request, version)
         except Exception:
@@ -404,21 +478,33 @@ class Engine:
             )
             return
         if process is not None and not self._stop.is_set():
-            # Pace the starts: the next one waits until this launcher is up, so that a big
+            # Pace the starts: the next one waits until this process is up, so that a big
             # scale-up never has more than STARTERS interpreters starting at once, which
             # would starve the server of CPU (and every other call with it).
             process.wait_started(LAUNCH_PACE)
 
-    def _request(self, job: _Job, slot: _Slot) -> ProcessRequest:
-        return ProcessRequest(
-            namespace=job.row.namespace,
-            spec=job.spec,
-            label=slot.label,
-            ports=job.row.ports,
-            cookie=job.row.cookie,
-            url=self.url,
-            token=self._token(job.row.namespace),
-            layout=self.layout,
+    @staticmethod
+    def _slot_id(job: _Job, slot: _Slot) -> SlotId:
+        return SlotId(job.row.namespace, job.row.name, job.row.uid, slot.label)
+
+    def _request(self, job: _Job, slot: _Slot) -> StartRequest:
+        """What a new start of ``slot`` runs, with a new key (under the lock)."""
+        master = job.slots.get("master")
+        return StartRequest(
+            slot=self._slot_id(job, slot),
+            key=f"{slot.label}-{secrets.token_hex(4)}",
+            log_dir=job.log.directory,
+            process=ProcessRequest(
+                namespace=job.row.namespace,
+                spec=job.spec,
+                label=slot.label,
+                ports=job.row.ports,
+                cookie=job.row.cookie,
+                url=self.url,
+                token=self._token(job.row.namespace),
+                layout=self.layout,
+            ),
+            master_key=master.key if master is not None and slot.is_worker else None,
         )
 
     def _wanted(self, job: _Job, slot: _Slot) -> bool:
@@ -431,70 +517,55 @@ class Engine:
         )
 
     def _start(
-        self, job: _Job, slot: _Slot, request: ProcessRequest, version: int
-    ) -> Process | None:
+        self, job: _Job, slot: _Slot, request: StartRequest, version: int
+    ) -> SlotProcess | None:
         """Start the process of a slot marked as starting, without holding the lock.
 
         The process is recorded if the slot is still wanted once it runs; otherwise it is
         killed and nothing is recorded.  A start that fails is recorded as the reason the
-        slot cannot start (and fails the job if it cannot go on without it).
+        slot cannot start (and fails the job if it cannot go on without it); a start the
+        scheduler cannot take now is tried again after :data:`BUSY_RETRY` seconds.
 
         Returns:
             The process started and recorded, if any.
         """
-        process: Process | None = None
+        process: SlotProcess | None = None
         recorded = None
         try:
             with self._lock:
                 wanted = self._wanted(job, slot) and not self._stop.is_set()
-            error = key = None
+            error = busy = None
             if wanted:
-                key = f"{slot.label}-{secrets.token_hex(4)}"
-                directory = job.log.directory
                 try:
-                    process = launch(
-                        plan_process(request),
-                        stdout=directory / f"{key}.out",
-                        stderr=directory / f"{key}.err",
-                        exit_path=directory / f"{key}.exit",
-                    )
+                    process = self.backend.start(request)
                 except (LaunchError, SpecError) as exc:
                     error = str(exc)
+                except SchedulerBusyError as exc:
+                    busy = str(exc)
                 except OSError as exc:
                     error = f"cannot start: {exc}"
             with self._lock:
                 slot.starting = False
                 if self._wanted(job, slot):
-                    if process is not None and key is not None:
-                        self._record_start(job, slot, process, key, version)
+                    slot.busy = busy
+                    if process is not None:
+                        self._record_start(job, slot, process, request.key, version)
                         recorded, process = process, None
                     elif error is not None:
                         self._start_failed(job, slot, error)
+                    elif busy is not None:
+                        slot.waiting_until = time.monotonic() + BUSY_RETRY
                     self._publish(job)
         finally:
             if process is not None:
-                self._discard(process)
+                process.discard()
             with self._lock:
                 job.starts -= 1
                 self._starts_done.notify_all()
         return recorded
 
-    @staticmethod
-    def _discard(process: Process) -> None:
-        """Kill a process started for a slot that is gone, and remove its files."""
-        process.kill()
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        for path in (process.exit_path, process.tree_path):
-            with contextlib.suppress(OSError):
-                path.unlink()
-        for suffix in (".out", ".err"):
-            with contextlib.suppress(OSError):
-                process.exit_path.with_suffix(suffix).unlink()
-
     def _record_start(
-        self, job: _Job, slot: _Slot, process: Process, key: str, version: int
+        self, job: _Job, slot: _Slot, process: SlotProcess, key: str, version: int
     ) -> None:
         slot.key, slot.process = key, process
         slot.row_id = self._store.insert_process(
@@ -503,18 +574,28 @@ class Engine:
             label=slot.label,
             key=key,
             restarts=slot.started,
-            pid=process.pid,
+            pid=process.ident,
             start_ticks=process.ticks,
             spec_version=version,
             started_at=time.time(),
+            backend=self.backend.name,
         )
         self._add_sources(job, slot)
         slot.started += 1
         slot.started_at = time.time()
         slot.spec_version = version
         slot.ended, slot.exit_code, slot.waiting_until, slot.error = False, None, None, None
+        slot.exit_reason = slot.busy = None
         slot.term_sent = None
-        if not slot.is_worker or job.kind in ARRAY_KINDS:
+        self._note_running(job)
+
+    def _note_running(self, job: _Job) -> None:
+        """The job runs once its master, or a unit of a job array, does."""
+        if job.row.phase == "pending" and any(
+            slot.running
+            for slot in job.slots.values()
+            if not slot.is_worker or job.kind in ARRAY_KINDS
+        ):
             self._set_phase(job, "running")
 
     def _start_failed(self, job: _Job, slot: _Slot, message: str) -> None:
@@ -527,6 +608,7 @@ class Engine:
     def _record_exit(self, job: _Job, slot: _Slot, info: ExitInfo) -> None:
         job.log.drain(self._sources(slot))
         slot.process, slot.ended, slot.exit_code, slot.term_sent = None, True, info.code, None
+        slot.exit_reason = info.reason
         if slot.row_id is not None:
             self._store.update_process(
                 slot.row_id,
@@ -617,11 +699,18 @@ class Engine:
             elif slot.term_sent is not None and now - slot.term_sent >= self.config.kill_grace:
                 slot.process.kill()
         if not job.terminal:
+            self._note_running(job)
             self._reconcile(job, now)
         self._publish(job)
 
     def _reconcile(self, job: _Job, now: float) -> None:
-        """Queue starts, restarts and stops of workers to match the requested count."""
+        """Queue starts, restarts and stops of workers to match the requested count.
+
+        Also the start of a master that the scheduler could not take before.
+        """
+        master = job.slots.get("master")
+        if master is not None and self._due(master, now):
+            self._queue_start(job, master)
         if job.kind not in WORKER_KINDS and job.kind not in ARRAY_KINDS:
             return
         wanted = job.row.requested
@@ -631,12 +720,7 @@ class Engine:
             if slot is None:
                 slot = job.slots[label] = _Slot(label)
                 self._queue_start(job, slot)
-            elif (
-                slot.process is None
-                and not slot.starting
-                and slot.waiting_until is not None
-                and now >= slot.waiting_until
-            ):
+            elif self._due(slot, now):
                 self._queue_start(job, slot)
         for slot in list(job.slots.values()):
             if slot.is_worker and slot.index > wanted and not slot.retiring:
@@ -648,10 +732,20 @@ class Engine:
         if job.kind in ARRAY_KINDS:
             self._reconcile_array(job)
 
+    @staticmethod
+    def _due(slot: _Slot, now: float) -> bool:
+        """Whether a (re)start of ``slot`` is due now."""
+        return (
+            slot.process is None
+            and not slot.starting
+            and slot.waiting_until is not None
+            and now >= slot.waiting_until
+        )
+
     def _reconcile_array(self, job: _Job) -> None:
         units = job.workers()
         if any(slot.process is not None for slot in units):
-            self._set_phase(job, "running")
+            self._note_running(job)
             return
         if not units or any(not slot.given_up for slot in units):
             return
@@ -660,7 +754,7 @@ class Engine:
             self._finish(job, "succeeded", None)
         else:
             first = failed[0]
-            reason = first.error or describe_exit(first.exit_code)
+            reason = first.error or first.exit_reason or describe_exit(first.exit_code)
             self._finish(
                 job, "failed", f"{len(failed)} of {len(units)} units failed; {first.label} {reason}"
             )
@@ -679,6 +773,7 @@ class Engine:
         deadline = time.monotonic() + self.config.kill_grace
         killed = False
         while running:
+            self.backend.sweep()
             for job, slot in running:
                 assert slot.process is not None
                 info = slot.process.poll()
@@ -809,7 +904,7 @@ class Engine:
                 phase="pending",
                 message=None,
                 requested=_requested(spec),
-                ports=allocate_ports(port_names),
+                ports=self.backend.reserve_ports(port_names),
                 cookie=secrets.token_hex(16),
                 spec_version=0,
                 created_at=time.time(),
@@ -951,7 +1046,7 @@ class Engine:
 
     def _status(self, job: _Job) -> JobStatus:
         workers = job.workers()
-        running = [slot for slot in workers if slot.process is not None]
+        running = [slot for slot in workers if slot.running]
         extra: dict[str, Any] = {
             "exit_codes": {slot.label: slot.exit_code for slot in job.slots.values() if slot.ended},
             "restarts": {
@@ -973,19 +1068,37 @@ class Engine:
             nuptodate=sum(1 for slot in running if slot.spec_version == job.row.spec_version),
             phase=job.row.phase,
             failed=job.row.phase in ("failed", "lost"),
-            message=job.row.message,
+            message=self._message(job),
             uid=job.row.uid,
             extra=extra,
         )
 
+    def _message(self, job: _Job) -> str | None:
+        """The job's message: the engine's own, why slots wait, what the backend ignores."""
+        parts = [job.row.message] if job.row.message else []
+        if not job.terminal:
+            for slot in sorted(job.slots.values(), key=lambda slot: slot.index):
+                note = slot.process.note if slot.process is not None else None
+                if slot.busy is not None:
+                    parts.append(f"{slot.label} waits to be started: {slot.busy}")
+                elif note is not None:
+                    parts.append(f"{slot.label}: {note}")
+        parts += self.backend.notes(job.spec)
+        return "; ".join(parts) or None
+
     def _scale(self, job: _Job) -> JobScale:
-        running = sum(1 for slot in job.workers() if slot.process is not None)
+        running = sum(1 for slot in job.workers() if slot.running)
         wanted = job.row.requested if job.kind in WORKER_KINDS | ARRAY_KINDS else 0
         return JobScale(running, wanted)
 
-    @staticmethod
-    def _endpoint(job: _Job) -> Endpoint:
-        return Endpoint("127.0.0.1", dict(job.row.ports))
+    def _endpoint(self, job: _Job) -> Endpoint:
+        primary = job.slots.get("master")
+        if primary is None:
+            units = [slot for slot in job.workers() if slot.running]
+            primary = units[0] if units else None
+        process = primary.process if primary is not None and primary.running else None
+        host, ports = self.backend.endpoint(job.row.ports, process)
+        return Endpoint(host, ports)
 
     def status(self, namespace: str, kind: str, name: str | None) -> dict[str, Any]:
         """``getJobStatus``: the dict form with real counts and the phase."""
@@ -1018,7 +1131,7 @@ class Engine:
             return True
 
     def endpoint(self, namespace: str, kind: str, name: str | None) -> list[Any]:
-        """``getJobEndpoint``: ``["127.0.0.1", {name: port}]``."""
+        """``getJobEndpoint``: ``[host, {name: port}]``, ``[null, {}]`` while there is none."""
         with self._lock:
             return self._endpoint(self._job(namespace, kind, name)).to_wire()
 
@@ -1031,6 +1144,7 @@ class Engine:
         with self._lock:
             job = self._job(namespace, kind, name)
             ports = job.row.ports
+            host, reachable = self._endpoint(job).to_wire()
             if port is None:
                 if len(ports) != 1:
                     raise _bad_request(f"missing parameter 'port'; job ports: {sorted(ports)}")
@@ -1047,7 +1161,12 @@ class Engine:
                         f"{', '.join(sorted(ports)) or 'none'}"
                     )
                 port = by_number[0]
-            return f"http://127.0.0.1:{ports[port]}/"
+            if host is None or port not in reachable:
+                raise _conflict(
+                    f"job {job.row.name!r} has no address yet: the process that serves its "
+                    "ports does not run; ask again once it does"
+                )
+            return f"http://{_url_host(host)}:{reachable[port]}/"
 
     def log(
         self, namespace: str, kind: str, name: str | None, uid: str | None = None

@@ -1,4 +1,4 @@
-"""Operating-system side of job processes: start, re-adopt, observe and stop them.
+"""The ``local`` backend: every slot is a process on this machine.
 
 Every job process runs under the launcher (``_launcher.py``) in a session of its own, with
 stdout and stderr going straight to files, so it outlives the server.  A process is known
@@ -22,30 +22,43 @@ killing sends SIGKILL to every process of the session and of the tree.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import attrs
-
+from ._backend import (
+    Backend,
+    ExitInfo,
+    SlotId,
+    SlotProcess,
+    SlotRecord,
+    StartRequest,
+    Sweep,
+    describe_exit,
+)
 from ._launcher import CLEANUP_MODES, describe_cleanup, kill_tree
+from ._runtime import LaunchPlan, allocate_ports, plan_process
 
 __all__ = [
-    "ExitInfo",
-    "LaunchPlan",
-    "Process",
+    "ADOPTED_CHECK",
+    "LocalBackend",
+    "LocalProcess",
     "any_child_exited",
     "cleanup_mode",
-    "describe_cleanup",
-    "describe_exit",
     "launch",
 ]
 
+logger = logging.getLogger("juliarun_aio.server")
+
 _LAUNCHER = Path(__file__).with_name("_launcher.py")
+#: Seconds between two checks of the processes re-adopted from an earlier server (each
+#: check reads its exit file and /proc entry; started processes are checked every pass).
+ADOPTED_CHECK = 0.1
 # Linux: start times and sessions come from /proc.  Elsewhere pids are trusted as they are
 # and only the process group is killed.
 _HAVE_PROC = os.path.isdir("/proc/self")
@@ -53,44 +66,6 @@ _HAVE_PROC = os.path.isdir("/proc/self")
 # Popen objects of processes deliberately left running when the server stopped; kept so
 # that they are reaped (and never warned about) while this interpreter lives.
 _detached: list[subprocess.Popen[bytes]] = []
-
-
-@attrs.frozen
-class LaunchPlan:
-    """What to run for one process.
-
-    Attributes:
-        argv: The program and its arguments (run without a shell).
-        env: The complete environment.
-        cwd: The working directory.
-        memory_bytes: Address-space limit, or ``None``.
-    """
-
-    argv: list[str]
-    env: Mapping[str, str]
-    cwd: Path
-    memory_bytes: int | None = None
-
-
-@attrs.frozen
-class ExitInfo:
-    """How a process ended: its exit code (``-N`` for signal N; ``None`` if unknown)."""
-
-    code: int | None
-    reason: str
-
-
-def describe_exit(code: int | None) -> str:
-    """Say in words how a process with exit ``code`` ended."""
-    if code is None:
-        return "disappeared without reporting an exit code"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with code {code}"
 
 
 def start_ticks(pid: int) -> int | None:
@@ -126,33 +101,43 @@ def _read_exit_file(path: Path) -> int | None:
         return None
 
 
-class Process:
+class LocalProcess(SlotProcess):
     """A job process (its launcher), started by this server or adopted from an earlier one.
 
     Args:
+        slot: The slot it runs.
+        key: The start's key.
         pid: The launcher's pid.
         ticks: Its kernel start time, as recorded when it was started.
         exit_path: The exit file the launcher writes.
         popen: The ``Popen`` when this server started it.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the fields of a record, in the order the store keeps them
         self,
+        slot: SlotId,
+        key: str,
         pid: int,
         ticks: int | None,
         exit_path: Path,
         popen: subprocess.Popen[bytes] | None = None,
     ) -> None:
+        super().__init__(slot, key)
         self.pid = pid
-        self.ticks = ticks
+        self._ticks = ticks
         self.exit_path = exit_path
         self.tree_path = _tree_file(exit_path)
         self._popen = popen
 
-    @classmethod
-    def adopt(cls, pid: int, ticks: int | None, exit_path: Path) -> Process:
-        """Take over a process started by an earlier server (it may have ended since)."""
-        return cls(pid, ticks, exit_path)
+    @property
+    def ident(self) -> int:
+        """The launcher's pid."""
+        return self.pid
+
+    @property
+    def ticks(self) -> int | None:
+        """The launcher's kernel start time."""
+        return self._ticks
 
     def _same_process_alive(self) -> bool:
         if not _HAVE_PROC:  # no start time to compare: trust the pid
@@ -164,7 +149,7 @@ class Process:
         stat = _stat_fields(self.pid)
         if stat is None or stat[0] in ("Z", "X"):
             return False
-        return self.ticks is None or int(stat[19]) == self.ticks
+        return self._ticks is None or int(stat[19]) == self._ticks
 
     def poll(self) -> ExitInfo | None:
         """Return how the process ended, or ``None`` while it runs."""
@@ -250,6 +235,19 @@ class Process:
             _detached.append(self._popen)
         self._popen = None
 
+    def discard(self) -> None:
+        """Kill the process and its tree, wait for it, and remove its files."""
+        self.kill()
+        deadline = time.monotonic() + 10
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for path in (self.exit_path, self.tree_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for suffix in (".out", ".err"):
+            with contextlib.suppress(OSError):
+                self.exit_path.with_suffix(suffix).unlink()
+
 
 def any_child_exited() -> bool:
     """Whether some child of this server has ended and not been reaped yet (one syscall).
@@ -281,7 +279,9 @@ def _reap_detached() -> None:
     _detached[:] = [popen for popen in _detached if popen.poll() is None]
 
 
-def launch(plan: LaunchPlan, *, stdout: Path, stderr: Path, exit_path: Path) -> Process:
+def launch(
+    slot: SlotId, key: str, plan: LaunchPlan, *, stdout: Path, stderr: Path, exit_path: Path
+) -> LocalProcess:
     """Start ``plan`` under the launcher, output appended to ``stdout`` / ``stderr``.
 
     Raises:
@@ -312,4 +312,92 @@ def launch(plan: LaunchPlan, *, stdout: Path, stderr: Path, exit_path: Path) -> 
             os.close(err_fd)
     finally:
         os.close(out_fd)
-    return Process(popen.pid, start_ticks(popen.pid), exit_path, popen)
+    return LocalProcess(slot, key, popen.pid, start_ticks(popen.pid), exit_path, popen)
+
+
+class _LocalSweep(Sweep):
+    """Which processes to look at: children only once one has exited, adopted ones now and then."""
+
+    def __init__(self, child_exited: bool, check_adopted: bool) -> None:
+        self.child_exited = child_exited
+        self.check_adopted = check_adopted
+
+    def changed(self, process: SlotProcess) -> bool:
+        assert isinstance(process, LocalProcess)
+        if process.is_child:
+            return self.child_exited and process.has_exited()
+        return self.check_adopted and process.has_exited()
+
+
+class LocalBackend(Backend):
+    """Slots as processes on this machine, each under the launcher (see the module docstring).
+
+    Processes this server started are checked with a single system call while none has
+    exited; re-adopted ones (not our children) need file reads each, so they are checked
+    every :data:`ADOPTED_CHECK` seconds (at least every ``supervise_interval``).
+
+    Args:
+        supervise_interval: Seconds between two supervision passes of the engine.
+    """
+
+    name = "local"
+
+    def __init__(self, supervise_interval: float) -> None:
+        self._adopted_every = max(ADOPTED_CHECK, supervise_interval)
+        self._next_adopted_check = 0.0
+        self._cleanup = ""
+
+    def open(self, url: str) -> None:
+        """Find out how job process trees are cleaned up here, and log it."""
+        del url
+        self._cleanup, where = describe_cleanup(cleanup_mode())
+        logger.info(
+            "processes that jobs start end with their job: cleanup by %s%s",
+            self._cleanup,
+            f" under {where}" if where else "",
+        )
+
+    @property
+    def process_cleanup(self) -> str:
+        """``cgroup2``, ``cgroup1``, ``subreaper`` or ``session`` (see ``_launcher.py``)."""
+        return self._cleanup
+
+    def reserve_ports(self, names: Sequence[str]) -> dict[str, int]:
+        """Free loopback ports, chosen now: every process of the job sees the same ones."""
+        return allocate_ports(list(names))
+
+    def start(self, request: StartRequest) -> LocalProcess:
+        """Plan the slot's process and start it under the launcher."""
+        return launch(
+            request.slot,
+            request.key,
+            plan_process(request.process),
+            stdout=request.path(".out"),
+            stderr=request.path(".err"),
+            exit_path=request.path(".exit"),
+        )
+
+    def adopt(self, record: SlotRecord) -> LocalProcess:
+        """The launcher of a record, known by its pid and start time."""
+        return LocalProcess(
+            record.slot,
+            record.key,
+            record.ident,
+            record.ticks,
+            record.log_dir / f"{record.key}.exit",
+        )
+
+    def sweep(self) -> Sweep:
+        """One ``waitid`` for the children, and every so often a look at adopted ones."""
+        now = time.monotonic()
+        check_adopted = now >= self._next_adopted_check
+        if check_adopted:
+            self._next_adopted_check = now + self._adopted_every
+        return _LocalSweep(any_child_exited(), check_adopted)
+
+    def endpoint(
+        self, ports: Mapping[str, int], primary: SlotProcess | None
+    ) -> tuple[str | None, dict[str, int]]:
+        """This machine's loopback address and the ports chosen at submission."""
+        del primary
+        return "127.0.0.1", dict(ports)
