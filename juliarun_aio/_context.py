@@ -36,7 +36,7 @@ from ._config import (
 from ._jobs import _MAX_NAME, JOB_KINDS, JobRef, JobSpec
 from ._logs import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT, LogLine
 from ._loops import LoopState, closed_error, forget_connections, running_loop
-from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable, excerpt
+from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
 from ._retry import (
     RetryPolicy,
     is_retryable_exception,
@@ -472,15 +472,15 @@ class Context:
 
     def _excerpt(self, value: object) -> str:
         """Quote ``value`` for a message: credentials removed first, then cut short."""
-        return _shorten(self.redact(repr(value)), 200)
+        return errors.shorten(self.redact(repr(value)), 200)
 
     def _api_error(
         self, verb: str, job: JobRef | None, status: int, code: int | None, message: str
     ) -> errors.ApiError:
         # A proxy's error page can be long; its start says what happened.
-        message = _shorten(self.redact(message), _MAX_MESSAGE)
+        message = errors.shorten(self.redact(message), _MAX_MESSAGE)
         cls = errors.api_error_class(status, message)
-        hint = errors.hint_for(cls, system_verb_at=self.url if job is None else None)
+        hint = errors.hint_for(cls, verb=verb, system_verb_at=self.url if job is None else None)
         text = f"server answered {status}" + (f" (code {code})" if code is not None else "")
         text += f": {message or '(no message)'}"
         if hint:
@@ -1075,7 +1075,7 @@ def bool_from_wire(data: object) -> bool:
         return data
     if isinstance(data, str) and data.lower() in ("true", "false"):
         return data.lower() == "true"
-    raise ValueError(f"expected true/false, got {excerpt(data)}")
+    raise ValueError(f"expected true/false, got {errors.excerpt(data)}")
 
 
 def str_from_wire(data: object) -> str:
@@ -1084,7 +1084,7 @@ def str_from_wire(data: object) -> str:
         return ""
     if isinstance(data, str):
         return data
-    raise ValueError(f"expected a string, got {excerpt(data)}")
+    raise ValueError(f"expected a string, got {errors.excerpt(data)}")
 
 
 def _code(value: object) -> int | None:
@@ -1100,10 +1100,6 @@ def _message(value: object) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else repr(value)
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_timeout(value: float | httpx.Timeout) -> httpx.Timeout:

@@ -31,10 +31,13 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING
 
+import attrs
+
 if TYPE_CHECKING:
     from ._models import JobScale, JobStatus
 
 __all__ = [
+    "SDK_TERMS",
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
@@ -42,6 +45,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "EventLoopError",
+    "HintTerms",
     "JobNotFoundError",
     "JobStateError",
     "JuliaRunError",
@@ -54,7 +58,10 @@ __all__ = [
     "TransportError",
     "WaitTimeoutError",
     "api_error_class",
+    "excerpt",
+    "hint_for",
     "job_replaced_error",
+    "shorten",
 ]
 
 
@@ -260,11 +267,44 @@ _BY_MESSAGE: tuple[tuple[tuple[str, ...], type[ApiError]], ...] = (
     (("forbidden", "not allowed", "permission"), PermissionDeniedError),
 )
 
+
+@attrs.frozen
+class HintTerms:
+    """How the "what to do next" hints name things: in Python, or on a command line.
+
+    Attributes:
+        flags: Name settings as command-line flags (``--token-file``) instead of
+            keyword arguments (``token_file=``).
+        list_jobs: How to list the jobs.
+        delete: How to delete a job.
+    """
+
+    flags: bool
+    list_jobs: str
+    delete: str
+
+    def option(self, name: str, value: str = "") -> str:
+        """Spell the setting ``name`` (set to ``value``, for an argument) in these terms."""
+        return "--" + name.replace("_", "-") if self.flags else f"{name}={value}"
+
+    def words(self) -> dict[str, str]:
+        """Return what the hint templates refer to, by name."""
+        options = {name: self.option(name) for name in ("token", "token_file", "namespace", "url")}
+        return {**options, "force": self.option("force", "True"), **attrs.asdict(self)}
+
+
+#: The hints of the SDK's errors name its arguments and methods.
+SDK_TERMS = HintTerms(flags=False, list_jobs="list_jobs()", delete="delete_job()")
+
 _HINTS: dict[type[ApiError], str] = {
-    AuthenticationError: "check the token (JRUN_TOKEN / JRUN_TOKEN_FILE); it may have expired",
-    PermissionDeniedError: "check the namespace (JRUN_NAMESPACE) matches the token",
-    JobNotFoundError: "check the job name and type; list jobs with list_jobs()",
-    ConflictError: "pick another name, or delete the job first (force=True if still running)",
+    AuthenticationError: (
+        "check {token}/{token_file} (or JRUN_TOKEN/JRUN_TOKEN_FILE); it may have expired"
+    ),
+    PermissionDeniedError: "check {namespace} (or JRUN_NAMESPACE) matches the token",
+    JobNotFoundError: "check the job name and type; list jobs with {list_jobs}",
+    ConflictError: (
+        "pick another name, or delete the job first ({delete}, with {force} if it is running)"
+    ),
     RateLimitError: "slow down; the server is rate limiting",
     ServerError: "the server failed; retry later or check the server's logs",
     BadRequestError: "fix the parameter the server names",
@@ -306,17 +346,40 @@ def job_replaced_error(job: str, verb: str) -> JobNotFoundError:
     )
 
 
-def hint_for(cls: type[ApiError], *, system_verb_at: str | None = None) -> str:
+def hint_for(
+    cls: type[ApiError],
+    *,
+    verb: str | None = None,
+    system_verb_at: str | None = None,
+    terms: HintTerms = SDK_TERMS,
+) -> str:
     """Return the "what to do next" sentence for an error class (empty if none).
 
     Args:
         cls: The error class.
+        verb: The verb that failed: a conflict on ``deleteJob`` means the job has not
+            completed, not that its name is taken.
         system_verb_at: For a system verb (no job), the URL it was sent to: a 404 there
             means no JuliaRun server answers at that URL, not that a job is missing.
+        terms: How to name the settings (the command line names its flags).
     """
     if system_verb_at is not None and cls is JobNotFoundError:
         return (
-            f"no JuliaRun server was found at {system_verb_at}; check the URL (url= or "
-            "JRUN_URL), including any path after the host"
+            f"no JuliaRun server was found at {system_verb_at}; check the URL "
+            f"({terms.option('url')} or JRUN_URL), including any path after the host"
         )
-    return _HINTS.get(cls, "")
+    if verb == "deleteJob" and cls is ConflictError:
+        template = "the job has not completed; add {force} to stop and delete it"
+    else:
+        template = _HINTS.get(cls, "")
+    return template.format_map(terms.words())
+
+
+def shorten(text: str, limit: int) -> str:
+    """Return ``text``, cut to ``limit`` characters (``...`` ending a cut one)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def excerpt(value: object, limit: int = 200) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for error messages."""
+    return shorten(repr(value), limit)

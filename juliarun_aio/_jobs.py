@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import attrs
 
-from ._errors import SpecError
+from ._errors import SpecError, excerpt
 
 __all__ = [
     "JOB_KINDS",
@@ -96,8 +96,7 @@ def quote(value: object) -> str:
     Returns:
         The ``repr`` of the value, cut to about 40 characters.
     """
-    text = repr(value)
-    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+    return excerpt(value, _QUOTE_LIMIT)
 
 
 class FrozenDict(Mapping[_K, _V]):

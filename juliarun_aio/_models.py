@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from ._errors import excerpt
 from ._jobs import JobRef
 
 __all__ = [
@@ -35,19 +36,12 @@ __all__ = [
     "JobStatus",
     "JobTable",
     "endpoint_text",
-    "excerpt",
     "info_row",
     "phase_of",
 ]
 
 #: Phases reported by servers that say more than ``succeeded`` (the local server does).
 TERMINAL_PHASES = frozenset({"succeeded", "failed", "lost"})
-
-
-def excerpt(value: object, limit: int = 200) -> str:
-    """Return ``repr(value)`` cut to ``limit`` characters, for error messages."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _bool(value: object, what: str) -> bool:

@@ -28,7 +28,8 @@ from juliarun_aio import (
     TransportError,
     WaitTimeoutError,
 )
-from juliarun_aio._errors import api_error_class, hint_for
+from juliarun_aio._errors import api_error_class, excerpt, hint_for, shorten
+from juliarun_aio.cli._errors import CLI_TERMS
 
 
 @pytest.mark.parametrize(
@@ -196,6 +197,56 @@ def test_every_specific_class_has_a_hint(cls: type[ApiError]) -> None:
     """Each specific ApiError says what to do next."""
     assert hint_for(cls)
     assert hint_for(ApiError) == ""
+
+
+@pytest.mark.parametrize(
+    ("cls", "verb", "sdk", "cli"),
+    [
+        (AuthenticationError, None, "token=/token_file= (or JRUN_TOKEN", "--token/--token-file"),
+        (PermissionDeniedError, None, "namespace= (or JRUN_NAMESPACE)", "--namespace (or"),
+        (JobNotFoundError, "getJobStatus", "list_jobs()", "'juliarun list'"),
+        (
+            ConflictError,
+            "submitJob",
+            "(delete_job(), with force=True",
+            "'juliarun delete', with --force",
+        ),
+        (ConflictError, "deleteJob", "add force=True to stop", "add --force to stop"),
+    ],
+)
+def test_hints_name_settings_in_the_callers_terms(
+    cls: type[ApiError], verb: str | None, sdk: str, cli: str
+) -> None:
+    """One hint per error, naming Python arguments for the SDK and flags for the CLI."""
+    assert sdk in hint_for(cls, verb=verb)
+    assert cli in hint_for(cls, verb=verb, terms=CLI_TERMS)
+
+
+def test_hint_for_a_system_verb_404_names_the_url() -> None:
+    """A 404 from a system verb says no server answers at the URL, in the caller's terms."""
+    assert "at http://x/api; check the URL (url= or JRUN_URL)" in hint_for(
+        JobNotFoundError, system_verb_at="http://x/api"
+    )
+    assert "(--url or JRUN_URL)" in hint_for(
+        JobNotFoundError, system_verb_at="http://x", terms=CLI_TERMS
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [("abc", 3, "abc"), ("abcd", 3, "..."), ("abcdef", 5, "ab..."), ("", 5, "")],
+)
+def test_shorten_cuts_at_the_limit(text: str, limit: int, expected: str) -> None:
+    """shorten() keeps text up to the limit and marks a cut with an ellipsis."""
+    assert shorten(text, limit) == expected
+
+
+def test_excerpt_cuts_long_values() -> None:
+    """excerpt() quotes short values whole and cuts long ones with an ellipsis."""
+    assert excerpt("abc") == "'abc'"
+    long = excerpt("x" * 1000, limit=50)
+    assert len(long) == 50
+    assert long.endswith("...")
 
 
 def test_str_includes_verb_and_job() -> None:

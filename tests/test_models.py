@@ -11,7 +11,6 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from juliarun_aio import Endpoint, JobInfo, JobRef, JobScale, JobStatus, JobTable, SpecError
-from juliarun_aio._models import excerpt
 
 OBSERVED_STATUS = {
     "succeeded": False,
@@ -387,14 +386,6 @@ def test_job_info_round_trip(status: JobStatus, scale: JobScale | None) -> None:
     bare = JobInfo(name="b", kind="Generic")
     assert bare.to_wire() == {"type": "Generic"}
     assert JobInfo.mapping_from_wire({"b": bare.to_wire()}) == {"b": bare}
-
-
-def test_excerpt_cuts_long_values() -> None:
-    """excerpt() quotes short values whole and cuts long ones with an ellipsis."""
-    assert excerpt("abc") == "'abc'"
-    long = excerpt("x" * 1000, limit=50)
-    assert len(long) == 50
-    assert long.endswith("...")
 
 
 def test_job_info_keeps_an_unknown_job_type() -> None:

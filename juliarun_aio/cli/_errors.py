@@ -25,7 +25,7 @@ import enum
 
 from .. import _errors as errors
 
-__all__ = ["CliError", "ExitCode", "JobFailedError", "UsageError", "describe"]
+__all__ = ["CLI_TERMS", "CliError", "ExitCode", "JobFailedError", "UsageError", "describe"]
 
 
 class ExitCode(enum.IntEnum):
@@ -73,37 +73,27 @@ class JobFailedError(CliError):
         super().__init__(what, todo, ExitCode.JOB_FAILED)
 
 
-def _api_what(exc: errors.ApiError) -> str:
-    what = exc.server_message or f"the server answered {exc.status_code}"
-    return f"{what} ({exc.verb})" if exc.verb else what
+#: The hints of the command line name its flags and commands.
+CLI_TERMS = errors.HintTerms(flags=True, list_jobs="'juliarun list'", delete="'juliarun delete'")
 
 
 def _describe_api(exc: errors.ApiError) -> tuple[ExitCode, str, str]:
-    what = _api_what(exc)
+    what = exc.server_message or f"the server answered {exc.status_code}"
+    if exc.verb:
+        what = f"{what} ({exc.verb})"
+    todo = (
+        errors.hint_for(type(exc), verb=exc.verb, terms=CLI_TERMS)
+        or "retry later, or check the server's logs"
+    )
     if isinstance(exc, errors.AuthenticationError):
-        return (
-            ExitCode.AUTH,
-            f"the server refused the credential: {what}",
-            "check --token/--token-file (or JRUN_TOKEN/JRUN_TOKEN_FILE); it may have expired",
-        )
+        return ExitCode.AUTH, f"the server refused the credential: {what}", todo
     if isinstance(exc, errors.PermissionDeniedError):
-        return (
-            ExitCode.AUTH,
-            f"the credential is not allowed here: {what}",
-            "check --namespace (or JRUN_NAMESPACE) matches the token",
-        )
+        return ExitCode.AUTH, f"the credential is not allowed here: {what}", todo
     if isinstance(exc, errors.JobNotFoundError):
-        return ExitCode.NOT_FOUND, what, "check the name and type; list jobs with 'juliarun list'"
+        return ExitCode.NOT_FOUND, what, todo
     if isinstance(exc, errors.ConflictError):
-        todo = (
-            "the job has not completed; add --force to stop and delete it"
-            if exc.verb == "deleteJob"
-            else "pick another name, or delete the job first ('juliarun delete NAME --force')"
-        )
         return ExitCode.CONFLICT, what, todo
-    if isinstance(exc, errors.BadRequestError):
-        return ExitCode.ERROR, what, "fix the parameter the server names"
-    return ExitCode.ERROR, what, "retry later, or check the server's logs"
+    return ExitCode.ERROR, what, todo
 
 
 def describe(exc: BaseException) -> tuple[ExitCode, str, str] | None:
