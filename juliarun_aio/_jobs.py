@@ -410,12 +410,24 @@ class JobSpec:
     """Base class of the job specs: a job type (``kind``) and its parameters.
 
     Subclasses are the eight job types.  Only parameters the caller set (not ``None``)
-    are sent, so the server's defaults apply to the rest.
+    are sent, so the server's defaults apply to the rest.  The parameters every type
+    takes are declared here, so they come first in ``attrs.fields()``, ``repr()`` and
+    :meth:`params`: ``name``, ``run_volume``, ``additional_volumes``, ``cpu``, ``memory``
+    and ``envvars``; each type's own parameters follow.
     """
 
     kind: ClassVar[str]
 
     name: str = attrs.field(validator=_check_name)
+    run_volume: str = attrs.field(validator=_check_name)
+    additional_volumes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_freeze_volumes
+    )
+    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
+    memory: str | None = attrs.field(
+        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
+    )
+    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
 
     @property
     def ref(self) -> JobRef:
@@ -528,23 +540,14 @@ class JuliaParBatch(JobSpec):
     kind: ClassVar[str] = "JuliaParBatch"
 
     start_script: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
     pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
         default=None, converter=_freeze_ports
     )
     external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
     gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
     shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
     nworkers: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
     worker_cpu: str | None = attrs.field(
         default=None, converter=_quantity_text, validator=_OPTIONAL_CPU
@@ -596,23 +599,14 @@ class JuliaParBatchWorkers(JobSpec):
     kind: ClassVar[str] = "JuliaParBatchWorkers"
 
     start_script: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
     pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
         default=None, converter=_freeze_ports
     )
     external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
     gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
     shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
     nworkers: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
     restart: Restart | None = attrs.field(default=None, validator=_OPTIONAL_RESTART)
 
@@ -658,19 +652,10 @@ class Notebook(JobSpec):
 
     kind: ClassVar[str] = "Notebook"
 
-    run_volume: str = attrs.field(validator=_check_name)
     pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
     gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
     shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
     worker_cpu: str | None = attrs.field(
         default=None, converter=_quantity_text, validator=_OPTIONAL_CPU
     )
@@ -723,23 +708,14 @@ class JuliaBatch(JobSpec):
     kind: ClassVar[str] = "JuliaBatch"
 
     start_script: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
     pkg_bundle: str | None = attrs.field(default=None, validator=_OPTIONAL_VOLUME)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
         default=None, converter=_freeze_ports
     )
     external: bool | None = attrs.field(default=None, validator=_OPTIONAL_FLAG)
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
     gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
     shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
 
 
 @_checked_parameters
@@ -771,19 +747,10 @@ class PkgBuilder(JobSpec):
     kind: ClassVar[str] = "PkgBuilder"
 
     builder_script: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
     pkg_bundle: str = attrs.field(validator=_check_name)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
     gpu: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
     shell: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
 
 
 @_checked_parameters
@@ -813,16 +780,7 @@ class Webserver(JobSpec):
     kind: ClassVar[str] = "Webserver"
 
     cfg_file: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
     ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
         default=None, converter=_freeze_ports
     )
@@ -857,16 +815,7 @@ class MessageQ(JobSpec):
     kind: ClassVar[str] = "MessageQ"
 
     cfg_file: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
     image: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
     ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
         default=None, converter=_freeze_ports
     )
@@ -902,17 +851,8 @@ class Generic(JobSpec):
     kind: ClassVar[str] = "Generic"
 
     image: str = attrs.field(validator=_check_text)
-    run_volume: str = attrs.field(validator=_check_name)
     command: str | None = attrs.field(default=None, validator=_OPTIONAL_TEXT)
     args: tuple[str, ...] | None = attrs.field(default=None, converter=_freeze_args)
-    additional_volumes: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_freeze_volumes
-    )
-    cpu: str | None = attrs.field(default=None, converter=_quantity_text, validator=_OPTIONAL_CPU)
-    memory: str | None = attrs.field(
-        default=None, converter=_quantity_text, validator=_OPTIONAL_MEMORY
-    )
-    envvars: FrozenDict[str, str] | None = attrs.field(default=None, converter=_freeze_envvars)
     ports: FrozenDict[str, tuple[int, int]] | None = attrs.field(
         default=None, converter=_freeze_ports
     )

@@ -45,7 +45,7 @@ from ._jobs import SPEC_TYPES, FrozenDict, JobSpec, check_parameters, make_spec,
 if TYPE_CHECKING:
     import cattrs
 
-__all__ = ["decode_spec", "decode_value", "encode_spec", "encode_value"]
+__all__ = ["decode_spec", "decode_value", "encode_spec", "encode_value", "parameter_type"]
 
 # Sent on every call alongside the spec's parameters; not part of the spec.
 _CALL_PARAMETERS = frozenset({"jruntok", "jrunns"})
@@ -375,7 +375,15 @@ def _converter() -> cattrs.Converter:
     return converter
 
 
-def _parameter_type(field: str) -> Any:
+def parameter_type(field: str) -> Any:
+    """Return the type of a set parameter: its declared type without the ``| None``.
+
+    A parameter name means the same in every job type (``ports`` is always a mapping of
+    name to a pair of ints), so the name is enough.
+
+    Raises:
+        SpecError: ``field`` is not a parameter of any job type.
+    """
     try:
         return _PARAMETER_TYPES[field]
     except KeyError:
@@ -395,7 +403,7 @@ def encode_value(field: str, value: object) -> str:
     Raises:
         SpecError: If ``field`` is not a parameter of any job type.
     """
-    text: str = _converter().unstructure(value, unstructure_as=_parameter_type(field))
+    text: str = _converter().unstructure(value, unstructure_as=parameter_type(field))
     return text
 
 
@@ -416,7 +424,7 @@ def decode_value(field: str, text: str) -> object:
         SpecError: If ``field`` is unknown or the text does not parse; the message
             quotes the text.
     """
-    declared = _parameter_type(field)
+    declared = parameter_type(field)
     try:
         return _converter().structure(text, declared)
     except _WireError as exc:
@@ -430,8 +438,9 @@ def encode_spec(spec: JobSpec) -> dict[str, str]:
         spec: The job spec.
 
     Returns:
-        One entry per parameter the caller set, ``name`` included, in declaration
-        order; ``jruntok`` and ``jrunns`` are left to the caller.
+        One entry per parameter the caller set, in the order of
+        :meth:`~juliarun_aio.JobSpec.params` (the order is not significant on the wire);
+        ``jruntok`` and ``jrunns`` are left to the caller.
     """
     return {field: encode_value(field, value) for field, value in spec.params().items()}
 

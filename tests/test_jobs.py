@@ -144,7 +144,19 @@ def test_spec_types_map_each_kind_to_its_class() -> None:
 def test_each_type_has_exactly_the_documented_parameters(kind: str) -> None:
     """A spec class declares every documented parameter of its type, and no other."""
     required, optional = DOCUMENTED[kind]
-    assert field_names(SPEC_TYPES[kind]) == [*required, *optional]
+    assert sorted(field_names(SPEC_TYPES[kind])) == sorted([*required, *optional])
+
+
+def test_parameters_of_every_type_are_declared_once_on_the_base_class() -> None:
+    """The parameters all eight types take alike are JobSpec's fields, inherited by each."""
+    # image too is in every type, but Generic requires it and the others do not.
+    required = set.intersection(*(set(req) for req, _ in DOCUMENTED.values()))
+    optional = set.intersection(*(set(opt) for _, opt in DOCUMENTED.values()))
+    shared = required | optional
+    assert set(field_names(JobSpec)) == shared
+    for spec_type in SPEC_TYPES.values():
+        assert shared <= set(field_names(spec_type))
+        assert not shared & set(vars(spec_type).get("__annotations__", {})), spec_type
 
 
 @pytest.mark.parametrize("kind", JOB_KINDS)
@@ -192,18 +204,19 @@ def test_optional_parameters_left_out_are_none() -> None:
     assert spec.envvars is None
 
 
-def test_params_returns_only_set_parameters_in_declaration_order() -> None:
-    """params() includes name, leaves out None and keeps the class's field order."""
+def test_params_returns_only_set_parameters_name_first() -> None:
+    """params() starts with name, holds every parameter set (falsy ones too), no None."""
     spec = batch(envvars={"A": "1"}, gpu=0, external=False, pkg_bundle="pkgs")
-    assert list(spec.params()) == [
-        "name",
-        "start_script",
-        "run_volume",
-        "pkg_bundle",
-        "external",
-        "gpu",
-        "envvars",
-    ]
+    assert spec.params() == {
+        "name": "job",
+        "start_script": "run.jl",
+        "run_volume": "work",
+        "pkg_bundle": "pkgs",
+        "external": False,
+        "gpu": 0,
+        "envvars": {"A": "1"},
+    }
+    assert next(iter(spec.params())) == "name"
     assert spec.params()["gpu"] == 0
     assert spec.params()["external"] is False
 
@@ -245,7 +258,8 @@ def test_unknown_parameter_raises_spec_error_listing_accepted_ones() -> None:
         batch(nworkers=2)
     assert caught.value.field == "nworkers"
     assert "JuliaBatch has no parameter 'nworkers'" in str(caught.value)
-    assert "start_script, run_volume" in str(caught.value)
+    accepted = str(caught.value).split("it accepts ")[1]
+    assert sorted(accepted.split(", ")) == sorted(field_names(JuliaBatch))
 
 
 def test_missing_required_parameter_raises_spec_error_naming_it() -> None:
@@ -254,6 +268,20 @@ def test_missing_required_parameter_raises_spec_error_naming_it() -> None:
         PkgBuilder(name="b", builder_script="build.jl", run_volume="work")  # type: ignore[call-arg]
     assert caught.value.field == "pkg_bundle"
     assert "requires 'pkg_bundle'" in str(caught.value)
+
+
+def test_inherited_parameters_keep_their_types_for_type_checkers() -> None:
+    """A parameter declared on JobSpec is typed in each type's __init__, and checked.
+
+    ``mypy --strict`` checks this file (``nox -s typecheck``): each ignore below is needed,
+    and so accepted, only while the inherited parameter keeps its type in the subclass.
+    """
+    with pytest.raises(SpecError, match="run_volume"):
+        JuliaBatch(name="j", start_script="s", run_volume=3)  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="envvars"):
+        Generic(name="g", image="i", run_volume="w", envvars=["A=1"])  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="run_volume"):
+        Notebook(name="n")  # type: ignore[call-arg]
 
 
 def test_positional_arguments_are_refused_as_a_calling_mistake() -> None:

@@ -25,15 +25,14 @@ import enum
 import inspect
 import json
 import re
-import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import attrs
 
 from .._jobs import SPEC_TYPES, FrozenDict, JobSpec
-from .._wire import decode_spec
+from .._wire import decode_spec, parameter_type
 from ._errors import UsageError
 
 __all__ = [
@@ -108,31 +107,22 @@ class SpecFlag:
         return f"spec_item_{self.field}"
 
 
-def _value_type(declared: Any) -> Any:
-    """The type of a set field: ``X | None`` counts as ``X``."""
-    if typing.get_origin(declared) in (Union, types.UnionType):
-        return next(arg for arg in typing.get_args(declared) if arg is not type(None))
-    return declared
-
-
-def _choices(declared: Any) -> tuple[str, ...] | None:
-    declared = _value_type(declared)
-    if typing.get_origin(declared) is Literal:
-        return tuple(str(choice) for choice in typing.get_args(declared))
+def _choices(value_type: Any) -> tuple[str, ...] | None:
+    if typing.get_origin(value_type) is Literal:
+        return tuple(str(choice) for choice in typing.get_args(value_type))
     return None
 
 
-def _shape(declared: Any) -> Shape:
-    """Classify a field by its declared type."""
-    declared = _value_type(declared)
-    origin = typing.get_origin(declared)
-    if declared is bool:
+def _shape(value_type: Any) -> Shape:
+    """Classify a parameter by the type of its value."""
+    origin = typing.get_origin(value_type)
+    if value_type is bool:
         return Shape.FLAG
     if origin is tuple:
         return Shape.LIST
     if origin is FrozenDict:
-        value_type = typing.get_args(declared)[1]
-        return Shape.ENV if value_type is str else Shape.PORTS
+        item_type = typing.get_args(value_type)[1]
+        return Shape.ENV if item_type is str else Shape.PORTS
     return Shape.TEXT
 
 
@@ -154,19 +144,24 @@ def spec_flags(spec_type: type[JobSpec]) -> list[SpecFlag]:
         spec_type: A spec class from :data:`juliarun_aio._jobs.SPEC_TYPES`.
 
     Returns:
-        The flags in the order the fields are declared.
+        The flags in the order the class documents its parameters (its docstring's
+        ``Args:``), which keeps each type's own parameters among the shared ones.
     """
     helps = _field_help(spec_type)
+    documented = {name: position for position, name in enumerate(helps)}
+    fields = sorted(
+        (field for field in attrs.fields(spec_type) if field.name != "name"),
+        key=lambda field: documented.get(field.name, len(documented)),
+    )
     return [
         SpecFlag(
             field=field.name,
-            shape=_shape(field.type),
+            shape=_shape(parameter_type(field.name)),
             required=field.default is attrs.NOTHING,
             help=helps.get(field.name, ""),
-            choices=_choices(field.type),
+            choices=_choices(parameter_type(field.name)),
         )
-        for field in attrs.fields(spec_type)
-        if field.name != "name"
+        for field in fields
     ]
 
 
