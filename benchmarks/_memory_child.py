@@ -22,7 +22,7 @@ import psutil
 
 from juliarun_aio import Context, JobRef
 
-from ._support import NAMESPACE
+from ._support import NAMESPACE, pooled_client, signed_url
 
 WARMUP_LINES = 1000
 
@@ -50,8 +50,8 @@ class _Sampler:
 async def _read(ctx: Context, job: JobRef, mode: str, after: int) -> int:
     lines = 0
     if mode == "bare":
-        url = ctx.build_url("streamLogs", job, {"cursor": str(after), "follow": "false"})
-        async with ctx.http_client.stream("GET", url) as response:
+        url = signed_url(ctx, "streamLogs", job, {"cursor": str(after), "follow": "false"})
+        async with pooled_client(ctx).stream("GET", url) as response:
             async for chunk in response.aiter_bytes():
                 lines += chunk.count(b"\n")
         return lines - 1

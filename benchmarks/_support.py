@@ -16,7 +16,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,17 @@ from juliarun_aio.server import ServerProcess as BaseServerProcess
 
 NAMESPACE = "default"
 VOLUME = "bench"
+
+
+def signed_url(ctx: Context, verb: str, job: JobRef | None, params: Mapping[str, str]) -> httpx.URL:
+    """The URL ``ctx`` sends for a call, so that a baseline sends the very same request."""
+    return ctx._http.build_url(verb, job, params)
+
+
+def pooled_client(ctx: Context) -> httpx.AsyncClient:
+    """The pooled client ``ctx`` uses in the running event loop."""
+    return ctx._http.loop_state().client
+
 
 #: A job that writes ``LINES`` numbered lines of about 60 bytes as fast as it can.
 BULK_SCRIPT = """\

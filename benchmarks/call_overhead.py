@@ -21,7 +21,16 @@ from typing import Any
 
 import httpx
 
-from ._support import Row, ServerProcess, Sizes, bare_client, ensure_job, fmt_us, median
+from ._support import (
+    Row,
+    ServerProcess,
+    Sizes,
+    bare_client,
+    ensure_job,
+    fmt_us,
+    median,
+    signed_url,
+)
 
 #: Calls per timed block.
 BLOCK = 20
@@ -38,7 +47,7 @@ async def _block(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, flo
 async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
     async with server.context() as ctx, bare_client() as bare:
         job = await ensure_job(ctx, server.sleep_job("probe"))
-        url = ctx.build_url("getJobStatus", job.ref, {})
+        url = signed_url(ctx, "getJobStatus", job.ref, {})
 
         async def floor() -> None:
             response = await bare.get(url)

@@ -24,8 +24,10 @@ from ._support import (
     ensure_job,
     fmt_rate,
     median,
+    pooled_client,
     run_concurrently,
     sampling_held,
+    signed_url,
 )
 
 
@@ -34,10 +36,10 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
     limit = DEFAULT_LIMITS.max_connections
     assert limit is not None
     async with server.context() as ctx, bare_client(limits=DEFAULT_LIMITS) as bare:
-        sdk_conns = count_connections(ctx.http_client)
+        sdk_conns = count_connections(pooled_client(ctx))
         bare_conns = count_connections(bare)
         job = await ensure_job(ctx, server.sleep_job("probe"))
-        url = ctx.build_url("getJobStatus", job.ref, {})
+        url = signed_url(ctx, "getJobStatus", job.ref, {})
 
         async def floor() -> None:
             response = await bare.get(url)

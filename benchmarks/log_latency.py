@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from juliarun_aio import Context, JuliaBatch
 
-from ._support import Row, ServerProcess, Sizes, bare_client, fmt_ms, percentile
+from ._support import Row, ServerProcess, Sizes, bare_client, fmt_ms, percentile, signed_url
 
 
 def _written_at(text: str) -> float | None:
@@ -33,7 +33,7 @@ def _written_at(text: str) -> float | None:
 
 async def _bare(ctx: Context, job: JuliaBatch, note: Callable[[str], None]) -> None:
     params = {"cursor": "0", "follow": "true", "heartbeat": "1"}
-    url = ctx.build_url("streamLogs", job.ref, params)
+    url = signed_url(ctx, "streamLogs", job.ref, params)
     async with bare_client() as client, client.stream("GET", url) as response:
         response.raise_for_status()
         async for raw in response.aiter_lines():

@@ -22,11 +22,20 @@ import httpx
 from juliarun_aio import Context, JuliaBatch
 from juliarun_aio._logs import LogGapWarning
 
-from ._support import Row, ServerProcess, Sizes, bare_client, bulk_log, fmt_rate, median
+from ._support import (
+    Row,
+    ServerProcess,
+    Sizes,
+    bare_client,
+    bulk_log,
+    fmt_rate,
+    median,
+    signed_url,
+)
 
 
 def _url(ctx: Context, job: JuliaBatch) -> httpx.URL:
-    return ctx.build_url("streamLogs", job.ref, {"cursor": "0", "follow": "false"})
+    return signed_url(ctx, "streamLogs", job.ref, {"cursor": "0", "follow": "false"})
 
 
 async def wire_lines(client: httpx.AsyncClient, url: httpx.URL) -> int:

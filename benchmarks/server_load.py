@@ -18,6 +18,7 @@ from ._support import (
     fmt_ms,
     median,
     server_process,
+    signed_url,
     wait_finished,
     wait_running,
 )
@@ -45,7 +46,7 @@ async def run(sizes: Sizes) -> list[Row]:
             probe = server.sleep_job("probe")
             await ctx.submit_job(probe)
             await wait_running(ctx, [probe])
-            url = str(ctx.build_url("getJobStatus", probe.ref, {}))
+            url = str(signed_url(ctx, "getJobStatus", probe.ref, {}))
             idle = await _status_latency(url, sizes.status_calls, sizes.warmup)
 
             short = [server.short_job(f"short-{i}") for i in range(sizes.short_jobs)]

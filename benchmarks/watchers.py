@@ -28,6 +28,7 @@ from ._support import (
     Sizes,
     count_connections,
     ensure_job,
+    pooled_client,
     sampling_held,
     wait_running,
 )
@@ -71,9 +72,9 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
         ]
         await wait_running(setup, jobs)
     async with server.context() as many, server.context() as one:
-        many_requests = RequestCounter(many.http_client)
-        one_requests = RequestCounter(one.http_client)
-        conns = count_connections(many.http_client)
+        many_requests = RequestCounter(pooled_client(many))
+        one_requests = RequestCounter(pooled_client(one))
+        conns = count_connections(pooled_client(many))
         careless = (_stalled, _slow, _dropped)
         with anyio.move_on_after(sizes.watch_seconds):
             async with sampling_held(conns, every=0.5) as held, anyio.create_task_group() as group:

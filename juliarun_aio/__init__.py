@@ -9,7 +9,7 @@ asyncio and trio.  The bundled local server lives in :mod:`juliarun_aio.server`.
 from __future__ import annotations
 
 from ._cluster import initialize_cluster, release_cluster, self_job
-from ._context import DEFAULT_RETRY, Context, Job
+from ._context import Context
 from ._errors import (
     ApiError,
     AuthenticationError,
@@ -33,6 +33,7 @@ from ._errors import (
 from ._jobs import (
     JOB_KINDS,
     Generic,
+    Job,
     JobRef,
     JobSpec,
     JuliaBatch,
@@ -46,7 +47,7 @@ from ._jobs import (
 )
 from ._logs import LogGapWarning, LogLine
 from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
-from ._retry import NO_RETRIES, RetryPolicy
+from ._retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy
 from ._version import __version__
 from ._watch import PollPolicy
 

@@ -26,10 +26,12 @@ from ._errors import SpecError, excerpt
 
 __all__ = [
     "JOB_KINDS",
+    "MAX_NAME_LENGTH",
     "RESTART_POLICIES",
     "SPEC_TYPES",
     "FrozenDict",
     "Generic",
+    "Job",
     "JobRef",
     "JobSpec",
     "JuliaBatch",
@@ -65,8 +67,9 @@ Restart = Literal["RestartAlways", "RestartOnFailure", "Never"]
 RESTART_POLICIES: tuple[str, ...] = get_args(Restart)
 """The values of the ``restart`` parameter, in documentation order."""
 
-# Kubernetes limits: a DNS-1123 label is at most 63 characters, a port name at most 15.
-_MAX_NAME = 63
+#: The longest job or volume name: a DNS-1123 label is at most 63 characters.
+MAX_NAME_LENGTH = 63
+# Kubernetes limits a port name to 15 characters.
 _MAX_PORT_NAME = 15
 _MAX_PORT = 65535
 # How much of a bad value an error message quotes.
@@ -158,9 +161,9 @@ def validate_name(value: str, field: str = "name") -> str:
         raise SpecError(field, f"must be a string, got {quote(value)}")
     if not value:
         raise SpecError(field, "must not be empty")
-    if len(value) > _MAX_NAME:
+    if len(value) > MAX_NAME_LENGTH:
         raise SpecError(
-            field, f"is {len(value)} characters long; shorten it to at most {_MAX_NAME}"
+            field, f"is {len(value)} characters long; shorten it to at most {MAX_NAME_LENGTH}"
         )
     if _DNS_LABEL.fullmatch(value) is None:
         if "/" in value or ".." in value:
@@ -442,6 +445,10 @@ class JobSpec:
         """
         values = ((field.name, getattr(self, field.name)) for field in attrs.fields(type(self)))
         return {name: value for name, value in values if value is not None}
+
+
+#: A job argument: a spec (``JuliaBatch(...)``) or a bare reference (``JobRef(kind, name)``).
+Job = JobRef | JobSpec
 
 
 def check_parameters(kind: str, names: Collection[str]) -> type[JobSpec]:

@@ -83,19 +83,18 @@ import math
 import time
 import warnings
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import anyio
 import attrs
 import httpx
 
 from . import _errors as errors
+from ._http import UNSET, HttpLayer, TimeoutArg
+from ._jobs import Job, JobRef
+from ._models import JobStatus, str_from_wire
 from ._retry import backoff_delay, is_retryable_status
 from ._watch import DEFAULT_POLL_POLICY, PollPolicy
-
-if TYPE_CHECKING:
-    from ._context import Context, Job
-    from ._jobs import JobRef
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -110,6 +109,7 @@ __all__ = [
     "WindowTracker",
     "alignments",
     "tail_logs",
+    "tail_window",
 ]
 
 #: Seconds to wait for a job that does not exist yet.
@@ -137,7 +137,6 @@ _ANCHOR_HITS = 8
 Mode = Literal["auto", "stream", "poll"]
 
 STREAM_VERB = "streamLogs"
-_PATH_FEATURE = "tail_logs.path"
 #: The header of every ``streamLogs`` answer that names the job submission it reads.
 UID_HEADER = "X-JuliaRun-Job-Uid"
 # The heartbeat period asked for is a third of the idle timeout, so that a healthy but
@@ -197,7 +196,7 @@ class LogGapWarning(UserWarning):
 
 
 def tail_logs(
-    ctx: Context,
+    http: HttpLayer,
     job: Job,
     *,
     follow: bool,
@@ -211,7 +210,7 @@ def tail_logs(
     """Yield the job's log lines from the start (or after ``since``), in order, each once.
 
     Args:
-        ctx: The Context to read through.
+        http: The HTTP layer of the Context to read through.
         job: The job (a spec or a :class:`JobRef`).
         follow: Keep yielding new lines until the job completes; ``False`` yields the
             lines that exist now and ends.
@@ -244,8 +243,8 @@ def tail_logs(
         raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
     if mode not in ("auto", "stream", "poll"):
         raise ValueError(f"mode must be 'auto', 'stream' or 'poll', got {mode!r}")
-    tail = _Tail(
-        ctx,
+    tail = _TailLogs(
+        http,
         job.ref,
         follow=follow,
         stream=stream,
@@ -257,33 +256,72 @@ def tail_logs(
     return tail.run(mode)
 
 
-async def _log_path(ctx: Context, ref: JobRef) -> str:
-    """Return ``"stream"`` or ``"poll"`` for this Context, asking the server once.
+async def _log_path(http: HttpLayer, ref: JobRef) -> str:
+    """Return ``"stream"`` or ``"poll"`` for this server (``serverInfo`` is asked once).
 
     Raises:
         JuliaRunError: the question failed (a refused credential, an unreachable
             server); the error names ``tailJob`` and the job, which is what the caller
             asked for, not the probe.
     """
-    path: str | None = ctx.feature(_PATH_FEATURE)
-    if path is None:
-        try:
-            info = await ctx.server_info()
-        except errors.JuliaRunError as exc:
-            exc.verb, exc.job = "tailJob", ref.name
-            raise
-        extensions = info.get("extensions") if info else None
-        path = "stream" if isinstance(extensions, list) and STREAM_VERB in extensions else "poll"
-        ctx.remember(_PATH_FEATURE, path)
-    return path
+    try:
+        info = await http.server_info()
+    except errors.JuliaRunError as exc:
+        exc.verb, exc.job = "tailJob", ref.name
+        raise
+    extensions = info.get("extensions") if info else None
+    return "stream" if isinstance(extensions, list) and STREAM_VERB in extensions else "poll"
 
 
-class _Tail:
+async def tail_window(
+    http: HttpLayer,
+    job: JobRef,
+    stream: str | None,
+    count: int,
+    *,
+    timeout: TimeoutArg = UNSET,
+) -> tuple[str, int | None]:
+    """Make a ``tailJob`` call; return its text and how many lines it joins, if known.
+
+    The number comes from the local server's :data:`LINE_COUNT_HEADER`; it is ``None``
+    from a server that does not send it, where ``""`` may be no line or one empty line.
+
+    Raises:
+        ValueError: ``count`` is negative or ``stream`` is not a known stream.
+        ResponseError: the header is not a count that fits the text.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if stream not in (None, "stdout", "stderr"):
+        raise ValueError(f"stream must be 'stdout', 'stderr' or None, got {stream!r}")
+    params = {"count": str(count)}
+    if stream is not None:
+        params["stream"] = stream
+    data, headers = await http.exchange("tailJob", job, params, timeout=timeout)
+    text = http.decode(str_from_wire, data, "tailJob", job)
+    header = headers.get(LINE_COUNT_HEADER)
+    if header is None:
+        return text, None
+    lines = int(header) if header.isascii() and header.isdigit() else None
+    # n >= 1 lines joined by newlines hold n - 1 of them; "" is no line or one empty one.
+    joined = text.count("\n") + 1 if text else None
+    if lines is None or (lines > 1 if joined is None else lines != joined):
+        raise errors.ResponseError(
+            f"unexpected tailJob answer: {LINE_COUNT_HEADER} is "
+            f"{http.excerpt(header)} for a text of {joined or 'at most one'} line(s)",
+            verb="tailJob",
+            job=job.name,
+            body=http.excerpt(text),
+        )
+    return text, lines
+
+
+class _TailLogs:
     """The state of one ``tail_logs`` call."""
 
     def __init__(
         self,
-        ctx: Context,
+        http: HttpLayer,
         ref: JobRef,
         *,
         follow: bool,
@@ -293,7 +331,7 @@ class _Tail:
         idle_timeout: float,
         poll: PollPolicy,
     ) -> None:
-        self.ctx = ctx
+        self.http = http
         self.ref = ref
         self.follow = follow
         self.stream = stream
@@ -308,9 +346,9 @@ class _Tail:
         self._start_wait = poll.initial
 
     async def run(self, mode: Mode) -> AsyncGenerator[LogLine, None]:
-        ctx = self.ctx
-        with ctx.loop_state().close_guard():
-            path = await _log_path(ctx, self.ref) if mode == "auto" else mode
+        http = self.http
+        with http.loop_state().close_guard():
+            path = await _log_path(http, self.ref) if mode == "auto" else mode
         # Both paths yield lists of lines (one per network chunk or poll), so that the
         # generator hops cost per batch; only this, the public generator, hops per line.
         batches = self._stream() if path == "stream" else self._poll()
@@ -318,7 +356,7 @@ class _Tail:
             while True:
                 # Guarded per batch, never across the yield: closing the Context ends
                 # the wait for the next batch, whichever path it is on.
-                with ctx.loop_state().close_guard():
+                with http.loop_state().close_guard():
                     batch = await anext(batches, None)
                 if batch is None:
                     return
@@ -356,7 +394,7 @@ class _Tail:
         return header if uid is None else uid
 
     async def _stream(self) -> AsyncGenerator[list[LogLine], None]:
-        slots = self.ctx.loop_state().stream_slots
+        slots = self.http.loop_state().stream_slots
         # Borrowed on behalf of a token, not the task: a generator closed by the garbage
         # collector runs its cleanup in another task, which must still release the slot.
         borrower = object()
@@ -375,7 +413,7 @@ class _Tail:
         with anyio.move_on_after(wait) as scope:
             await slots.acquire_on_behalf_of(borrower)
         if scope.cancelled_caught:
-            connections = int(self.ctx.loop_state().slots.total_tokens)
+            connections = int(self.http.loop_state().slots.total_tokens)
             raise errors.WaitTimeoutError(
                 f"no log stream slot became free within {wait:g} s: all "
                 f"{int(slots.total_tokens)} of this Context are held by other tail_logs "
@@ -388,12 +426,12 @@ class _Tail:
             )
 
     async def _stream_holding_slot(self) -> AsyncGenerator[list[LogLine], None]:
-        ctx, ref = self.ctx, self.ref
+        http, ref = self.http, self.ref
         cursor = self.since
-        policy = ctx.retry_policy
+        policy = http.retry_policy
         retry = 0
         alive_at = time.monotonic()
-        client_timeout = ctx.http_client.timeout
+        client_timeout = http.loop_state().client.timeout
         # Reads are bounded by the idle timeout below, not by httpx.
         timeout = httpx.Timeout(None, connect=client_timeout.connect, pool=client_timeout.pool)
         # The submission this tail reads, from the first answer's header: a reconnect
@@ -412,12 +450,12 @@ class _Tail:
             ended = False
             error: errors.JuliaRunError
             try:
-                async with ctx.open_stream(STREAM_VERB, ref, params, timeout=timeout) as response:
+                async with http.open_stream(STREAM_VERB, ref, params, timeout=timeout) as response:
                     if response.status_code != 200 or "ndjson" not in response.headers.get(
                         "content-type", ""
                     ):
                         await response.aread()
-                        ctx._unwrap(STREAM_VERB, ref, response)
+                        http.unwrap(STREAM_VERB, ref, response)
                         raise errors.ResponseError(
                             f"expected 200 with an NDJSON body, got {response.status_code}",
                             verb=STREAM_VERB,
@@ -444,7 +482,7 @@ class _Tail:
                     raise
                 error = exc
             except httpx.TransportError as exc:
-                error = ctx._transport_error(exc, STREAM_VERB, ref, retry + 1)
+                error = http.transport_error(exc, STREAM_VERB, ref, retry + 1)
             except _StreamIdleError:
                 error = errors.RequestTimeoutError(
                     f"no data on the log stream for {self.idle_timeout:g} s",
@@ -473,7 +511,7 @@ class _Tail:
     # -- polling tailJob -------------------------------------------------------------
 
     async def _poll(self) -> AsyncGenerator[list[LogLine], None]:
-        ctx, ref = self.ctx, self.ref
+        http, ref = self.http, self.ref
         tracker = WindowTracker()
         count = POLL_WINDOW
         interval = self.poll.initial
@@ -483,7 +521,7 @@ class _Tail:
         grown = False
         while True:
             try:
-                text, known = await ctx._tail_window(ref, self.stream, count)
+                text, known = await tail_window(http, ref, self.stream, count)
             except errors.JobNotFoundError as exc:
                 await self._not_found(exc)
                 continue
@@ -521,7 +559,7 @@ class _Tail:
                 interval = self.poll.grow(interval)
                 # Quiet: maybe the job is done.  One more tail after "completed" drains
                 # the lines written between the last tail and the status.
-                status = await ctx.get_job_status(ref)
+                status = await http.fetch("getJobStatus", ref, JobStatus.from_wire)
                 if status.completed:
                     completed = True
                     continue

@@ -35,13 +35,43 @@ __all__ = [
     "JobScale",
     "JobStatus",
     "JobTable",
+    "bool_from_wire",
     "endpoint_text",
     "info_row",
     "phase_of",
+    "str_from_wire",
 ]
 
 #: Phases reported by servers that say more than ``succeeded`` (the local server does).
 TERMINAL_PHASES = frozenset({"succeeded", "failed", "lost"})
+
+
+def bool_from_wire(data: object) -> bool:
+    """Read a boolean answer (``true``/``false``; ``null`` reads as ``False``).
+
+    Raises:
+        ValueError: ``data`` is neither.
+    """
+    if data is None:
+        return False
+    if isinstance(data, bool):
+        return data
+    if isinstance(data, str) and data.lower() in ("true", "false"):
+        return data.lower() == "true"
+    raise ValueError(f"expected true/false, got {excerpt(data)}")
+
+
+def str_from_wire(data: object) -> str:
+    """Read a string answer (``null`` reads as ``""``).
+
+    Raises:
+        ValueError: ``data`` is not a string.
+    """
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    raise ValueError(f"expected a string, got {excerpt(data)}")
 
 
 def _bool(value: object, what: str) -> bool:

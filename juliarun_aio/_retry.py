@@ -5,8 +5,9 @@ Nothing here sleeps or does I/O, so every rule is tested as a table.
 - Reads (idempotent verbs) retry transport errors, timeouts and the statuses in
   :data:`RETRYABLE_STATUSES` (408, 429 and 5xx except 501/505, which will not change).
 - State-changing verbs retry only what provably never reached the server (a failed
-  connect, a pool timeout) or an explicit 429 refusal; anything ambiguous is settled by a
-  follow-up read in the client (see ``Context._write``).
+  connect, a pool timeout) or an explicit 429 refusal; a failure after which the change
+  may have been applied is :attr:`Decision.AMBIGUOUS`, settled by a follow-up read
+  (:class:`WriteOutcome`, see ``_http.py``).  :func:`decide` is the whole rule.
 - The wait is exponential backoff with full jitter, ``uniform(0, min(max, initial * 2**n))``,
   unless the server sent ``Retry-After`` (seconds or an HTTP date), which is honoured up to
   :attr:`RetryPolicy.max_retry_after`.
@@ -17,6 +18,7 @@ Nothing here sleeps or does I/O, so every rule is tested as a table.
 from __future__ import annotations
 
 import email.utils
+import enum
 import math
 import random
 from collections.abc import Callable
@@ -25,11 +27,17 @@ from datetime import datetime, timezone
 import attrs
 import httpx
 
+from ._errors import ResponseError
+
 __all__ = [
+    "DEFAULT_RETRY",
     "NO_RETRIES",
     "RETRYABLE_STATUSES",
+    "Decision",
     "RetryPolicy",
+    "WriteOutcome",
     "backoff_delay",
+    "decide",
     "is_retryable_exception",
     "is_retryable_status",
     "never_reached_server",
@@ -65,6 +73,36 @@ class RetryPolicy:
 
 #: A policy that makes exactly one attempt.
 NO_RETRIES = RetryPolicy(attempts=1)
+
+#: A Context's default: up to 4 tries of a call (the first and 3 retries) within 60 s.
+DEFAULT_RETRY = RetryPolicy()
+
+
+class Decision(enum.Enum):
+    """What a failed try of a call means for the next one (see :func:`decide`)."""
+
+    #: Try again, after a backoff, while the policy allows.
+    RETRY = "retry"
+    #: A state-changing call may have been applied: a follow-up read must settle it.
+    AMBIGUOUS = "ambiguous"
+    #: Raise the error.
+    FAIL = "fail"
+
+
+class WriteOutcome(enum.Enum):
+    """What a follow-up read says about a state-changing call whose answer was lost."""
+
+    #: The change is in effect: the call succeeded.
+    APPLIED = "applied"
+    #: The change is provably not in effect: the call may be sent again.
+    NOT_APPLIED = "not applied"
+    #: The read cannot tell (or failed): the error is raised, saying so.
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def seen(cls, applied: bool) -> WriteOutcome:
+        """Return :attr:`APPLIED` or :attr:`NOT_APPLIED`, as a read showed."""
+        return cls.APPLIED if applied else cls.NOT_APPLIED
 
 
 def backoff_delay(
@@ -123,6 +161,34 @@ def is_retryable_exception(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError) and not isinstance(
         exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError
     )
+
+
+def decide(failure: BaseException | int, *, idempotent: bool) -> Decision:
+    """Decide what to do after a try of a call failed.
+
+    Args:
+        failure: What went wrong: an exception from httpx (the request did not complete),
+            the HTTP status of a refusal, or a :class:`~juliarun_aio.ResponseError` (a 2xx
+            answer that cannot be read).
+        idempotent: The call is a read, which may be repeated freely.
+
+    Returns:
+        :attr:`Decision.RETRY` for what may succeed if tried again and cannot apply a
+        change twice; :attr:`Decision.AMBIGUOUS` for a state-changing call that may have
+        reached the server and been applied; :attr:`Decision.FAIL` otherwise.
+    """
+    if isinstance(failure, int):
+        if idempotent:
+            return Decision.RETRY if is_retryable_status(failure) else Decision.FAIL
+        if failure == 429:  # an explicit "not now": nothing was done
+            return Decision.RETRY
+        return Decision.AMBIGUOUS if failure >= 500 or failure == 408 else Decision.FAIL
+    if isinstance(failure, ResponseError):
+        # A write probably applied; a read would only get the same answer again.
+        return Decision.FAIL if idempotent else Decision.AMBIGUOUS
+    if idempotent or never_reached_server(failure):
+        return Decision.RETRY if is_retryable_exception(failure) else Decision.FAIL
+    return Decision.AMBIGUOUS if is_retryable_exception(failure) else Decision.FAIL
 
 
 def never_reached_server(exc: BaseException) -> bool:

@@ -48,10 +48,11 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import attrs
+import httpx
 
 from ._errors import (
     ApiError,
@@ -61,12 +62,10 @@ from ._errors import (
     WaitTimeoutError,
     job_replaced_error,
 )
-from ._jobs import JobRef
+from ._http import HttpLayer
+from ._jobs import Job, JobRef
 from ._models import JobScale, JobStatus
 from ._retry import is_retryable_status
-
-if TYPE_CHECKING:
-    from ._context import Context, Job
 
 __all__ = [
     "DEFAULT_OUTAGE",
@@ -270,7 +269,7 @@ def _release(
 
 
 async def _changes(
-    ctx: Context,
+    http: HttpLayer,
     key: _PollerKey,
     fetch: Callable[[], Awaitable[_T]],
     *,
@@ -290,14 +289,14 @@ async def _changes(
     started = time.monotonic()
     deadline = math.inf if timeout is None else started + timeout
     budget = policy.outage if timeout is None else math.inf
-    state = ctx.loop_state()
+    state = http.loop_state()
     poller = _shared_poll(state.pollers, key, fetch, policy)
     seen = 0
     last: _T | None = None
     try:
         # The first read may outlast the deadline (timeout=0 checks now), but not by
         # more than one request: retries past the deadline are cut short.
-        first_read = max(deadline, started + _one_request(ctx))
+        first_read = max(deadline, started + _one_request(state.client.timeout))
         with state.close_guard(), anyio.move_on_after(first_read - time.monotonic()):
             await poller.attempt_since(started)
         while True:
@@ -334,9 +333,8 @@ async def _changes(
         _release(state.pollers, key, poller)
 
 
-def _one_request(ctx: Context) -> float:
-    """Return the longest one request of ``ctx`` may take: connect, then answer."""
-    limits = ctx.http_client.timeout
+def _one_request(limits: httpx.Timeout) -> float:
+    """Return the longest one request may take under ``limits``: connect, then answer."""
     if limits.connect is None or limits.read is None:
         return math.inf
     return limits.connect + limits.read
@@ -389,15 +387,15 @@ class _Workers:
     stuck: bool = False
 
 
-def _workers_fetch(ctx: Context, ref: JobRef) -> Callable[[], Awaitable[_Workers]]:
+def _workers_fetch(http: HttpLayer, ref: JobRef) -> Callable[[], Awaitable[_Workers]]:
     same = 0
     previous: tuple[object, ...] | None = None
 
     async def fetch() -> _Workers:
         nonlocal same, previous
-        scale = await ctx.get_job_scale(ref)
+        scale = await http.fetch("getJobScale", ref, JobScale.from_wire)
         # Read after the scale, so that its uid vouches for the scale too.
-        status = await ctx.get_job_status(ref)
+        status = await http.fetch("getJobStatus", ref, JobStatus.from_wire)
         short = (
             status.message is not None and not status.completed and scale.running < scale.requested
         )
@@ -410,7 +408,7 @@ def _workers_fetch(ctx: Context, ref: JobRef) -> Callable[[], Awaitable[_Workers
 
 
 def wait_for_workers(
-    ctx: Context,
+    http: HttpLayer,
     job: Job,
     n: int,
     *,
@@ -423,7 +421,7 @@ def wait_for_workers(
     reads the scale and then the status, so that a wait that cannot succeed ends early.
 
     Args:
-        ctx: The Context to poll through.
+        http: The HTTP layer of the Context to poll through.
         job: The job (a spec or a :class:`JobRef`).
         n: How many running workers to wait for.
         timeout: Seconds to wait in total (``0``: check once); ``None`` waits forever.
@@ -451,9 +449,9 @@ def wait_for_workers(
         )
 
     views = _changes(
-        ctx,
+        http,
         ("getJobScale", ref),
-        _workers_fetch(ctx, ref),
+        _workers_fetch(http, ref),
         timeout=timeout,
         policy=poll or DEFAULT_POLL_POLICY,
         describe=describe,
@@ -498,7 +496,7 @@ async def _scales_until(
 
 
 async def wait_for_scale(
-    ctx: Context,
+    http: HttpLayer,
     job: Job,
     n: int,
     *,
@@ -509,11 +507,11 @@ async def wait_for_scale(
 
     Same arguments and errors as :func:`wait_for_workers`.
     """
-    return await _last(wait_for_workers(ctx, job, n, timeout=timeout, poll=poll))
+    return await _last(wait_for_workers(http, job, n, timeout=timeout, poll=poll))
 
 
 def watch_job(
-    ctx: Context,
+    http: HttpLayer,
     job: Job,
     *,
     timeout: float | None,
@@ -525,7 +523,7 @@ def watch_job(
     that report it (the local server does, a plain JuliaRun server does not) -- failed.
 
     Args:
-        ctx: The Context to poll through.
+        http: The HTTP layer of the Context to poll through.
         job: The job (a spec or a :class:`JobRef`).
         timeout: Seconds to watch in total (``0``: check once); ``None`` watches until
             the job completes (riding out at most :attr:`PollPolicy.outage` seconds of
@@ -543,13 +541,13 @@ def watch_job(
     ref = job.ref
 
     async def fetch() -> JobStatus:
-        return await ctx.get_job_status(ref)
+        return await http.fetch("getJobStatus", ref, JobStatus.from_wire)
 
     def describe(last: JobStatus | None) -> str:
         return f"job {ref.name!r} did not complete within {timeout:g} s ({_summary(last)})"
 
     statuses = _changes(
-        ctx,
+        http,
         ("getJobStatus", ref),
         fetch,
         timeout=timeout,
@@ -572,7 +570,7 @@ async def _statuses_until(
 
 
 async def wait_for_job(
-    ctx: Context,
+    http: HttpLayer,
     job: Job,
     *,
     timeout: float | None,
@@ -582,7 +580,7 @@ async def wait_for_job(
 
     Same arguments and errors as :func:`watch_job`.
     """
-    return await _last(watch_job(ctx, job, timeout=timeout, poll=poll))
+    return await _last(watch_job(http, job, timeout=timeout, poll=poll))
 
 
 async def _last(values: AsyncGenerator[_T, None]) -> _T:

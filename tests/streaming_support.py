@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import httpx
 from anyio.abc import SocketAttribute
+from support import http_layer
 
 from juliarun_aio import Context, RetryPolicy
 from juliarun_aio.server import LocalServer
@@ -30,8 +31,9 @@ FAST_RETRY = RetryPolicy(attempts=4, initial=0.0, maximum=0.0, total_timeout=5.0
 
 
 def mock_context(**kwargs: Any) -> Context:
-    """Return a Context on :data:`URL` with zero retry backoff (mock it with respx)."""
-    return Context(URL, "secret", "ns", retries=FAST_RETRY, **kwargs)
+    """Return a Context on :data:`URL`, by default with zero retry backoff (mock it with respx)."""
+    kwargs.setdefault("retries", FAST_RETRY)
+    return Context(URL, "secret", "ns", **kwargs)
 
 
 def envelope(data: object, status: int = 200) -> httpx.Response:
@@ -209,5 +211,5 @@ def combined_log(server: LocalServer, job: str) -> list[dict[str, Any]]:
 
 def open_pool_connections(ctx: Context) -> int:
     """Count the pool's connections that carry a request or response right now."""
-    pool = ctx.http_client._transport._pool  # type: ignore[attr-defined]
+    pool = http_layer(ctx).loop_state().client._transport._pool  # type: ignore[attr-defined]
     return sum(1 for connection in pool.connections if not connection.is_idle())

@@ -9,10 +9,14 @@ from typing import TypeVar
 
 import psutil
 
+from juliarun_aio import Context
+from juliarun_aio._http import HttpLayer
+
 __all__ = [
     "QUICK_KILL",
     "SPAWN_STRAYS",
     "cleanup_mechanisms",
+    "http_layer",
     "marked_processes",
     "wait_until",
     "write_script",
@@ -48,6 +52,11 @@ def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
         time.sleep(0.02)
+
+
+def http_layer(ctx: Context) -> HttpLayer:
+    """The HTTP layer of ``ctx``: its pool, slots and pollers, for tests that count them."""
+    return ctx._http
 
 
 def write_script(directory: Path, name: str, text: str) -> str:

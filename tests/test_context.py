@@ -15,6 +15,7 @@ import anyio.lowlevel
 import httpx
 import pytest
 import respx
+from support import http_layer
 
 from juliarun_aio import (
     JOB_KINDS,
@@ -43,7 +44,7 @@ from juliarun_aio import (
     ServerError,
     TransportError,
 )
-from juliarun_aio._context import MAX_URL_LENGTH
+from juliarun_aio._http import MAX_URL_LENGTH
 from juliarun_aio._wire import encode_spec
 
 URL = "http://jrun.test"
@@ -346,7 +347,7 @@ async def test_the_longest_token_accepted_leaves_room_for_every_plain_call(
     async with Context(URL, "t" * low, NS, env={}, retries=ZERO) as ctx:
         await ctx.get_job_status(LONGEST_JOB)
         await ctx.tail_job(LONGEST_JOB, "stdout", 250_000)
-        url = ctx.build_url(
+        url = http_layer(ctx).build_url(
             "streamLogs",
             LONGEST_JOB,
             {"cursor": str(2**63 - 1), "follow": "false", "heartbeat": "3600", "stream": "stdout"},
@@ -1108,7 +1109,7 @@ async def test_use_after_close(router: respx.MockRouter, call: JobCall) -> None:
 async def test_close_is_idempotent_and_final() -> None:
     """aclose() closes the owned pool once; the Context cannot be re-entered."""
     ctx = make_ctx()
-    client = ctx.http_client
+    client = http_layer(ctx).loop_state().client
     async with ctx:
         assert "closed" not in repr(ctx)
     assert ctx.closed
@@ -1117,7 +1118,7 @@ async def test_close_is_idempotent_and_final() -> None:
     with pytest.raises(ClientClosedError):
         await ctx.__aenter__()
     with pytest.raises(ClientClosedError):
-        _ = ctx.http_client
+        _ = http_layer(ctx).loop_state()
     assert "closed" in repr(ctx)
 
 
@@ -1128,7 +1129,7 @@ async def test_injected_client_is_used_and_left_open() -> None:
     route = router.get(path="/getSystemStatus/").mock(return_value=ok(True))
     async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
         async with make_ctx(client=client) as ctx:
-            assert ctx.http_client is client
+            assert http_layer(ctx).loop_state().client is client
             assert await ctx.get_system_status() is True
         assert not client.is_closed
         assert route.call_count == 1

@@ -27,6 +27,7 @@ from streaming_support import (
     stream_response,
     write_script,
 )
+from support import http_layer
 
 from juliarun_aio import (
     ClientClosedError,
@@ -191,8 +192,8 @@ def test_slots_and_pollers_belong_to_the_loop() -> None:
     ctx = mock_context()
 
     async def state() -> Any:
-        assert ctx.loop_state() is ctx.loop_state()
-        return ctx.loop_state()
+        assert http_layer(ctx).loop_state() is http_layer(ctx).loop_state()
+        return http_layer(ctx).loop_state()
 
     first = asyncio.run(state())
     second = trio.run(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from juliarun_aio import Endpoint, JobInfo, JobRef, JobScale, JobStatus, JobTable, SpecError
+from juliarun_aio._models import bool_from_wire, str_from_wire
 
 OBSERVED_STATUS = {
     "succeeded": False,
@@ -386,6 +388,31 @@ def test_job_info_round_trip(status: JobStatus, scale: JobScale | None) -> None:
     bare = JobInfo(name="b", kind="Generic")
     assert bare.to_wire() == {"type": "Generic"}
     assert JobInfo.mapping_from_wire({"b": bare.to_wire()}) == {"b": bare}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [(True, True), (False, False), (None, False), ("true", True), ("FALSE", False)],
+)
+def test_bool_from_wire_reads_booleans(data: object, expected: bool) -> None:
+    """A boolean answer is true/false in any case, and null reads as false."""
+    assert bool_from_wire(data) is expected
+
+
+@pytest.mark.parametrize(("data", "expected"), [("a\nb", "a\nb"), ("", ""), (None, "")])
+def test_str_from_wire_reads_strings(data: object, expected: str) -> None:
+    """A string answer is taken as it is, and null reads as an empty string."""
+    assert str_from_wire(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("reader", "data"),
+    [(bool_from_wire, "yes"), (bool_from_wire, 1), (str_from_wire, 3), (str_from_wire, ["a"])],
+)
+def test_wire_readers_refuse_other_shapes(reader: Callable[[object], object], data: object) -> None:
+    """Anything else raises ValueError quoting the value."""
+    with pytest.raises(ValueError, match=repr(data).replace("[", r"\[")):
+        reader(data)
 
 
 def test_job_info_keeps_an_unknown_job_type() -> None:

@@ -11,10 +11,13 @@ import attrs
 import httpx
 import pytest
 
-from juliarun_aio import NO_RETRIES, RetryPolicy
+from juliarun_aio import DEFAULT_RETRY, NO_RETRIES, ResponseError, RetryPolicy
 from juliarun_aio._retry import (
     RETRYABLE_STATUSES,
+    Decision,
+    WriteOutcome,
     backoff_delay,
+    decide,
     is_retryable_exception,
     is_retryable_status,
     never_reached_server,
@@ -161,6 +164,64 @@ def test_exception_classification(exc: BaseException, retryable: bool, unsent: b
     """Reads retry transport failures; writes only those that never left the client."""
     assert is_retryable_exception(exc) is retryable
     assert never_reached_server(exc) is unsent
+
+
+RETRY, AMBIGUOUS, FAIL = Decision.RETRY, Decision.AMBIGUOUS, Decision.FAIL
+
+
+@pytest.mark.parametrize(
+    ("failure", "read", "write"),
+    [
+        # Failures of the transport: a read retries them; a write only when nothing was sent.
+        (httpx.ConnectError("refused"), RETRY, RETRY),
+        (httpx.ConnectTimeout("slow connect"), RETRY, RETRY),
+        (httpx.PoolTimeout("pool"), RETRY, RETRY),
+        (httpx.ReadTimeout("slow answer"), RETRY, AMBIGUOUS),
+        (httpx.WriteTimeout("slow send"), RETRY, AMBIGUOUS),
+        (httpx.ReadError("reset"), RETRY, AMBIGUOUS),
+        (httpx.WriteError("broken pipe"), RETRY, AMBIGUOUS),
+        (httpx.RemoteProtocolError("server hung up"), RETRY, AMBIGUOUS),
+        (httpx.LocalProtocolError("bad request line"), FAIL, FAIL),
+        (httpx.UnsupportedProtocol("ftp"), FAIL, FAIL),
+        (httpx.ProxyError("proxy said no"), FAIL, FAIL),
+        (httpx.DecodingError("bad gzip"), FAIL, FAIL),
+        (httpx.TooManyRedirects("loop"), FAIL, FAIL),
+        (ValueError("not from httpx"), FAIL, FAIL),
+        # A 2xx answer that cannot be read: a write probably applied.
+        (ResponseError("no envelope"), FAIL, AMBIGUOUS),
+        # Refusals by status.
+        (200, FAIL, FAIL),  # a nonzero code in the envelope of a 200
+        (400, FAIL, FAIL),
+        (401, FAIL, FAIL),
+        (404, FAIL, FAIL),
+        (409, FAIL, FAIL),
+        (408, RETRY, AMBIGUOUS),
+        (429, RETRY, RETRY),  # an explicit "not now": nothing was done
+        (500, RETRY, AMBIGUOUS),
+        (501, FAIL, AMBIGUOUS),
+        (502, RETRY, AMBIGUOUS),
+        (503, RETRY, AMBIGUOUS),
+        (505, FAIL, AMBIGUOUS),
+        (599, RETRY, AMBIGUOUS),
+    ],
+)
+def test_decide(failure: BaseException | int, read: Decision, write: Decision) -> None:
+    """Reads retry what may pass next time; writes retry only what was provably not applied."""
+    assert decide(failure, idempotent=True) is read
+    assert decide(failure, idempotent=False) is write
+
+
+def test_write_outcome_seen_maps_a_read_to_an_outcome() -> None:
+    """A follow-up read that shows the change says APPLIED, else NOT_APPLIED."""
+    assert WriteOutcome.seen(True) is WriteOutcome.APPLIED
+    assert WriteOutcome.seen(False) is WriteOutcome.NOT_APPLIED
+
+
+def test_default_policy_makes_four_tries_within_a_minute() -> None:
+    """DEFAULT_RETRY: the first try and 3 retries, all within 60 s."""
+    assert (DEFAULT_RETRY.attempts, DEFAULT_RETRY.total_timeout) == (4, 60.0)
+    assert next_delay(2, policy=DEFAULT_RETRY, elapsed=0.0, rand=top) is not None
+    assert next_delay(3, policy=DEFAULT_RETRY, elapsed=0.0, rand=top) is None
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import respx
 from streaming_support import URL, envelope, mock_context, not_found, server_context, write_script
+from support import http_layer
 
 from juliarun_aio import (
     JobNotFoundError,
@@ -170,7 +171,7 @@ async def test_many_watchers_share_one_poller() -> None:
         assert len(finals) == 200
         assert all(f.succeeded for f in finals)
         assert route.call_count <= 25
-        assert ctx.loop_state().pollers == {}
+        assert http_layer(ctx).loop_state().pollers == {}
 
 
 @pytest.mark.anyio
@@ -206,7 +207,7 @@ async def test_leaving_a_watch_hands_polling_to_the_others() -> None:
         async with contextlib.aclosing(ctx.wait_for_workers(JOB, 1, poll=policy)) as first:
             async for _scale in first:
                 break
-        assert ctx.loop_state().pollers == {}
+        assert http_layer(ctx).loop_state().pollers == {}
         assert await ctx.wait_for_scale(JOB, 1, poll=policy) == JobScale(1, 1)
 
 

@@ -17,7 +17,7 @@ import anyio
 import pytest
 import sniffio
 from reliability_support import QUICK_RETRY, record, scaled
-from support import wait_until, write_script
+from support import http_layer, wait_until, write_script
 
 from juliarun_aio import Context, JuliaBatch
 from juliarun_aio._watch import PollPolicy
@@ -62,7 +62,7 @@ def _tasks() -> set[object]:
 
 def _busy_connections(ctx: Context) -> list[str]:
     """Connections of ``ctx``'s pool that are not idle or closed (mid-request, streaming)."""
-    pool: Any = ctx.http_client._transport._pool  # type: ignore[attr-defined]
+    pool: Any = http_layer(ctx).loop_state().client._transport._pool  # type: ignore[attr-defined]
     busy = [repr(c) for c in pool.connections if not (c.is_idle() or c.is_closed())]
     busy += [f"queued request {r!r}" for r in pool._requests]
     return busy
@@ -181,8 +181,8 @@ async def test_cancelled_generators_leave_no_connection_task_or_warning(
                 await anyio.sleep(0.05)
             leftover_tasks = [repr(t) for t in _tasks() - baseline]
             busy = _busy_connections(ctx)
-            slots_in_use = ctx.loop_state().slots.borrowed_tokens
-            pollers = ctx.loop_state().pollers
+            slots_in_use = http_layer(ctx).loop_state().slots.borrowed_tokens
+            pollers = http_layer(ctx).loop_state().pollers
             alive = await ctx.get_system_status()
         gc.collect()
     resource_warnings = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
