@@ -105,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 ok, 1 error, 2 usage, 3 not found, 4 auth, 5 job failed,
-        6 timeout, 7 conflict, 130 interrupted.
+        The exit code, one of :class:`~juliarun_aio.cli._errors.ExitCode`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["server"]:

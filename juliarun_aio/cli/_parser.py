@@ -31,7 +31,8 @@ examples:
 
 exit codes:
   0 ok, 1 error, 2 usage error, 3 job not found, 4 authentication or permission refused,
-  5 job failed, 6 wait timed out, 7 conflict (job exists, or still running), 130 Ctrl-C
+  5 job failed, 6 wait timed out, 7 conflict (job exists, or still running), 130 Ctrl-C,
+  141 output closed (e.g. piped into head)
 """
 
 
