@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.config is not None:
             tokens.update(read_tokens_file(args.config))
         tokens.update(parse_token_flag(flag) for flag in args.token)
-        generated = not tokens
-        if generated:
+        # No token given: use the data directory's (generated there on first start).
+        stored = not tokens
+        if stored:
             tokens, _ = load_or_create_tokens(args.data_dir)
         config = ServerConfig(
             data_dir=args.data_dir,
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     dashboard = Dashboard(engine)
     namespace = DEFAULT_NAMESPACE if DEFAULT_NAMESPACE in tokens else next(iter(tokens))
     print(f"JuliaRun server listening on {url}")
-    if generated:
+    if stored:
         print(f"Credentials are stored in {config.data_dir}; use them with:")
         print(f"export JRUN_URL={shlex.quote(url)}")
         print(f"export JRUN_TOKEN={shlex.quote(tokens[namespace])}")
