@@ -5,7 +5,7 @@ Resolution order for each setting, first match wins:
 1. the argument given to :class:`~juliarun_aio.Context`;
 2. the environment: ``JRUN_URL``, ``JRUN_TOKEN`` / ``JRUN_TOKEN_FILE``, ``JRUN_NAMESPACE``;
 3. in-cluster defaults: the JuliaRun service URL and the Kubernetes service-account token
-   and namespace files (PROTOCOL.md section 1).
+   and namespace files (docs/protocol.md, "Credentials").
 
 Outside a cluster a missing setting raises :class:`~juliarun_aio.ConfigurationError`
 naming the variable to set.  Tokens read from a file are re-read when the file changes,

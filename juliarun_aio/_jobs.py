@@ -1,6 +1,7 @@
 """Job specs: one frozen attrs class per JuliaRun job type.
 
-A spec holds the parameters of one job as documented in the JuliaRun API reference.
+A spec holds the parameters of one job, as the platform documents them (docs/protocol.md,
+"Job types and their parameters").
 Required parameters are required keyword arguments; every optional parameter defaults
 to ``None``, which means "not sent": the server's documented default applies, exactly as
 when the Julia client omits it.  Everything is checked at construction and a bad value

@@ -50,10 +50,10 @@ job is quiet, and an end marker once the job completed and every line was sent.
   them, and are followed by enough lines to fill the rest of the window, look exactly
   like a window with no such burst; the lines before the repeat are then not yielded.
 - ``tailJob`` joins lines with newlines, so ``""`` is either no line or one empty line.
-  The local server says which (the ``X-JuliaRun-Line-Count`` header, see
-  PROTOCOL-EXTENSIONS.md).  From a server that does not, ``""`` reads as no line; if the
-  log still reads so when the tail ends, a :class:`LogGapWarning` says one empty line
-  may be missing.
+  The local server says which (the ``X-JuliaRun-Line-Count`` header, see docs/protocol.md,
+  "Extensions of the local server").  From a server that does not, ``""`` reads as no
+  line; if the log still reads so when the tail ends, a :class:`LogGapWarning` says one
+  empty line may be missing.
 - ``cursor`` and ``proc`` are ``None`` and ``since=N`` skips the first ``N`` lines.
   A plain server reports success only, so ``follow=True`` ends once the job succeeded;
   after a failure it runs until the job is deleted (:class:`JobNotFoundError`).

@@ -1,12 +1,15 @@
 """Typed results of the protocol's read verbs, and the tolerant readers that build them.
 
-The readers accept every shape a JuliaRun server is known to send (PROTOCOL.md section 2):
+The readers accept every shape a JuliaRun server is known to send (docs/protocol.md,
+"Responses"):
 
 - ``getJobStatus``: the dict form ``{"succeeded": ..., "created": ..., ...}`` and the legacy
   5-array ``[completed, nworkers_succeeded, nworkers_started, created, is_notebook]``.
 - ``getJobScale``: ``[running, requested]``.
 - ``getJobEndpoint``: ``[ip, {port_name: port}]``; ``null`` or ``[]`` mean "no endpoint yet".
 - ``listJobs`` / ``getAllJobInfo``: ``{name: {"type": ..., "status": ..., ...}}``.
+- ``getSystemStatus``, ``setJobScale``, ``deleteJob``: a boolean (:func:`bool_from_wire`);
+  ``getEncodedURL``, ``tailJob``: a string (:func:`str_from_wire`).
 
 Unknown keys are ignored (kept in ``extra`` where that helps debugging); a value of the
 wrong type raises :class:`ValueError` quoting what was wrong, which the client turns into a

@@ -1,7 +1,8 @@
 r"""The wire encoding of job specs: query parameters of ``submitJob`` and ``updateJob``.
 
-Every value travels as one query-parameter string.  One cattrs converter, dispatching
-on each parameter's declared type, owns these rules in both directions:
+Every value travels as one query-parameter string (docs/protocol.md, "Value encodings").
+One cattrs converter, dispatching on each parameter's declared type, owns these rules in
+both directions:
 
 - Only parameters the caller set are sent, each under its documented name (``name``
   included); ``jruntok`` and ``jrunns`` are the caller's business and are ignored when

@@ -35,8 +35,8 @@ from juliarun_aio._jobs import (
     validate_name,
 )
 
-# The parameters of each job type, copied from the seed API reference: required ones
-# first, then the optional ones, in the order the reference lists them.
+# The parameters of each job type as the platform documents them (docs/protocol.md):
+# required ones first, then the optional ones, in the documented order.
 DOCUMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "JuliaParBatch": (
         ("name", "start_script", "run_volume"),
