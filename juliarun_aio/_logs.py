@@ -68,11 +68,12 @@ can never starve the short calls, at most half of the Context's request slots ca
 streams (10 with the default pool of 20); a further tail waits for a free stream slot up
 to ``start_timeout``, then raises :class:`~juliarun_aio.WaitTimeoutError` naming the
 limit.  Raise ``limits`` on the Context to run more streams at once.  Closing the
-generator -- ``break``, cancellation, an exception in the consumer -- closes the response
-and frees its slot; with :func:`contextlib.aclosing` that happens before the ``async
-with`` ends.  A generator dropped without closing frees it when the event loop finalizes
-it (trio warns about such generators).  Closing the Context ends a tail with
-:class:`~juliarun_aio.ClientClosedError`.
+generator closes the response and frees its slot at once: ``aclose()``, or leaving an
+``async with contextlib.aclosing(...)`` block in any way, and so does cancelling the task
+while it waits for lines.  After ``break`` (or an exception in the loop body) a plain
+``async for`` leaves the generator suspended, not closed: it frees its slot when the
+event loop finalizes it, after garbage collection (trio warns about such generators).
+Closing the Context ends a tail with :class:`~juliarun_aio.ClientClosedError`.
 """
 
 from __future__ import annotations
