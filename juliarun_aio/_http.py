@@ -58,16 +58,7 @@ from ._retry import (
 )
 from ._version import __version__
 
-__all__ = [
-    "MAX_URL_LENGTH",
-    "UNSET",
-    "AmbiguousWriteError",
-    "HttpLayer",
-    "ServerFacts",
-    "TimeoutArg",
-    "as_timeout",
-    "slot_count",
-]
+__all__ = ["MAX_URL_LENGTH", "UNSET", "HttpLayer", "ServerFacts", "TimeoutArg"]
 
 logger = logging.getLogger("juliarun_aio")
 
@@ -112,11 +103,11 @@ UNSET: Final = _Unset()
 TimeoutArg = float | httpx.Timeout | _Unset
 
 
-class AmbiguousWriteError(Exception):
+class _AmbiguousWriteError(Exception):
     """A state-changing call failed after its request may have reached the server.
 
-    Raised by :meth:`HttpLayer.exchange` for :meth:`HttpLayer.write` to settle; never seen
-    outside this module's callers.
+    Raised by :meth:`HttpLayer.exchange` for :meth:`HttpLayer.write` to settle; it never
+    leaves this module.
 
     Attributes:
         error: The error to raise if the outcome cannot be settled.
@@ -171,12 +162,12 @@ class HttpLayer:
         client: httpx.AsyncClient | None,
     ) -> None:
         self._config = config
-        self.timeout = as_timeout(timeout)
+        self.timeout = _as_timeout(timeout)
         self.retry_policy = (
             retries if isinstance(retries, RetryPolicy) else RetryPolicy(attempts=retries)
         )
         self._limits = limits
-        self._slot_count = slot_count(limits)
+        self._slots = _slot_count(limits)
         self._injected = client
         self.closed = False
         self._secrets: tuple[str, ...] = ()
@@ -241,8 +232,8 @@ class HttpLayer:
         return LoopState(
             loop,
             self._injected or self._new_client(),
-            slots=self._slot_count,
-            stream_slots=self._slot_count // 2,
+            slots=self._slots,
+            stream_slots=self._slots // 2,
         )
 
     def _new_client(self) -> httpx.AsyncClient:
@@ -375,7 +366,7 @@ class HttpLayer:
 
     def timeout_for(self, timeout: TimeoutArg) -> httpx.Timeout:
         """Return the timeouts of one call: ``timeout``, or the default when UNSET."""
-        return self.timeout if isinstance(timeout, _Unset) else as_timeout(timeout)
+        return self.timeout if isinstance(timeout, _Unset) else _as_timeout(timeout)
 
     async def _send_once(
         self,
@@ -580,7 +571,7 @@ class HttpLayer:
         once and tries again.
 
         Raises:
-            AmbiguousWriteError: (``idempotent=False``) the call may have been applied;
+            _AmbiguousWriteError: (``idempotent=False``) the call may have been applied;
                 for :meth:`write` to settle.
             JuliaRunError: the call failed; see the error tree.
         """
@@ -629,7 +620,7 @@ class HttpLayer:
                         error = exc
                         decision = decide(exc, idempotent=idempotent)
                 if decision is Decision.AMBIGUOUS:
-                    raise AmbiguousWriteError(error) from cause
+                    raise _AmbiguousWriteError(error) from cause
                 delay = (
                     next_delay(
                         retry,
@@ -691,7 +682,7 @@ class HttpLayer:
                     data, _ = await self.exchange(
                         verb, job, params, timeout=timeout, idempotent=False
                     )
-                except AmbiguousWriteError as ambiguous:
+                except _AmbiguousWriteError as ambiguous:
                     error = ambiguous.error
                 except errors.ApiError as exc:
                     if retry > 0 and applied_if is not None and isinstance(exc, applied_if):
@@ -755,7 +746,7 @@ def _message(value: object) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def as_timeout(value: float | httpx.Timeout) -> httpx.Timeout:
+def _as_timeout(value: float | httpx.Timeout) -> httpx.Timeout:
     """Return ``value`` as timeouts: seconds apply to all but connecting (5 s at most).
 
     Raises:
@@ -768,7 +759,7 @@ def as_timeout(value: float | httpx.Timeout) -> httpx.Timeout:
     return httpx.Timeout(float(value), connect=min(float(value), DEFAULT_TIMEOUT.connect or 5.0))
 
 
-def slot_count(limits: httpx.Limits) -> int:
+def _slot_count(limits: httpx.Limits) -> int:
     """Return how many requests may be in flight at once; half of them may be streams.
 
     Raises:
