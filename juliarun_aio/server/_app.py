@@ -1,6 +1,6 @@
 """The HTTP face of the server: URL routing, credentials, the response envelope.
 
-Every verb is a GET (PROTOCOL.md): ``/<verb>/`` for system verbs, ``/<verb>/<JobType>/``
+Every verb is a GET (docs/protocol.md): ``/<verb>/`` for system verbs, ``/<verb>/<JobType>/``
 for job verbs, parameters in the query string, ``jruntok`` = base64 of the namespace's raw
 token and ``jrunns`` = the namespace.  Answers are ``{"code": 0, "data": X}``; failures
 carry an HTTP status and ``{"code": <status>, "data": "<message>"}``:
