@@ -42,6 +42,7 @@ from ._backend import (
     describe_exit,
 )
 from ._launcher import CLEANUP_MODES, describe_cleanup, kill_tree
+from ._private import open_private
 from ._runtime import LaunchPlan, allocate_ports, plan_process
 
 __all__ = [
@@ -294,10 +295,10 @@ def launch(
     if plan.memory_bytes is not None:
         command += ["--memory-bytes", str(plan.memory_bytes)]
     command += ["--", *plan.argv]
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    out_fd = os.open(stdout, flags, 0o644)
+    flags = os.O_WRONLY | os.O_APPEND
+    out_fd = open_private(stdout, flags)
     try:
-        err_fd = os.open(stderr, flags, 0o644)
+        err_fd = open_private(stderr, flags)
         try:
             popen = subprocess.Popen(  # noqa: S603 - argv list, never a shell
                 command,

@@ -29,6 +29,7 @@ import attrs
 
 from .._errors import SpecError
 from .._jobs import validate_name
+from ._private import make_private_dirs, open_private
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -205,9 +206,9 @@ def load_or_create_tokens(data_dir: Path) -> tuple[dict[str, str], bool]:
     path = data_dir / CREDENTIALS_FILE
     if path.exists():
         return read_tokens_file(path), False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(data_dir)
     tokens = {DEFAULT_NAMESPACE: generate_token()}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_EXCL)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(tokens, fh)
     return tokens, True

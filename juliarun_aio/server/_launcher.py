@@ -387,7 +387,10 @@ class Tree:
 
 def _write_atomically(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # Mode 0600 whatever the umask: the data directory is private to the server's user.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fd, 0o600)
         fh.write(text)
     os.replace(tmp, path)
 

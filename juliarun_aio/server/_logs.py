@@ -49,6 +49,8 @@ from typing import Any, BinaryIO
 
 import attrs
 
+from ._private import make_private_dirs, open_private, write_private
+
 __all__ = ["MAX_LINE", "Collector", "JobLog", "LogClosedError", "LogCorruptError", "stream_log"]
 
 logger = logging.getLogger("juliarun_aio.server")
@@ -114,8 +116,7 @@ class JobLog:
     """
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = make_private_dirs(directory)
         self._lock = threading.Lock()
         self._sources: dict[str, _Source] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -133,7 +134,7 @@ class JobLog:
         # Opened on the first write and closed once the log is complete, so that finished
         # jobs hold no file descriptors; readers open the log per call.
         self._writers: tuple[int, int, int] | None = None
-        (directory / COMBINED).touch()
+        os.close(open_private(directory / COMBINED, os.O_WRONLY))
         self._recover()
 
     # -- recovery -------------------------------------------------------------------------
@@ -263,11 +264,11 @@ class JobLog:
 
     def _open_writers(self) -> tuple[int, int, int]:
         if self._writers is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            flags = os.O_WRONLY | os.O_APPEND
             self._writers = (
-                os.open(self.directory / COMBINED, flags, 0o644),
-                os.open(self.directory / JOURNAL, flags, 0o644),
-                os.open(self.directory / INDEX, flags, 0o644),
+                open_private(self.directory / COMBINED, flags),
+                open_private(self.directory / JOURNAL, flags),
+                open_private(self.directory / INDEX, flags),
             )
         return self._writers
 
@@ -400,9 +401,9 @@ class JobLog:
     def _checkpoint(self) -> None:
         """Record the whole state in the checkpoint file, then empty the journal."""
         state = {"c": self._last + 1, "b": self._size, "o": self._offsets}
-        tmp = self.directory / f"{CHECKPOINT}.tmp"
-        tmp.write_text(json.dumps(state, separators=(",", ":")), encoding="ascii")
-        os.replace(tmp, self.directory / CHECKPOINT)
+        write_private(
+            self.directory / CHECKPOINT, json.dumps(state, separators=(",", ":")).encode()
+        )
         os.ftruncate(self._open_writers()[1], 0)
         self._journal_entries = 0
 

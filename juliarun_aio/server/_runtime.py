@@ -33,6 +33,7 @@ import attrs
 
 from .._errors import SpecError
 from .._jobs import JobSpec, memory_bytes, validate_name
+from ._private import make_private_dirs
 
 __all__ = [
     "ARRAY_KINDS",
@@ -140,9 +141,7 @@ class Layout:
             SpecError: The volume name is not a valid name.
         """
         validate_name(volume, field)
-        path = self._inside(namespace, "volumes", volume)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return make_private_dirs(self._inside(namespace, "volumes", volume))
 
     def job(self, namespace: str, name: str) -> Path:
         """Return the directory of a job (not created)."""
@@ -277,7 +276,7 @@ def plan_process(req: ProcessRequest) -> LaunchPlan:
     assert run_volume is not None  # required by every kind
     cwd = layout.volume(req.namespace, run_volume)
     work = layout.job_work(req.namespace, spec.name)
-    work.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(work)
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("JRUN_")}
     env["PYTHONUNBUFFERED"] = "1"

@@ -19,7 +19,8 @@ Log lines are not here: they live in files (see ``_logs``).  All methods are thr
 
 One server at a time uses a data directory: :class:`DataDirectoryLock` holds an exclusive
 ``flock`` on ``<data-dir>/server.lock`` (which names the holder's pid) for the server's
-life, and the kernel releases it when the server ends, however it ends.
+life, and the kernel releases it when the server ends, however it ends.  The holder first
+makes the directory private to its user (``_private.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from ._private import PRIVATE_FILE, make_private_dirs, open_private, secure_data_dir
 
 __all__ = ["DataDirectoryInUseError", "DataDirectoryLock", "JobRow", "ProcRow", "Store", "new_uid"]
 
@@ -76,8 +79,9 @@ class DataDirectoryLock:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,6 +90,12 @@ class DataDirectoryLock:
             raise DataDirectoryInUseError(
                 directory, int(holder) if holder.isdigit() else None
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            # Only the holder may change the directory: now it makes it private.
+            secure_data_dir(directory)
         except BaseException:
             os.close(fd)
             raise
@@ -207,6 +217,8 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        # Made private first: SQLite gives the -wal and -shm files the database's own mode.
+        os.close(open_private(path, os.O_RDWR))
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
