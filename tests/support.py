@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import attrs
 import psutil
+import pytest
+import trustme
 
 from juliarun_aio import Context
 from juliarun_aio._http import HttpLayer
 
 __all__ = [
+    "PROJECT_ADDRESS",
     "QUICK_KILL",
     "SPAWN_STRAYS",
+    "TestCertificate",
     "cleanup_mechanisms",
     "http_layer",
+    "issue_certificate",
     "marked_processes",
+    "on_loopback",
+    "project_address",
     "wait_until",
     "write_script",
 ]
 
 T = TypeVar("T")
+
+#: The address of this machine that the project's Slurm test nodes reach it at (on ``lo``
+#: while ``scripts/slurm-up.sh`` runs a multi-node cluster): the one non-loopback address
+#: tests may listen on and send to.
+PROJECT_ADDRESS = "10.231.0.1"
 
 #: Server command-line arguments that make stopping job processes quick.
 QUICK_KILL = ("--kill-grace", "0.5")
@@ -87,3 +103,68 @@ def cleanup_mechanisms() -> list[str]:
     return [
         mode for mode in ("cgroup2", "cgroup1", "subreaper") if describe_cleanup(mode)[0] == mode
     ]
+
+
+@attrs.frozen
+class TestCertificate:
+    """A server certificate issued by a test CA, as files.
+
+    Attributes:
+        ca: The CA's certificate (what clients trust).
+        cert: The server's certificate (PEM).
+        key: Its private key (PEM).
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def issue_certificate(
+    directory: Path,
+    *names: str,
+    ca: trustme.CA | None = None,
+    expired: bool = False,
+) -> TestCertificate:
+    """Write a certificate for ``names`` issued by ``ca`` (a new test CA by default).
+
+    Args:
+        directory: Where the files go (created).
+        names: The DNS names and addresses the certificate is valid for.
+        ca: The issuing CA.
+        expired: Make a certificate whose validity ended yesterday.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = ca or trustme.CA()
+    if expired:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        day = datetime.timedelta(days=1)
+        leaf = ca.issue_cert(*names, not_before=now - 30 * day, not_after=now - day)
+    else:
+        leaf = ca.issue_cert(*names)
+    files = TestCertificate(
+        ca=directory / "ca.pem", cert=directory / "cert.pem", key=directory / "key.pem"
+    )
+    ca.cert_pem.write_to_path(str(files.ca))
+    leaf.cert_chain_pems[0].write_to_path(str(files.cert))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+def project_address() -> str:
+    """:data:`PROJECT_ADDRESS` when this machine has it; skip the test otherwise (fail in CI)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((PROJECT_ADDRESS, 0))
+    except OSError:
+        message = f"{PROJECT_ADDRESS} is not an address of this machine (scripts/slurm-up.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return PROJECT_ADDRESS
+
+
+def on_loopback(url: str) -> str:
+    """``url`` with its host replaced by 127.0.0.1 (tests send nothing elsewhere)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://127.0.0.1:{rest.rsplit(':', 1)[1]}"

@@ -9,6 +9,12 @@ once, for namespace ``default`` (or the first configured namespace when there is
 the next start) unless ``--stop-jobs`` is given.  A data directory serves one server at a
 time: a second one exits at once (status 1) with a line naming the directory and the pid
 of the server using it.
+
+Off loopback the server serves HTTPS: ``--tls-cert FILE --tls-key FILE``, or
+``--tls-self-signed`` (a CA of its own in the data directory, whose certificate it prints
+as ``export JRUN_CA_BUNDLE=...``).  Plain HTTP on an address that is not loopback is
+refused (exit 1) unless ``--insecure-http`` allows it on purpose.  On a wildcard address
+(``0.0.0.0``, ``::``) the URL printed names this machine as clients dial it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from ._config import (
     DEFAULT_DATA_DIR,
@@ -32,10 +40,10 @@ from ._config import (
     default_max_workers,
     load_or_create_tokens,
     parse_token_flag,
-    read_tokens_file,
+    read_config_file,
 )
 from ._engine import Engine
-from ._serve import bind_socket, make_uvicorn, url_of
+from ._serve import bind_socket, make_uvicorn, serving_endpoints
 from ._store import DataDirectoryInUseError, DataDirectoryLock
 from ._ui import Dashboard
 
@@ -46,8 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="juliarun-server", description="Run a JuliaRun-compatible server on this machine."
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="interface (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--host",
+        default=None,
+        help=f"interface (default: {DEFAULT_HOST}); off loopback, serve HTTPS (--tls-...)",
+    )
+    parser.add_argument("--port", type=int, default=None, help="TCP port; 0 picks a free one")
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -62,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         help="a namespace and its token, as --token=NS=TOKEN (repeatable)",
     )
     parser.add_argument(
-        "--config", type=Path, help="JSON or TOML file mapping namespaces to tokens"
+        "--config",
+        type=Path,
+        help="JSON or TOML file mapping namespaces to tokens, with server settings in an "
+        "optional 'server' table",
     )
     parser.add_argument(
         "--kill-grace",
@@ -88,10 +103,47 @@ def _parser() -> argparse.ArgumentParser:
         help="most workers of all jobs together (default: 8 per CPU core, at most one per "
         f"256 MiB of memory; here {default_max_workers()})",
     )
+    tls = parser.add_argument_group("TLS (needed on an address other than loopback)")
+    tls.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="FILE", help="certificate (PEM)"
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, default=None, metavar="FILE", help="its private key (PEM)"
+    )
+    tls.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        default=None,
+        help="serve HTTPS with a CA of the server's own, kept in the data directory; clients "
+        "trust it with the JRUN_CA_BUNDLE printed at start",
+    )
+    tls.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="serve plain HTTP on an address other than loopback, on purpose: tokens then "
+        "cross the network in clear",
+    )
     parser.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     return parser
+
+
+def _settings(args: argparse.Namespace, from_file: Mapping[str, Any]) -> dict[str, Any]:
+    """The server settings: the command line's, else the configuration file's."""
+    given = {
+        "host": args.host,
+        "port": args.port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_self_signed": args.tls_self_signed,
+        "insecure_http": args.insecure_http,
+    }
+    settings: dict[str, Any] = {"host": DEFAULT_HOST, "port": 0}
+    settings.update(from_file)
+    settings.update({key: value for key, value in given.items() if value is not None})
+    return settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,8 +159,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"juliarun-server: {exc}")
     try:
         tokens: dict[str, str] = {}
+        from_file: Mapping[str, Any] = {}
         if args.config is not None:
-            tokens.update(read_tokens_file(args.config))
+            file_tokens, from_file = read_config_file(args.config)
+            tokens.update(file_tokens)
         tokens.update(parse_token_flag(flag) for flag in args.token)
         # No token given: use the data directory's (generated there on first start).
         stored = not tokens
@@ -117,21 +171,26 @@ def main(argv: list[str] | None = None) -> None:
         config = ServerConfig(
             data_dir=args.data_dir,
             tokens=tokens,
-            host=args.host,
-            port=args.port,
             kill_grace=args.kill_grace,
             max_workers_per_job=args.max_workers_per_job,
             max_workers=(
                 args.max_workers if args.max_workers is not None else default_max_workers()
             ),
+            **_settings(args, from_file),
         )
         sock = bind_socket(config.host, config.port)
     except (ConfigError, OSError) as exc:
         lock.release()
         sys.exit(f"juliarun-server: {exc}")
-    url = url_of(sock)
+    try:
+        endpoints = serving_endpoints(config, sock)
+    except (ConfigError, OSError) as exc:
+        sock.close()
+        lock.release()
+        sys.exit(f"juliarun-server: {exc}")
+    url = endpoints.url
     engine = Engine(config, lock=lock)
-    engine.start(url)
+    engine.start(endpoints.job_url, ca_bundle=endpoints.ca_bundle)
     dashboard = Dashboard(engine)
     namespace = DEFAULT_NAMESPACE if DEFAULT_NAMESPACE in tokens else next(iter(tokens))
     print(f"JuliaRun server listening on {url}")
@@ -140,13 +199,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"export JRUN_URL={shlex.quote(url)}")
         print(f"export JRUN_TOKEN={shlex.quote(tokens[namespace])}")
         print(f"export JRUN_NAMESPACE={shlex.quote(namespace)}")
+    elif endpoints.ca_bundle is not None:
+        print("Clients trust the server's certificate with:")
+    if endpoints.ca_bundle is not None:
+        print(f"export JRUN_CA_BUNDLE={shlex.quote(str(endpoints.ca_bundle))}")
     print(f"dashboard: {dashboard.login_url(url, namespace)}", flush=True)
     # uvicorn handles SIGINT/SIGTERM while it serves, then restores the handlers it found
     # and raises the signal again.  With Python's default SIGTERM action that re-raise
     # would end the process before the engine stops its jobs; turn it into SystemExit.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        make_uvicorn(engine, log_level=args.log_level, dashboard=dashboard).run(sockets=[sock])
+        server = make_uvicorn(
+            engine, log_level=args.log_level, dashboard=dashboard, tls=endpoints.tls
+        )
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

@@ -9,21 +9,44 @@ scale-up from driving the machine into swap or the OOM killer, while 8 per core 
 allows the mostly idle workers of development and test jobs; 64 per job is as many as
 one Distributed.jl master usually drives on one machine.
 
+Every request carries a namespace's token in its URL, so the server serves plain HTTP only
+on loopback: a ``host`` that is not a loopback address (a wildcard such as ``0.0.0.0``
+included) needs TLS (``tls_cert`` and ``tls_key``, or ``tls_self_signed``; see
+``_tls.py``), or ``insecure_http`` to serve plain HTTP there on purpose.
+
 Credentials are one raw token per namespace.  They come from ``--token=NS=TOKEN`` flags, a
 small JSON or TOML file ``{namespace = "token"}`` (``--config``), or, when neither is given,
 a token generated once for namespace ``default`` and kept in ``<data-dir>/credentials.json``
 (mode 0600) so that restarting the server keeps it.  Generated tokens never start with
 ``-``, so that they also work as the value of a separate command-line argument.
+
+The ``--config`` file may also hold the server's own settings in a ``server`` table (the
+command line wins over it)::
+
+    default = "s3cret"            # namespace = token, as many as needed
+
+    [server]
+    host = "0.0.0.0"
+    port = 8443
+    tls_cert = "server.pem"       # relative to the configuration file's directory
+    tls_key = "server-key.pem"
+    # tls_self_signed = true      # instead of tls_cert and tls_key
+    # insecure_http = true        # plain HTTP off loopback, on purpose
+
+(in JSON: ``{"default": "s3cret", "server": {"host": "0.0.0.0", ...}}``).
 """
 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -37,12 +60,15 @@ __all__ = [
     "DEFAULT_KILL_GRACE",
     "DEFAULT_MAX_WORKERS_PER_JOB",
     "DEFAULT_NAMESPACE",
+    "SERVER_SETTINGS",
     "ConfigError",
     "ServerConfig",
     "default_max_workers",
     "generate_token",
+    "is_loopback",
     "load_or_create_tokens",
     "parse_token_flag",
+    "read_config_file",
     "read_tokens_file",
 ]
 
@@ -60,6 +86,17 @@ DEFAULT_MAX_WORKERS_PER_JOB = 64
 _WORKERS_PER_CORE = 8
 _MEMORY_PER_WORKER = 256 * 1024 * 1024
 _MIN_WORKERS = 4
+#: The keys of a configuration file's ``server`` table, and the type of each value.
+SERVER_SETTINGS: Mapping[str, type] = {
+    "host": str,
+    "port": int,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_self_signed": bool,
+    "insecure_http": bool,
+}
+#: Settings of the ``server`` table that name files, relative to the file's directory.
+_PATH_SETTINGS = frozenset({"tls_cert", "tls_key"})
 
 
 def default_max_workers() -> int:
@@ -102,6 +139,29 @@ def _absolute(path: str | os.PathLike[str]) -> Path:
     return Path(path).absolute()
 
 
+def _optional_path(path: str | os.PathLike[str] | None) -> Path | None:
+    return None if path is None else _absolute(path)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is only reachable from this machine.
+
+    A name counts when every address it resolves to is a loopback address; a wildcard
+    (``0.0.0.0``, ``::``) or a name that does not resolve does not.
+    """
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(
+        ipaddress.ip_address(str(address[4][0]).split("%")[0]).is_loopback for address in found
+    )
+
+
 def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         flag = "--" + attribute.name.replace("_", "-")
@@ -128,6 +188,16 @@ class ServerConfig:
             ``setJobScale``).
         max_workers: Most workers of all unfinished jobs together; by default
             :func:`default_max_workers`.
+        tls_cert: The certificate (PEM) to serve HTTPS with, together with ``tls_key``.
+        tls_key: The private key (PEM, unencrypted) of ``tls_cert``.
+        tls_self_signed: Serve HTTPS with a certificate from a CA of the server's own,
+            kept in the data directory (clients trust its ``tls/ca.pem``).
+        insecure_http: Serve plain HTTP on a ``host`` that is not loopback, on purpose:
+            tokens then cross the network in clear.
+
+    Raises:
+        ConfigError: A value is invalid, TLS options contradict each other, or ``host``
+            is not loopback while neither TLS nor ``insecure_http`` is set.
     """
 
     data_dir: Path = attrs.field(converter=_absolute)
@@ -141,6 +211,30 @@ class ServerConfig:
     supervise_interval: float = 0.02
     max_workers_per_job: int = attrs.field(default=DEFAULT_MAX_WORKERS_PER_JOB, validator=_positive)
     max_workers: int = attrs.field(factory=default_max_workers, validator=_positive)
+    tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_self_signed: bool = False
+    insecure_http: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server serves HTTPS."""
+        return self.tls_self_signed or self.tls_cert is not None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both files")
+        if self.tls_self_signed and self.tls_cert is not None:
+            raise ConfigError("give --tls-self-signed or --tls-cert and --tls-key, not both")
+        if self.insecure_http and self.tls:
+            raise ConfigError("--insecure-http serves plain HTTP: drop it to serve HTTPS")
+        if not self.tls and not self.insecure_http and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to serve plain HTTP on {self.host}, which is not a loopback "
+                "address: every request carries a namespace token, which would cross the "
+                "network in clear; add --tls-self-signed (or --tls-cert and --tls-key), or "
+                "--insecure-http to allow it on purpose"
+            )
 
     @tokens.validator
     def _at_least_one(
@@ -180,6 +274,46 @@ def read_tokens_file(path: Path) -> dict[str, str]:
     Raises:
         ConfigError: The file cannot be read or does not hold such a mapping.
     """
+    tokens, settings = read_config_file(path)
+    if settings:
+        raise ConfigError(f"{path} must map namespace names to token strings")
+    return tokens
+
+
+def read_config_file(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """Read a ``--config`` file: tokens, and the settings of its ``server`` table.
+
+    Returns:
+        ``{namespace: token}``, and the server settings (keys of :data:`SERVER_SETTINGS`;
+        file names made absolute, relative to the file's directory).
+
+    Raises:
+        ConfigError: The file cannot be read, or holds something else.
+    """
+    data = _load(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must map namespace names to token strings")
+    settings: dict[str, Any] = data.pop("server") if isinstance(data.get("server"), dict) else {}
+    if not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path} must map namespace names to token strings")
+    unknown = sorted(set(settings) - set(SERVER_SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown server setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(SERVER_SETTINGS)}"
+        )
+    for key, value in settings.items():
+        kind = SERVER_SETTINGS[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                f"{path}: server setting {key} must be {kind.__name__}, got {value!r}"
+            )
+        if key in _PATH_SETTINGS:
+            settings[key] = path.absolute().parent / str(value)
+    return _check_tokens(data), settings
+
+
+def _load(path: Path) -> object:
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
@@ -192,9 +326,7 @@ def read_tokens_file(path: Path) -> dict[str, str]:
             data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the configuration file {path}: {exc}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ConfigError(f"{path} must map namespace names to token strings")
-    return _check_tokens(data)
+    return data
 
 
 def load_or_create_tokens(data_dir: Path) -> tuple[dict[str, str], bool]:

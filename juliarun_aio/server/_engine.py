@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -224,6 +225,7 @@ class Engine:
         self._dir_lock = lock if lock is not None else DataDirectoryLock(config.data_dir)
         self.layout = Layout(config.data_dir)
         self.url = f"http://{config.host}:{config.port}"
+        self.ca_bundle: Path | None = None
         try:
             self.backend = backend if backend is not None else make_backend(config, self.layout)
             self._store = Store(self.layout.database)
@@ -247,17 +249,20 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self, url: str | None = None) -> None:
+    def start(self, url: str | None = None, *, ca_bundle: Path | None = None) -> None:
         """Check the backend, recover the stored jobs, find their processes and supervise.
 
         Args:
             url: The URL jobs use to reach this server (``JRUN_URL``).
+            ca_bundle: The CA certificate jobs trust the server's certificate with
+                (``JRUN_CA_BUNDLE``), when it is not one their system trusts.
 
         Raises:
             BackendError: The backend cannot run jobs (the message says why).
         """
         if url is not None:
             self.url = url
+        self.ca_bundle = ca_bundle
         self._check_backend()
         self.backend.open(self.url)
         with self._lock:
@@ -503,6 +508,7 @@ class Engine:
                 url=self.url,
                 token=self._token(job.row.namespace),
                 layout=self.layout,
+                ca_bundle=self.ca_bundle,
             ),
             master_key=master.key if master is not None and slot.is_worker else None,
         )

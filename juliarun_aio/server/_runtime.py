@@ -170,6 +170,8 @@ class ProcessRequest:
         url: The server's URL, for ``JRUN_URL``.
         token: The namespace's raw token, for ``JRUN_TOKEN``.
         layout: The data directory layout.
+        ca_bundle: The CA certificate that the server's certificate is checked with, for
+            ``JRUN_CA_BUNDLE`` (self-signed TLS); None when not needed.
     """
 
     namespace: str
@@ -180,6 +182,7 @@ class ProcessRequest:
     url: str
     token: str
     layout: Layout
+    ca_bundle: Path | None = None
 
 
 def _text(params: Mapping[str, object], key: str) -> str | None:
@@ -299,6 +302,8 @@ def plan_process(req: ProcessRequest) -> LaunchPlan:
             "JRUN_NAMESPACE": req.namespace,
         }
     )
+    if req.ca_bundle is not None:
+        env["JRUN_CA_BUNDLE"] = str(req.ca_bundle)
     if kind in CLUSTER_KINDS:
         env["JRUN_CLUSTER_COOKIE"] = req.cookie
     for name, port in req.ports.items():

@@ -5,14 +5,29 @@
   be killed and started again on the same data directory.
 
 Both are (sync and async) context managers with the same ``url``, ``token``,
-``namespace`` and ``env``.
+``namespace``, ``ca_bundle`` and ``env``.
+
+**Where the server is called.**  :func:`serving_endpoints` works out, in one place, the
+URL clients dial (printed as ``JRUN_URL`` and in the dashboard link) and the one jobs get:
+
+- a server bound to one address is called there (or by the name ``--host`` gave);
+- one bound to every interface (``0.0.0.0``, ``::``) is called by this machine's name
+  when that name resolves to one of its own non-loopback addresses, else at its primary
+  address (the one on its default route) -- never at the wildcard itself; its jobs, which
+  run on this machine, call it on loopback when the certificate (if any) names it;
+- with TLS the scheme is ``https``; a self-signed certificate is issued for every one of
+  these names and addresses (and loopback), and with a certificate given by the user the
+  first of them that it names is chosen (a warning says when it names none).
 """
 
 from __future__ import annotations
 
 import abc
+import ipaddress
+import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -26,19 +41,41 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import anyio.to_thread
+import attrs
 import uvicorn
 
 from ._app import create_app
-from ._config import DEFAULT_HOST, DEFAULT_NAMESPACE, ServerConfig, generate_token
+from ._config import (
+    DEFAULT_HOST,
+    DEFAULT_NAMESPACE,
+    ServerConfig,
+    generate_token,
+    is_loopback,
+)
 from ._engine import Engine
+from ._tls import TlsFiles, load_certificate, self_signed
 from ._ui import Dashboard
 
-__all__ = ["LocalServer", "ServerProcess", "bind_socket", "make_uvicorn", "url_of"]
+__all__ = [
+    "Endpoints",
+    "LocalServer",
+    "ServerProcess",
+    "bind_socket",
+    "dial_hosts",
+    "make_uvicorn",
+    "serving_endpoints",
+]
+
+logger = logging.getLogger("juliarun_aio.server")
 
 _Self = TypeVar("_Self", bound="_RunningServer")
 
-_LISTENING = re.compile(r"JuliaRun server listening on (http://\S+)\n")
-_DASHBOARD = re.compile(r"^dashboard: (http://\S+)\n", re.MULTILINE)
+_LISTENING = re.compile(r"JuliaRun server listening on (https?://\S+)\n")
+_DASHBOARD = re.compile(r"^dashboard: (https?://\S+)\n", re.MULTILINE)
+_CA_BUNDLE = re.compile(r"^export JRUN_CA_BUNDLE=(.+)\n", re.MULTILINE)
+#: Documentation addresses (RFC 5737, RFC 3849): a route lookup towards them finds the
+#: default route's interface; a UDP ``connect`` only looks the route up and sends nothing.
+_ROUTE_PROBES = {4: "192.0.2.1", 6: "2001:db8::1"}
 
 #: Seconds uvicorn waits for open connections when stopping.
 GRACEFUL_SHUTDOWN = 2
@@ -75,14 +112,160 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
-    """The ``http://host:port`` URL of a bound socket."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _resolve(name: str) -> set[str]:
+    """The addresses ``name`` resolves to here (none when it does not)."""
+    try:
+        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return set()
+    return {str(info[4][0]) for info in found}
+
+
+def _is_own(address: str) -> bool:
+    """Whether ``address`` is an address of this machine (a socket can be bound to it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def _own_names() -> list[str]:
+    """This machine's names: its fully qualified name, then its host name."""
+    return [socket.getfqdn(), socket.gethostname()]
+
+
+def _primary_address(version: int) -> str | None:
+    """This machine's address on its default route, for IP ``version`` 4 or 6."""
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((_ROUTE_PROBES[version], 9))
+            address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    parsed = ipaddress.ip_address(address)
+    return None if parsed.is_loopback or parsed.is_unspecified else address
+
+
+def dial_hosts(configured: str, bound: str) -> list[str]:
+    """Where clients can dial a socket bound to ``bound``, best first (never a wildcard).
+
+    Args:
+        configured: The host the server was asked to listen on (an address or a name).
+        bound: The address the socket is bound to.
+    """
+    address = ipaddress.ip_address(bound)
+    hosts: list[str] = []
+    if not address.is_unspecified:
+        if not _is_address(configured):
+            hosts.append(configured)  # the name the server was started with
+        hosts.append(bound)
+        if address.is_loopback:
+            hosts.append("localhost")
+        else:
+            hosts += [name for name in _own_names() if bound in _resolve(name)]
+    else:
+        hosts += [
+            name
+            for name in _own_names()
+            if any(
+                not ipaddress.ip_address(found.split("%")[0]).is_loopback and _is_own(found)
+                for found in _resolve(name)
+            )
+        ]
+        versions = (4,) if address.version == 4 else (4, 6)
+        hosts += [found for found in map(_primary_address, versions) if found is not None]
+        if not hosts:
+            hosts.append("127.0.0.1" if address.version == 4 else "::1")
+    return list(dict.fromkeys(hosts))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@attrs.frozen
+class Endpoints:
+    """How clients and jobs call a listening server.
+
+    Attributes:
+        url: What clients dial: printed as ``JRUN_URL``, the base of the dashboard link.
+        job_url: What jobs get as ``JRUN_URL`` (reachable from where they run).
+        tls: The certificate served, or None for plain HTTP.
+    """
+
+    url: str
+    job_url: str
+    tls: TlsFiles | None = None
+
+    @property
+    def ca_bundle(self) -> Path | None:
+        """The CA certificate clients must trust (a self-signed setup), else None."""
+        return self.tls.ca_bundle if self.tls is not None else None
+
+
+def serving_endpoints(config: ServerConfig, sock: socket.socket) -> Endpoints:
+    """Work out the URLs of a server listening on ``sock``; prepare its certificate.
+
+    With ``tls_self_signed`` the server's CA and certificate are made or renewed (the
+    caller holds the data directory's lock).  See the module docstring for the choices.
+
+    Raises:
+        ConfigError: The TLS files given cannot be used (the message says why).
+        OSError: The certificate files cannot be written.
+    """
+    bound, port = sock.getsockname()[:2]
+    hosts = dial_hosts(config.host, bound)
+    wildcard = ipaddress.ip_address(bound).is_unspecified
+    loopback = "::1" if ":" in bound else "127.0.0.1"
+    tls: TlsFiles | None = None
+    if config.tls_self_signed:
+        names = [*hosts, "localhost", "127.0.0.1", "::1"]
+        tls = self_signed(config.data_dir, names, label=socket.gethostname())
+    elif config.tls_cert is not None and config.tls_key is not None:
+        tls = given = load_certificate(config.tls_cert, config.tls_key)
+        hosts.sort(key=lambda host: not given.covers(host))  # stable: the first it names
+        if not tls.covers(hosts[0]):
+            logger.warning(
+                "the TLS certificate %s names %s but not %s, where clients are told to call "
+                "the server: they will refuse it; use a certificate for that name, or --host "
+                "a name the certificate holds",
+                config.tls_cert,
+                ", ".join(tls.names) or "nothing",
+                hosts[0],
+            )
+    elif not is_loopback(config.host):
+        logger.warning(
+            "serving plain HTTP on %s (--insecure-http): every request's namespace token "
+            "crosses the network in clear; serve HTTPS with --tls-self-signed or --tls-cert",
+            config.host,
+        )
+    scheme = "https" if tls is not None else "http"
+    jobs_on_loopback = wildcard and (tls is None or tls.covers(loopback))
+    return Endpoints(
+        url=_url(scheme, hosts[0], port),
+        job_url=_url(scheme, loopback if jobs_on_loopback else hosts[0], port),
+        tls=tls,
+    )
 
 
 def make_uvicorn(
-    engine: Engine, *, log_level: str = "warning", dashboard: Dashboard | None = None
+    engine: Engine,
+    *,
+    log_level: str = "warning",
+    dashboard: Dashboard | None = None,
+    tls: TlsFiles | None = None,
 ) -> uvicorn.Server:
     """Build a uvicorn server for ``engine`` (which the caller starts and stops).
 
@@ -93,6 +276,7 @@ def make_uvicorn(
         engine: The job engine.
         log_level: uvicorn's log level.
         dashboard: The dashboard whose login links the caller hands out.
+        tls: The certificate to serve HTTPS with; plain HTTP without.
     """
     app = create_app(engine, manage_engine=False, dashboard=dashboard)
     config = uvicorn.Config(
@@ -104,6 +288,8 @@ def make_uvicorn(
         # h11's default of 16 KiB would refuse, as plain text, a long request line that
         # arrives in several reads; the app answers queries over MAX_QUERY with a 414.
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+        ssl_certfile=tls.cert if tls is not None else None,
+        ssl_keyfile=tls.key if tls is not None else None,
     )
     return _Server(config, engine)
 
@@ -123,6 +309,8 @@ class _RunningServer(abc.ABC):
         self.namespace = namespace
         self.url = ""
         self.dashboard_url = ""
+        #: The CA certificate file clients trust the server with (self-signed TLS), else None.
+        self.ca_bundle: str | None = None
 
     @property
     def token(self) -> str:
@@ -131,8 +319,11 @@ class _RunningServer(abc.ABC):
 
     @property
     def env(self) -> dict[str, str]:
-        """``JRUN_URL``, ``JRUN_TOKEN`` and ``JRUN_NAMESPACE`` for a client of this server."""
-        return {"JRUN_URL": self.url, "JRUN_TOKEN": self.token, "JRUN_NAMESPACE": self.namespace}
+        """``JRUN_URL``, ``JRUN_TOKEN``, ``JRUN_NAMESPACE`` (``JRUN_CA_BUNDLE``) of a client."""
+        env = {"JRUN_URL": self.url, "JRUN_TOKEN": self.token, "JRUN_NAMESPACE": self.namespace}
+        if self.ca_bundle is not None:
+            env["JRUN_CA_BUNDLE"] = self.ca_bundle
+        return env
 
     @abc.abstractmethod
     def start(self: _Self) -> _Self:
@@ -171,7 +362,8 @@ class LocalServer(_RunningServer):
     It listens on a free loopback port (or ``host`` and ``port`` among ``settings``),
     serves from its own event loop (so it works from synchronous, asyncio and trio code),
     and stops its job processes when it stops.  :attr:`dashboard_url` signs a browser in
-    to the dashboard (once)::
+    to the dashboard (once).  With ``tls_self_signed=True`` (or ``tls_cert`` and
+    ``tls_key``) it serves HTTPS, and :attr:`ca_bundle` is the CA file clients trust::
 
         async with LocalServer() as server:
             async with Context(url=server.url, token=server.token,
@@ -184,7 +376,7 @@ class LocalServer(_RunningServer):
         tokens: Raw token per namespace; by default one random token for ``namespace``.
         namespace: The namespace that :attr:`token` and :attr:`env` are for.
         **settings: Further :class:`ServerConfig` fields (``kill_grace``,
-            ``restart_backoff``, ``backend``...).
+            ``restart_backoff``, ``tls_self_signed``...).
     """
 
     def __init__(
@@ -230,6 +422,7 @@ class LocalServer(_RunningServer):
         Raises:
             DataDirectoryInUseError: Another server uses the data directory.
             BackendError: The backend cannot run jobs here (the message says why).
+            ConfigError: The TLS files given cannot be used.
             OSError: The address cannot be bound.
             RuntimeError: The server did not come up.
         """
@@ -238,14 +431,17 @@ class LocalServer(_RunningServer):
         self._engine = Engine(self.config)  # first: it takes the data directory's lock
         try:
             self._socket = bind_socket(self.config.host, self.config.port)
-            self.url = url_of(self._socket)
-            self._engine.start(self.url)
+            endpoints = serving_endpoints(self.config, self._socket)
+            self.url = endpoints.url
+            bundle = endpoints.ca_bundle
+            self.ca_bundle = str(bundle) if bundle is not None else None
+            self._engine.start(endpoints.job_url, ca_bundle=bundle)
         except BaseException:
             self.stop()
             raise
         self._dashboard = Dashboard(self._engine)
         self.dashboard_url = self._dashboard.login_url(self.url, self.namespace)
-        self._server = make_uvicorn(self._engine, dashboard=self._dashboard)
+        self._server = make_uvicorn(self._engine, dashboard=self._dashboard, tls=endpoints.tls)
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [self._socket]},
@@ -295,9 +491,9 @@ class ServerProcess(_RunningServer):
                 ...
 
     :attr:`dashboard_url` is the link the server printed to sign a browser in to its
-    dashboard (it works once).  Inherited ``JRUN_*`` variables are not passed to the
-    server.  What it prints (stdout
-    and stderr) goes to a temporary file; see :meth:`output`.
+    dashboard (it works once), and :attr:`ca_bundle` the CA file it printed (with
+    ``tls_self_signed``).  Inherited ``JRUN_*`` variables are not passed to the server.
+    What it prints (stdout and stderr) goes to a temporary file; see :meth:`output`.
 
     Args:
         data_dir: Where state, logs and volumes live.
@@ -306,6 +502,9 @@ class ServerProcess(_RunningServer):
         host: The interface to listen on.
         port: The TCP port; 0 picks a free one at the first start, which later starts
             reuse, so that the URL stays the same.
+        tls_self_signed: Serve HTTPS with the server's own CA (``--tls-self-signed``).
+        tls_cert: Serve HTTPS with this certificate (``--tls-cert``), and ``tls_key``.
+        tls_key: The private key of ``tls_cert`` (``--tls-key``).
         args: More command-line arguments, e.g. ``("--kill-grace", "0.5", "--stop-jobs")``.
         start_timeout: Seconds :meth:`start` waits for the server to listen.
     """
@@ -318,6 +517,9 @@ class ServerProcess(_RunningServer):
         namespace: str = DEFAULT_NAMESPACE,
         host: str = DEFAULT_HOST,
         port: int = 0,
+        tls_self_signed: bool = False,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
         args: Sequence[str] = (),
         start_timeout: float = 30.0,
     ) -> None:
@@ -325,7 +527,10 @@ class ServerProcess(_RunningServer):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
-        self.args = tuple(args)
+        tls: list[str] = ["--tls-self-signed"] if tls_self_signed else []
+        tls += ["--tls-cert", str(tls_cert)] if tls_cert is not None else []
+        tls += ["--tls-key", str(tls_key)] if tls_key is not None else []
+        self.args = (*tls, *args)
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
@@ -381,6 +586,8 @@ class ServerProcess(_RunningServer):
                 self.url = match.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])
                 self.dashboard_url = dashboard.group(1)
+                bundle = _CA_BUNDLE.search(printed)
+                self.ca_bundle = shlex.split(bundle.group(1))[0] if bundle is not None else None
                 return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,11 +23,14 @@ def encode_token(token: str) -> str:
 class Api:
     """A minimal synchronous client of the protocol, for checking the server's answers."""
 
-    def __init__(self, url: str, token: str, namespace: str) -> None:
+    def __init__(
+        self, url: str, token: str, namespace: str, *, ca_bundle: str | Path | None = None
+    ) -> None:
         self.url = url
         self.token = token
         self.namespace = namespace
-        self.http = httpx.Client(base_url=url, timeout=30)
+        verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        self.http = httpx.Client(base_url=url, timeout=30, verify=verify)
 
     def close(self) -> None:
         self.http.close()
