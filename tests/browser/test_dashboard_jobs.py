@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from selenium.webdriver.common.by import By
 from support import write_script
 
 from juliarun_aio import (
+    Context,
     Endpoint,
     JobNotFoundError,
     JobRef,
@@ -96,6 +98,40 @@ def test_log_lines_appear_live_while_the_job_prints(
     page.wait(lambda: "second line" in page.log_texts(), "the line printed later")
     page.wait(lambda: page.field("log-state") == "ended: the job succeeded", "the end")
     assert page.log_texts()[-1] == "second line"
+
+
+def test_a_followed_log_never_shows_a_new_job_given_the_same_name(
+    signed_in: Page, server: LocalServer, volume: Path
+) -> None:
+    """A job deleted while its page follows the log ends the log there, even when a new
+    job with the same name starts printing before the page reconnects."""
+    page = signed_in
+    for era in ("old", "new"):
+        write_script(
+            volume,
+            f"{era}.py",
+            "import time\n"
+            f"for n in range(1, 11):\n    print('{era}', n, flush=True)\n"
+            "time.sleep(300)\n",
+        )
+    old = JuliaBatch(name="reused", start_script="old.py", run_volume="work")
+    new = JuliaBatch(name="reused", start_script="new.py", run_volume="work")
+    submit(server, old)
+    page.open_job("JuliaBatch", "reused")
+    page.wait(lambda: "old 10" in page.log_texts(), "the old job's lines")
+
+    async def replace(ctx: Context) -> None:
+        await ctx.delete_job(old.ref, force=True)
+        await ctx.submit_job(new)
+        async with aclosing(ctx.tail_logs(new.ref)) as lines:
+            async for line in lines:
+                if line.text == "new 10":
+                    break
+
+    sdk(server.url, server.token, server.namespace, replace)
+    page.wait(lambda: page.field("log-state") == "the job no longer exists", "the log's end")
+    assert page.log_texts() == [f"old {n}" for n in range(1, 11)]
+    sdk(server.url, server.token, server.namespace, lambda ctx: ctx.delete_job(new.ref, True))
 
 
 def test_long_log_loads_earlier_lines_and_autoscroll_stops_when_scrolled_up(

@@ -7,6 +7,7 @@
 (() => {
   const POLL_MS = 1000;
   const TAIL_LINES = 1000; // lines shown when a job page opens
+  const UID_HEADER = "X-JuliaRun-Job-Uid"; // the submission a log stream belongs to
   const EARLIER_LINES = 1000; // lines added by "Load earlier lines"
   const MAX_LINES = 20000; // older lines leave the page while it follows the end
   const CHART_SECONDS = 600;
@@ -368,6 +369,9 @@
       this.samples = [];
       this.first = null; // cursor of the first line on the page
       this.last = null; // cursor reached by the stream (a line's or a heartbeat's)
+      // The submission the page shows: a reconnect or an earlier page names it, so that a
+      // new job given the same name after a delete is never shown as this one's log.
+      this.uid = null;
       this.count = 0;
       this.stick = true; // follow the end of the log
       this.gone = false;
@@ -601,6 +605,7 @@
         const params = this.params({ heartbeat: "10" });
         if (this.last === null) params.tail = String(TAIL_LINES);
         else params.cursor = String(this.last);
+        if (this.uid !== null) params.uid = this.uid;
         let ended = false;
         try {
           const response = await fetch(apiUrl(jobPath("streamLogs", this.kind), params), {
@@ -617,6 +622,7 @@
             return;
           }
           if (!response.ok) throw new Error(`the server answered ${response.status}`);
+          if (this.uid === null) this.uid = response.headers.get(UID_HEADER);
           this.setLogState("following");
           for await (const items of ndjson(response)) {
             const lines = [];
@@ -642,6 +648,12 @@
       }
     }
 
+    earlierParams(from) {
+      const params = this.params({ cursor: String(from), follow: "false" });
+      if (this.uid !== null) params.uid = this.uid;
+      return params;
+    }
+
     async loadEarlier() {
       const button = role(this.root, "earlier");
       if (button.disabled || this.first === null || this.first <= 1) return;
@@ -653,7 +665,7 @@
       const earlier = [];
       try {
         const response = await fetch(
-          apiUrl(jobPath("streamLogs", this.kind), this.params({ cursor: String(from), follow: "false" })),
+          apiUrl(jobPath("streamLogs", this.kind), this.earlierParams(from)),
           { signal: controller.signal, credentials: "same-origin", cache: "no-store" },
         );
         if (!response.ok) throw new Error(`the server answered ${response.status}`);
