@@ -7,6 +7,10 @@ Resolution order for each setting, first match wins:
 3. in-cluster defaults: the JuliaRun service URL and the Kubernetes service-account token
    and namespace files (docs/protocol.md, "Credentials").
 
+What the server's TLS certificate is verified with resolves the same way (``verify=``,
+then ``JRUN_CA_BUNDLE``, ``SSL_CERT_FILE``...), and ``JRUN_ALLOW_INSECURE_HTTP`` says that
+plain HTTP to another host is meant; :mod:`juliarun_aio._tls` has the details.
+
 Outside a cluster a missing setting raises :class:`~juliarun_aio.ConfigurationError`
 naming the variable to set.  Tokens read from a file are re-read when the file changes,
 because service-account tokens rotate.  Nothing here does network I/O.
@@ -27,6 +31,7 @@ import attrs
 import httpx
 
 from ._errors import ConfigurationError
+from ._tls import USUAL_CAS, Trust, Verify, insecure_http_allowed, resolve_trust
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -35,6 +40,7 @@ __all__ = [
     "SERVICE_ACCOUNT_DIR",
     "ResolvedConfig",
     "TokenSource",
+    "Verify",
     "build_query",
     "encode_token",
     "install_log_redaction",
@@ -202,12 +208,24 @@ class TokenSource:
 
 @attrs.frozen
 class ResolvedConfig:
-    """The settings a Context runs with, after resolution."""
+    """The settings a Context runs with, after resolution.
+
+    Attributes:
+        url: The server's root URL.
+        namespace: The namespace to work in.
+        token: Where the credential comes from.
+        in_cluster: Whether the process runs in a cluster.
+        trust: What the server's TLS certificate is verified with.
+        allow_insecure_http: A plain ``http://`` URL to another host is meant
+            (``JRUN_ALLOW_INSECURE_HTTP``, or the in-cluster default URL): no warning is due.
+    """
 
     url: str
     namespace: str
     token: TokenSource = attrs.field(repr=False)
     in_cluster: bool
+    trust: Trust = USUAL_CAS
+    allow_insecure_http: bool = False
 
 
 def _in_cluster(env: Mapping[str, str], sa_dir: Path) -> bool:
@@ -221,6 +239,7 @@ def resolve_config(
     *,
     token_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    verify: Verify | None = None,
     service_account_dir: Path = SERVICE_ACCOUNT_DIR,
 ) -> ResolvedConfig:
     """Resolve URL, credential and namespace (argument > environment > in-cluster).
@@ -231,16 +250,19 @@ def resolve_config(
         namespace: The namespace to work in.
         token_file: A file holding the raw token; re-read when it changes.
         env: The environment to read (default ``os.environ``).
+        verify: What to verify the server's certificate with; by default
+            ``JRUN_CA_BUNDLE``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else the usual CAs.
         service_account_dir: Where the in-cluster token and namespace files live.
 
     Raises:
-        ConfigurationError: A setting could not be resolved; the message names the
-            variable to set.
+        ConfigurationError: A setting could not be resolved, or a CA bundle cannot be
+            read; the message names the variable to set or the file to fix.
     """
     env = os.environ if env is None else env
     cluster = _in_cluster(env, service_account_dir)
 
-    url = url or env.get("JRUN_URL") or (DEFAULT_URL if cluster else None)
+    given = url or env.get("JRUN_URL")
+    url = given or (DEFAULT_URL if cluster else None)
     if not url:
         raise ConfigurationError(
             "no JuliaRun URL: pass url=... or set JRUN_URL (e.g. http://127.0.0.1:8080; "
@@ -282,4 +304,11 @@ def resolve_config(
             namespace = None
     if not namespace:
         raise ConfigurationError("no JuliaRun namespace: pass namespace=... or set JRUN_NAMESPACE")
-    return ResolvedConfig(url=url, namespace=namespace, token=source, in_cluster=cluster)
+    return ResolvedConfig(
+        url=url,
+        namespace=namespace,
+        token=source,
+        in_cluster=cluster,
+        trust=resolve_trust(verify, env),
+        allow_insecure_http=not given or insecure_http_allowed(env),
+    )

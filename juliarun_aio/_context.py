@@ -15,7 +15,7 @@ import httpx
 
 from . import _errors as errors
 from . import _logs, _watch
-from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, resolve_config
+from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Verify, resolve_config
 from ._http import UNSET, HttpLayer, TimeoutArg
 from ._jobs import Job, JobRef, JobSpec
 from ._logs import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT, LogLine
@@ -49,6 +49,8 @@ class Context:
             transports, proxies, TLS, or respx).  The Context does not close an injected
             client, and cannot take it into another event loop (:class:`EventLoopError`).
         env: The environment to resolve from (default ``os.environ``).
+        verify: ``True``, ``False``, a CA bundle path or an :class:`ssl.SSLContext` (default:
+            ``JRUN_CA_BUNDLE``, ``SSL_CERT_FILE``, else the usual CAs; see :mod:`._tls`).
 
     A Context may be used from one event loop after another (notebook cells run with
     ``asyncio.run``, a loop per test, trio after asyncio): in each new loop it starts a
@@ -56,8 +58,8 @@ class Context:
     time, and is not thread-safe.
 
     Raises:
-        ConfigurationError: URL, credential or namespace could not be resolved, or
-            ``limits.max_connections`` is below 2.
+        ConfigurationError: URL, credential or namespace could not be resolved, a CA bundle
+            cannot be read, ``verify=`` came with ``client=``, or ``max_connections`` < 2.
     """
 
     def __init__(
@@ -72,11 +74,10 @@ class Context:
         limits: httpx.Limits = DEFAULT_LIMITS,
         client: httpx.AsyncClient | None = None,
         env: Mapping[str, str] | None = None,
+        verify: Verify | None = None,
     ) -> None:
-        config = resolve_config(url, token, namespace, token_file=token_file, env=env)
-        self._http = HttpLayer(
-            config, timeout=timeout, retries=retries, limits=limits, client=client
-        )
+        cfg = resolve_config(url, token, namespace, token_file=token_file, env=env, verify=verify)
+        self._http = HttpLayer(cfg, timeout=timeout, retries=retries, limits=limits, client=client)
 
     @property
     def url(self) -> str:

@@ -9,7 +9,8 @@ Every error the SDK raises derives from :class:`JuliaRunError`::
     ├── SpecError (ValueError)    an invalid job spec, raised before any request
     ├── ResponseError             the server answered something we cannot read
     ├── TransportError            connect / read / timeout, after retries
-    │   └── RequestTimeoutError   a connect, read or overall deadline passed
+    │   ├── RequestTimeoutError   a connect, read or overall deadline passed
+    │   └── CertificateError      the server's TLS certificate failed verification
     ├── WaitTimeoutError          a waiting helper gave up (also a TimeoutError builtin)
     ├── JobStateError             the job is in a state a wait cannot succeed from
     └── ApiError                  the server said no (HTTP status or nonzero ``code``)
@@ -24,6 +25,10 @@ Every error the SDK raises derives from :class:`JuliaRunError`::
 Both ways a JuliaRun server reports a failure -- an HTTP status outside 200..206 and
 an envelope ``{"code": <nonzero>, "data": "<message>"}`` -- map to the same classes
 (see :func:`api_error_class`).  Messages never contain the credential.
+
+:class:`InsecureTransportWarning` is the one warning about the connection itself: the
+credential travels in every URL, so a plain ``http://`` URL to another machine sends it
+in clear.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
+    "CertificateError",
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "EventLoopError",
     "HintTerms",
+    "InsecureTransportWarning",
     "JobNotFoundError",
     "JobStateError",
     "JuliaRunError",
@@ -164,6 +171,48 @@ class RequestTimeoutError(TransportError, builtins.TimeoutError):
     Also a builtin :class:`TimeoutError`, so ``except TimeoutError`` catches it.  Named so
     that ``from juliarun_aio import *`` does not shadow the builtin (it was called
     ``TimeoutError`` before; ``juliarun_aio.TimeoutError`` remains as an alias).
+    """
+
+
+class CertificateError(TransportError):
+    """The server's TLS certificate failed verification; no request was sent.
+
+    Never retried: asking again gets the same certificate.  The message says what failed
+    and how to fix it (trust the server's CA with ``JRUN_CA_BUNDLE`` or ``verify=``, call
+    the server by a name its certificate holds, renew it).
+
+    Attributes:
+        reason: ``"unknown CA"`` (including a self-signed certificate), ``"name
+            mismatch"``, ``"expired"``, ``"not yet valid"`` or ``"failed verification"``.
+        host: The host the client dialled.
+        trusted: The CA bundle the certificate was verified with (``JRUN_CA_BUNDLE=/path``),
+            or ``None`` for the usual CAs.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        host: str,
+        trusted: str | None = None,
+        verb: str | None = None,
+        job: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, verb=verb, job=job, attempts=attempts)
+        self.reason = reason
+        self.host = host
+        self.trusted = trusted
+
+
+class InsecureTransportWarning(UserWarning):
+    """A Context was made to send its credential in clear: ``http://`` to another host.
+
+    The protocol puts the token in every request's URL.  Given once, when the Context is
+    made.  Where that is meant (a trusted network), silence it as any warning:
+    ``warnings.filterwarnings("ignore", category=InsecureTransportWarning)``, or set
+    ``JRUN_ALLOW_INSECURE_HTTP=1`` in the environment (the command line, jobs).
     """
 
 

@@ -10,12 +10,13 @@ everything between a verb and the wire, and the interface the long-running helpe
   message, log record and traceback (:meth:`HttpLayer.redact`).
 - **Sending.**  One pooled :class:`httpx.AsyncClient` per event loop, with the request
   and stream slots and the shared pollers of that loop (:class:`~._loops.LoopState`); the
-  client is built in one place (:meth:`HttpLayer._new_client`).
+  client is built in one place (:meth:`HttpLayer._new_client`), verifying the server's
+  certificate as :mod:`._tls` resolved (one :class:`ssl.SSLContext` for every loop).
 - **Unwrapping and mapping.**  The ``{code, data}`` envelope is unwrapped
   (:meth:`HttpLayer.unwrap`); a refusal -- an HTTP status outside 200..206 or a nonzero
   ``code`` -- becomes an :class:`~juliarun_aio.ApiError`, and every httpx exception a
   :class:`~juliarun_aio.TransportError` (:meth:`HttpLayer.transport_error`, the one place
-  that maps them).
+  that maps them; a refused certificate is a :class:`~juliarun_aio.CertificateError`).
 - **Retrying.**  :meth:`HttpLayer.exchange` retries what :func:`~._retry.decide` allows;
   :meth:`HttpLayer.write` settles a state-changing call whose outcome is unknown with a
   follow-up read (:class:`~._retry.WriteOutcome`), so that no change is applied twice.
@@ -56,6 +57,7 @@ from ._retry import (
     next_delay,
     parse_retry_after,
 )
+from ._tls import certificate_error, certificate_failure, warn_if_cleartext
 from ._version import __version__
 
 __all__ = ["MAX_URL_LENGTH", "UNSET", "HttpLayer", "ServerFacts", "TimeoutArg"]
@@ -142,8 +144,12 @@ class HttpLayer:
 
     Raises:
         ValueError: ``timeout`` or ``retries`` is not usable.
-        ConfigurationError: ``limits`` allow fewer than 2 connections, or the settings
-            leave no room for a call in a URL.
+        ConfigurationError: ``limits`` allow fewer than 2 connections, the settings
+            leave no room for a call in a URL, or ``verify=`` came with ``client=``.
+
+    Warns:
+        InsecureTransportWarning: the URL is plain HTTP to another host, and
+            ``JRUN_ALLOW_INSECURE_HTTP`` does not say it is meant (see :mod:`._tls`).
 
     Attributes:
         timeout: The default per-request timeouts.
@@ -161,6 +167,11 @@ class HttpLayer:
         limits: httpx.Limits,
         client: httpx.AsyncClient | None,
     ) -> None:
+        if client is not None and config.trust.given:
+            raise errors.ConfigurationError(
+                "verify= applies to the client a Context makes: give it to the "
+                "httpx.AsyncClient passed as client=, or leave client= out"
+            )
         self._config = config
         self.timeout = _as_timeout(timeout)
         self.retry_policy = (
@@ -183,6 +194,9 @@ class HttpLayer:
         # for building a client.
         self._state: LoopState | None = self._new_state(running_loop())
         install_log_redaction()
+        if not config.allow_insecure_http:
+            # Made by Context.__init__ only: the warning points at the line that made it.
+            warn_if_cleartext(config.url, stacklevel=3)
 
     @property
     def url(self) -> str:
@@ -242,6 +256,7 @@ class HttpLayer:
             timeout=self.timeout,
             limits=self._limits,
             headers={"User-Agent": f"juliarun_aio/{__version__}"},
+            verify=self._config.trust.verify,
         )
 
     def check_open(self) -> None:
@@ -428,6 +443,16 @@ class HttpLayer:
         # httpx puts the URL into some messages; scrub the original too, since it is
         # kept as __cause__ and printed in tracebacks, and so is whatever it chains to.
         self._scrub_chain(exc)
+        failure = certificate_failure(exc)
+        if failure is not None:
+            return certificate_error(
+                failure,
+                self.url,
+                self._config.trust,
+                verb=verb,
+                job=job.name if job else None,
+                attempts=attempts,
+            )
         detail = str(exc) or type(exc).__name__
         cls = (
             errors.RequestTimeoutError

@@ -484,6 +484,8 @@ class _TailLogs:
                 error = exc
             except httpx.TransportError as exc:
                 error = http.transport_error(exc, STREAM_VERB, ref, retry + 1)
+                if isinstance(error, errors.CertificateError):
+                    raise error from exc  # the same certificate would be refused again
             except _StreamIdleError:
                 error = errors.RequestTimeoutError(
                     f"no data on the log stream for {self.idle_timeout:g} s",

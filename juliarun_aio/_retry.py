@@ -4,6 +4,7 @@ Nothing here sleeps or does I/O, so every rule is tested as a table.
 
 - Reads (idempotent verbs) retry transport errors, timeouts and the statuses in
   :data:`RETRYABLE_STATUSES` (408, 429 and 5xx except 501/505, which will not change).
+  No call retries a refused TLS certificate: the server presents the same one again.
 - State-changing verbs retry only what provably never reached the server (a failed
   connect, a pool timeout) or an explicit 429 refusal; a failure after which the change
   may have been applied is :attr:`Decision.AMBIGUOUS`, settled by a follow-up read
@@ -28,6 +29,7 @@ import attrs
 import httpx
 
 from ._errors import ResponseError
+from ._tls import certificate_failure
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -157,9 +159,16 @@ def is_retryable_status(status_code: int) -> bool:
 
 
 def is_retryable_exception(exc: BaseException) -> bool:
-    """Tell whether a read that raised ``exc`` (from httpx) may succeed if tried again."""
-    return isinstance(exc, httpx.TransportError) and not isinstance(
-        exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError
+    """Tell whether a read that raised ``exc`` (from httpx) may succeed if tried again.
+
+    A refused certificate is not: asking again gets the same certificate.
+    """
+    return (
+        isinstance(exc, httpx.TransportError)
+        and not isinstance(
+            exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError
+        )
+        and certificate_failure(exc) is None
     )
 
 

@@ -56,6 +56,7 @@ import httpx
 
 from ._errors import (
     ApiError,
+    CertificateError,
     JobStateError,
     JuliaRunError,
     TransportError,
@@ -131,10 +132,10 @@ def is_outage(error: JuliaRunError) -> bool:
     """Tell whether a failed poll means "the server is not answering now" (wait it out).
 
     Transport errors and timeouts, and the statuses a read is retried on (5xx but 501 and
-    505, 408, 429), are outages; any other refusal is definite.
+    505, 408, 429), are outages; any other refusal, and a refused certificate, is definite.
     """
     if isinstance(error, TransportError):
-        return True
+        return not isinstance(error, CertificateError)
     return isinstance(error, ApiError) and is_retryable_status(error.status_code)
 
 

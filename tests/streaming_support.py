@@ -25,7 +25,7 @@ from support import http_layer
 from juliarun_aio import Context, RetryPolicy
 from juliarun_aio.server import LocalServer
 
-URL = "http://juliarun.test"
+URL = "https://juliarun.test"
 #: Retries without waiting, so that reconnect tests never sleep.
 FAST_RETRY = RetryPolicy(attempts=4, initial=0.0, maximum=0.0, total_timeout=5.0)
 

@@ -24,7 +24,7 @@ from juliarun_aio import (
 )
 from juliarun_aio._watch import PollPolicy
 
-URL = "http://jrun.test"
+URL = "https://jrun.test"
 NS = "research"
 NO_WAIT = PollPolicy(0, 0)
 RUNNING = {"succeeded": False, "phase": "running", "failed": False}

@@ -41,7 +41,7 @@ from juliarun_aio._config import (
     secret_forms,
 )
 
-URL = "http://jrun.test"
+URL = "https://jrun.test"
 TOKEN = "tok>>>>>?>"
 B64 = "dG9rPj4+Pj4/Pg=="
 B64_PCT = "dG9rPj4%2BPj4%2FPg%3D%3D"
@@ -96,7 +96,7 @@ def test_arguments_beat_environment_and_cluster(sa_dir: Path, tmp_path: Path) ->
     env_token = tmp_path / "env-token"
     env_token.write_text("env-file-token")
     env = {
-        "JRUN_URL": "http://env.test",
+        "JRUN_URL": "https://env.test",
         "JRUN_TOKEN": "env-token",
         "JRUN_TOKEN_FILE": str(env_token),
         "JRUN_NAMESPACE": "env-ns",
@@ -111,14 +111,14 @@ def test_arguments_beat_environment_and_cluster(sa_dir: Path, tmp_path: Path) ->
 def test_environment_beats_cluster(sa_dir: Path) -> None:
     """JRUN_URL, JRUN_TOKEN and JRUN_NAMESPACE win over the in-cluster defaults."""
     env = {
-        "JRUN_URL": "http://env.test/",
+        "JRUN_URL": "https://env.test/",
         "JRUN_TOKEN": "env-token",
         "JRUN_NAMESPACE": "env-ns",
         "KUBERNETES_SERVICE_HOST": "10.0.0.1",
     }
     config = resolve_config(env=env, service_account_dir=sa_dir)
     assert (config.url, config.namespace, config.token.current()) == (
-        "http://env.test",
+        "https://env.test",
         "env-ns",
         "env-token",
     )
@@ -211,7 +211,7 @@ def test_in_cluster_without_namespace_file(sa_dir: Path) -> None:
         ("ftp://jrun.test", "http"),
         ("jrun.test:8080", "http"),
         ("http://", "http"),
-        ("http://jrun.test/?a=b", "query"),
+        ("https://jrun.test/?a=b", "query"),
         ("http://[::1", "invalid"),
     ],
 )

@@ -47,7 +47,7 @@ from juliarun_aio import (
 from juliarun_aio._http import MAX_URL_LENGTH
 from juliarun_aio._wire import encode_spec
 
-URL = "http://jrun.test"
+URL = "https://jrun.test"
 TOKEN = "tok>>>>>?>"  # chosen so that its base64 holds '+', '/' and '='
 B64 = "dG9rPj4+Pj4/Pg=="
 B64_PCT = "dG9rPj4%2BPj4%2FPg%3D%3D"

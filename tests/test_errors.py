@@ -12,6 +12,7 @@ from juliarun_aio import (
     ApiError,
     AuthenticationError,
     BadRequestError,
+    CertificateError,
     ClientClosedError,
     ConfigurationError,
     ConflictError,
@@ -42,6 +43,7 @@ from juliarun_aio.cli._errors import CLI_TERMS
         (ResponseError, (JuliaRunError,)),
         (TransportError, (JuliaRunError,)),
         (RequestTimeoutError, (TransportError, builtins.TimeoutError)),
+        (CertificateError, (TransportError,)),
         (WaitTimeoutError, (JuliaRunError, builtins.TimeoutError)),
         (JobStateError, (JuliaRunError,)),
         (ApiError, (JuliaRunError,)),
@@ -69,7 +71,7 @@ def test_every_exported_error_is_in_the_tree() -> None:
         for obj in exported
         if isinstance(obj, type) and issubclass(obj, BaseException) and not issubclass(obj, Warning)
     ]
-    assert len(errors) == 18
+    assert len(errors) == 19
     assert all(issubclass(cls, JuliaRunError) for cls in errors)
 
 

@@ -11,7 +11,7 @@ import respx
 
 from juliarun_aio.cli import main
 
-URL = "http://jrun.test"
+URL = "https://jrun.test"
 TOKEN = "s3cret-token-value"
 #: The connection flags of every call.
 CONNECT = ["--url", URL, f"--token={TOKEN}", "--namespace", "team"]

@@ -144,7 +144,7 @@ def test_every_invalid_spec_raises_spec_error_before_any_request(
 
     async def submit() -> None:
         client = httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler))
-        async with client, Context("http://juliarun.invalid", "t", "ns", client=client) as ctx:
+        async with client, Context("https://juliarun.invalid", "t", "ns", client=client) as ctx:
             spec_type: Any = SPEC_TYPES[kind]
             await ctx.submit_job(spec_type(**params))
 
@@ -472,7 +472,7 @@ async def test_a_spec_too_long_for_a_url_raises_a_typed_error_before_any_request
     spec = JuliaBatch(
         name="big", start_script="s.py", run_volume="work", envvars={"BIG": "x" * 100_000}
     )
-    async with client, Context("http://juliarun.invalid", "t", "ns", client=client) as ctx:
+    async with client, Context("https://juliarun.invalid", "t", "ns", client=client) as ctx:
         with pytest.raises(jr.SpecError, match="too long to send") as caught:
             await ctx.submit_job(spec)
     assert caught.value.field == "envvars"
