@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ __all__ = [
     "QUICK_KILL",
     "SPAWN_STRAYS",
     "TestCertificate",
+    "TlsListener",
     "cleanup_mechanisms",
     "http_layer",
     "issue_certificate",
@@ -168,3 +171,49 @@ def on_loopback(url: str) -> str:
     """``url`` with its host replaced by 127.0.0.1 (tests send nothing elsewhere)."""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://127.0.0.1:{rest.rsplit(':', 1)[1]}"
+
+
+class TlsListener:
+    """A TLS endpoint on loopback that presents a certificate and answers nothing else.
+
+    For certificates a real server refuses to serve (an expired one): clients see the
+    handshake exactly as from a server, and :attr:`connections` counts how often they
+    tried.  Use as a context manager; :attr:`url` is ``https://<host>:<port>``.
+
+    Args:
+        files: The certificate and key to present.
+        host: How clients name the listener in :attr:`url` (it listens on 127.0.0.1).
+    """
+
+    def __init__(self, files: TestCertificate, host: str = "127.0.0.1") -> None:
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(files.cert, files.key)
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.1)
+        self.url = f"https://{host}:{self._socket.getsockname()[1]}"
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            conn.settimeout(5)
+            try:
+                with self._context.wrap_socket(conn, server_side=True):
+                    pass
+            except OSError:  # the client refused the certificate, as tests expect
+                conn.close()
+
+    def __enter__(self) -> TlsListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._socket.close()

@@ -14,6 +14,7 @@ code  meaning
 5     the job failed, or ended before what was waited for
 6     a wait timed out
 7     conflict: the job exists already, or is still running
+8     the server's TLS certificate was refused (unknown CA, name mismatch, expired)
 130   interrupted (Ctrl-C)
 141   the reader of the output went away (``juliarun logs job | head``)
 ====  ===================================================================
@@ -24,6 +25,7 @@ from __future__ import annotations
 import enum
 
 from .. import _errors as errors
+from .._tls import certificate_advice
 
 __all__ = ["CLI_TERMS", "CliError", "ExitCode", "JobFailedError", "UsageError", "describe"]
 
@@ -39,6 +41,7 @@ class ExitCode(enum.IntEnum):
     JOB_FAILED = 5
     TIMEOUT = 6
     CONFLICT = 7
+    CERTIFICATE = 8
     INTERRUPTED = 130
     OUTPUT_CLOSED = 141
 
@@ -120,8 +123,16 @@ def describe(exc: BaseException) -> tuple[ExitCode, str, str] | None:
         return (
             ExitCode.ERROR,
             exc.message,
-            "give --url, --token (or --token-file) and --namespace, "
-            "or set JRUN_URL, JRUN_TOKEN and JRUN_NAMESPACE",
+            "give --url, --token (or --token-file), --namespace and, for a server with its "
+            "own CA, --ca-bundle, or set JRUN_URL, JRUN_TOKEN, JRUN_NAMESPACE, JRUN_CA_BUNDLE",
+        )
+    if isinstance(exc, errors.CertificateError):
+        # What failed, without the SDK's advice (it names verify=, not the flag).
+        what = exc.message.partition("; ")[0]
+        return (
+            ExitCode.CERTIFICATE,
+            what,
+            certificate_advice(exc.reason, exc.host, exc.trusted, CLI_TERMS),
         )
     if isinstance(exc, errors.ApiError):
         return _describe_api(exc)

@@ -22,6 +22,8 @@ import anyio
 
 from .._config import redact, secret_forms
 from .._context import Context
+from .._errors import CertificateError
+from .._tls import load_bundle
 from ._commands import COMMANDS
 from ._errors import ExitCode, describe
 from ._output import Output
@@ -63,15 +65,24 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         from ._demo import run_demo  # noqa: PLC0415 - needs the [server] extra
 
         return await run_demo(out)
+    # Read here, so that messages name the flag rather than the SDK's verify=.
+    ca_bundle = getattr(args, "ca_bundle", None)
+    trust = None if ca_bundle is None else load_bundle(ca_bundle, "--ca-bundle", given=True)
     async with Context(
         url=getattr(args, "url", None),
         token=getattr(args, "token", None),
         namespace=getattr(args, "namespace", None),
         token_file=getattr(args, "token_file", None),
+        verify=None if trust is None else trust.verify,
     ) as ctx:
         base = out.redact
         out.redact = lambda text: ctx.redact(base(text))
-        return await COMMANDS[args.command](ctx, args, out)
+        try:
+            return await COMMANDS[args.command](ctx, args, out)
+        except CertificateError as exc:
+            if trust is not None:
+                exc.trusted = trust.source
+            raise
 
 
 def _server(argv: Sequence[str]) -> int:

@@ -16,7 +16,7 @@ _DESCRIPTION = """\
 Submit, watch, scale and remove jobs on a JuliaRun server, or run one locally.
 
 Connection settings come from the flags, else from JRUN_URL, JRUN_TOKEN (or
-JRUN_TOKEN_FILE) and JRUN_NAMESPACE, else from the in-cluster defaults.
+JRUN_TOKEN_FILE), JRUN_NAMESPACE and JRUN_CA_BUNDLE, else from the in-cluster defaults.
 A job is named NAME or TYPE/NAME; with NAME alone its type is looked up.
 """
 
@@ -31,8 +31,8 @@ examples:
 
 exit codes:
   0 ok, 1 error, 2 usage error, 3 job not found, 4 authentication or permission refused,
-  5 job failed, 6 wait timed out, 7 conflict (job exists, or still running), 130 Ctrl-C,
-  141 output closed (e.g. piped into head)
+  5 job failed, 6 wait timed out, 7 conflict (job exists, or still running), 8 the
+  server's TLS certificate was refused, 130 Ctrl-C, 141 output closed (e.g. piped into head)
 """
 
 
@@ -86,6 +86,13 @@ def _common_parents() -> tuple[_Parser, _Parser]:
     )
     group.add_argument(
         "--namespace", "-n", default=argparse.SUPPRESS, help="namespace (JRUN_NAMESPACE)"
+    )
+    group.add_argument(
+        "--ca-bundle",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the CA certificate(s) the server's TLS certificate is verified with "
+        "(JRUN_CA_BUNDLE; a server started with --tls-self-signed prints it)",
     )
     output = _Parser(add_help=False)
     output.add_argument(
