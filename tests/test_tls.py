@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import ssl
 import warnings
 from pathlib import Path
@@ -294,3 +296,18 @@ def test_loopback_hosts_are_recognised_without_a_resolver() -> None:
         assert is_loopback_host(host), host
     for host in ("10.231.0.1", "0.0.0.0", "::", "example.org", "localhost.example.org"):
         assert not is_loopback_host(host), host
+
+
+def test_a_certificate_error_copies_and_pickles_with_its_details() -> None:
+    """Shared pollers hand each watcher a copy; pickling keeps reason, host and bundle too."""
+    error = CertificateError(
+        "refused", reason="expired", host="h.example", trusted="verify=/ca.pem", verb="listJobs"
+    )
+    for clone in (copy.copy(error), pickle.loads(pickle.dumps(error))):
+        assert (clone.message, clone.reason, clone.host, clone.trusted, clone.verb) == (
+            "refused",
+            "expired",
+            "h.example",
+            "verify=/ca.pem",
+            "listJobs",
+        )

@@ -22,7 +22,7 @@ import pytest
 from conftest import OTHER_NAMESPACE
 from faultproxy import FaultProxy
 from reliability_support import FAST_SERVER, free_port, record
-from support import QUICK_KILL, write_script
+from support import QUICK_KILL, TlsListener, issue_certificate, write_script
 
 import juliarun_aio as jr
 from juliarun_aio import Context, JuliaBatch, JuliaParBatchWorkers, RetryPolicy
@@ -47,6 +47,12 @@ def secret_forms(*tokens: str) -> list[str]:
 def leaks(text: str, forms: list[str]) -> list[str]:
     """The secret forms found in ``text``."""
     return [form for form in forms if form in text]
+
+
+def _volume(data_dir: Path) -> Path:
+    path = data_dir / "namespaces" / "default" / "volumes" / "work"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _status(url: str, params: dict[str, str], verb: str = "getSystemStatus") -> tuple[int, object]:
@@ -256,7 +262,10 @@ def _error_texts(exc: BaseException) -> list[str]:
 async def test_the_token_never_appears_in_logs_errors_or_reprs(
     tmp_path: Path, every_log_record: _Capture
 ) -> None:
-    """Security: the token (raw, base64, encoded) is in no log record, error text or repr."""
+    """Security: the token (raw, base64, encoded) is in no log record, error, warning or repr.
+
+    Over plain HTTP and HTTPS: refused certificates on every path, failures once verified.
+    """
     forms = secret_forms(TOKEN, WRONG_TOKEN)
     texts: list[str] = []
     errors: list[BaseException] = []
@@ -316,6 +325,34 @@ async def test_the_token_never_appears_in_logs_errors_or_reprs(
             await attempt(ctx.get_system_status())  # connection refused
             await attempt(ctx.delete_job(job))
             await attempt(drain(ctx.tail_logs(job, follow=False, mode="stream")))
+    refused_before = len(errors)
+    # HTTPS: refused certificates on every path, and calls that fail once verified.
+    async with LocalServer(
+        tmp_path / "tls", tokens={"default": TOKEN}, tls_self_signed=True, **FAST_SERVER
+    ) as server:
+        for name in _LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        async with Context(server.url, TOKEN, "default", retries=quick, env={}) as ctx:
+            await attempt(ctx.get_system_status())  # unknown CA
+            await attempt(ctx.submit_job(job))
+            await attempt(ctx.wait_for_job(job, timeout=10, poll=poll))
+            await attempt(drain(ctx.tail_logs(job, mode="stream")))
+            await attempt(drain(ctx.tail_logs(job, mode="poll")))
+        async with Context(server.url, WRONG_TOKEN, "default", verify=server.ca_bundle) as ctx:
+            await attempt(ctx.list_jobs())  # 401 over TLS
+        async with Context(server.url, TOKEN, "default", verify=server.ca_bundle) as ctx:
+            await attempt(ctx.get_job_status(job))  # 404 over TLS
+    for name, expired in (("elsewhere.example", False), ("127.0.0.1", True)):
+        files = issue_certificate(tmp_path / name, name, expired=expired)
+        with TlsListener(files) as listener:
+            async with Context(listener.url, TOKEN, "default", verify=files.ca) as ctx:
+                await attempt(ctx.list_jobs())  # name mismatch, then expired
+    certificate_errors = [e for e in errors[refused_before:] if isinstance(e, jr.CertificateError)]
+    assert {e.reason for e in certificate_errors} == {"unknown CA", "name mismatch", "expired"}
+    with pytest.warns(jr.InsecureTransportWarning) as warned:
+        async with Context(f"http://10.231.0.1:{free_port()}", TOKEN, "default"):
+            pass  # made and closed: nothing is sent
+    texts += [str(warning.message) for warning in warned]
     for exc in errors:
         texts += _error_texts(exc)
     found = {
@@ -326,6 +363,8 @@ async def test_the_token_never_appears_in_logs_errors_or_reprs(
         "token never in text",
         log_records=len(every_log_record.texts),
         errors=len(errors),
+        certificate_errors=len(certificate_errors),
+        warnings=len(warned),
         texts=len(texts),
         faults=proxy.total_injected,
     )
@@ -335,8 +374,72 @@ async def test_the_token_never_appears_in_logs_errors_or_reprs(
 
 
 @pytest.mark.slow
+@pytest.mark.anyio
+async def test_the_token_never_appears_in_a_tls_servers_output(tmp_path: Path) -> None:
+    """Security: a TLS server at debug level prints no token through verbs that pass and fail."""
+    forms = secret_forms(TOKEN, WRONG_TOKEN)
+    data_dir = tmp_path / "data"
+    write_script(_volume(data_dir), "hello.py", "print('hello')\n")
+    job = JuliaBatch(name="hello", start_script="hello.py", run_volume="work")
+    poll = PollPolicy(initial=0.02, maximum=0.1)
+    quick = RetryPolicy(attempts=2, initial=0, maximum=0, total_timeout=10)
+    failures = 0
+    args = (*QUICK_KILL, "--log-level", "debug")
+    tokens = {"default": TOKEN}
+    with ServerProcess(data_dir, tokens=tokens, tls_self_signed=True, args=args) as server:
+        bundle = server.ca_bundle
+        async with Context(server.url, TOKEN, "default", verify=bundle, retries=quick) as ctx:
+            await ctx.submit_job(job)
+            await ctx.wait_for_job(job, timeout=30, poll=poll)
+            [line async for line in ctx.tail_logs(job)]
+            await ctx.get_all_job_info()
+            for call in (
+                ctx.submit_job(job),  # 409
+                ctx.get_job_status(jr.JobRef("JuliaBatch", "missing")),  # 404
+                ctx.set_job_scale(jr.JobRef("JuliaBatch", "missing"), 2),
+                ctx.delete_job(jr.JobRef("JuliaBatch", "missing")),
+            ):
+                with pytest.raises(jr.ApiError):
+                    await call
+                failures += 1
+        for token, verify in ((WRONG_TOKEN, bundle), (TOKEN, None)):  # 401; unknown CA
+            async with Context(server.url, token, "default", verify=verify, env={}) as ctx:
+                with pytest.raises((jr.AuthenticationError, jr.CertificateError)):
+                    await ctx.list_jobs()
+                failures += 1
+        # Plain HTTP to the HTTPS port: the server sees a request that is not TLS.
+        plain = server.url.replace("https://", "http://")
+        async with Context(plain, TOKEN, "default", retries=1) as ctx:
+            with pytest.raises(jr.TransportError):
+                await ctx.list_jobs()
+            failures += 1
+    printed = server.output()  # through its shutdown
+    assert "export JRUN_CA_BUNDLE=" in printed
+    record(
+        "token never in a tls server's output",
+        lines=printed.count("\n"),
+        failing_calls=failures,
+        leaks=len(leaks(printed, forms)),
+    )
+    assert leaks(printed, forms) == []
+
+
+def _cli(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``python -m juliarun_aio`` with ``args``; return its exit code and output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "juliarun_aio", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, f"{done.stdout}\n{done.stderr}"
+
+
+@pytest.mark.slow
 def test_the_token_never_appears_in_cli_output(tmp_path: Path) -> None:
-    """Security: `python -m juliarun_aio` prints no form of the token, in --json or on errors."""
+    """Security: `python -m juliarun_aio` prints no token, in --json, on errors, over TLS."""
     forms = secret_forms(TOKEN, WRONG_TOKEN)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -390,19 +493,38 @@ def test_the_token_never_appears_in_cli_output(tmp_path: Path) -> None:
             ([*by_file, "--json", "delete", "JuliaBatch/cli-job"], {}),
         ]
         for args, extra in runs:
-            done = subprocess.run(
-                [sys.executable, "-m", "juliarun_aio", *args],
-                capture_output=True,
-                text=True,
-                env={**env, **extra},
-                timeout=60,
-                check=False,
-            )
-            codes.append(done.returncode)
-            outputs.append(f"{done.stdout}\n{done.stderr}")
-    leaked = [(runs[i][0][-2:], out) for i, out in enumerate(outputs) if leaks(out, forms)]
-    record("token never in cli output", cli_runs=len(runs), failing_runs=sum(map(bool, codes)))
+            code, output = _cli(args, {**env, **extra})
+            codes.append(code)
+            outputs.append(output)
+    tls_codes: list[int] = []
+    with LocalServer(
+        tmp_path / "tls", tokens={"default": TOKEN}, tls_self_signed=True, **FAST_SERVER
+    ) as server:
+        assert server.ca_bundle is not None
+        secure = ["--url", server.url, f"--token={TOKEN}", "--namespace", "default"]
+        via_env = {**env, **server.env}
+        tls_runs: list[tuple[list[str], dict[str, str]]] = [
+            ([*secure, "--ca-bundle", server.ca_bundle, "--json", "status"], env),
+            ([*secure, "--json", "list"], env),  # unknown CA
+            ([*secure, "--ca-bundle", str(tmp_path / "missing.pem"), "list"], env),
+            (["--json", "info"], via_env),
+            (["logs", "missing"], {**via_env, "JRUN_TOKEN": WRONG_TOKEN}),
+            ([*secure, "--ca-bundle", server.ca_bundle, "job-status", "JuliaBatch/gone"], env),
+        ]
+        for args, run_env in tls_runs:
+            code, output = _cli(args, run_env)
+            tls_codes.append(code)
+            outputs.append(output)
+    every_run = [*runs, *tls_runs]
+    leaked = [(every_run[i][0][-2:], out) for i, out in enumerate(outputs) if leaks(out, forms)]
+    record(
+        "token never in cli output",
+        cli_runs=len(every_run),
+        tls_runs=len(tls_runs),
+        failing_runs=sum(map(bool, codes + tls_codes)),
+    )
     assert not leaked, leaked[:3]
+    assert tls_codes == [0, 8, 1, 0, 4, 3], outputs[len(runs) :]
     assert [codes[i] for i in (0, 1, 2, 3, 4, 8, 10)] == [0] * 7, outputs
     assert all(codes[i] != 0 for i in (5, 6, 7, 9)), outputs
     assert "hello from the cli job" in outputs[4]
