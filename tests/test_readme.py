@@ -53,6 +53,28 @@ def test_python_example_runs(index: int, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_cluster_example_runs_over_https(tmp_path: Path) -> None:
+    """The "On a cluster" Python example runs as printed against a --tls-self-signed server."""
+    (code,) = [block for block in _blocks("python") if "JRUN_CA_BUNDLE" in block]
+    with LocalServer(tmp_path / "data", tls_self_signed=True) as server:
+        assert server.url.startswith("https://")
+        env = {key: value for key, value in os.environ.items() if not key.startswith("SSL_")}
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env={**env, **server.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "server up: True\njobs: []\n"
+    assert "JuliaRun server listening on https://" in README
+    assert "export JRUN_CA_BUNDLE=" in README
+
+
+@pytest.mark.slow
 def test_notebook_cell_follows_a_log_and_the_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
