@@ -367,7 +367,8 @@ class LocalServer(_RunningServer):
 
         async with LocalServer() as server:
             async with Context(url=server.url, token=server.token,
-                               namespace=server.namespace) as ctx:
+                               namespace=server.namespace,
+                               verify=server.ca_bundle) as ctx:
                 ...
 
     Args:
@@ -487,7 +488,8 @@ class ServerProcess(_RunningServer):
 
         with ServerProcess(data_dir) as server:
             async with Context(url=server.url, token=server.token,
-                               namespace=server.namespace) as ctx:
+                               namespace=server.namespace,
+                               verify=server.ca_bundle) as ctx:
                 ...
 
     :attr:`dashboard_url` is the link the server printed to sign a browser in to its
