@@ -1,15 +1,29 @@
 """The tiny program every job process runs under, on whichever machine runs the job.
 
 ``python -I _launcher.py --exit-file PATH [--tree-file PATH] [--memory-bytes N]
-[--cleanup MODE] -- ARGV...``
+[--cleanup MODE] [--place-file PATH --route-to HOST [--port NAME]...]
+[--wait-place PATH] -- ARGV...``
 
-The server starts it in a session of its own, with stdout/stderr already pointing at the
-process's log files, so neither the job nor its output depends on the server staying up.
-The launcher
+The server starts it -- itself, in a session of its own, or as a batch job on a cluster
+node -- with stdout/stderr already pointing at the process's log files, so neither the
+job nor its output depends on the server staying up.  The launcher
 
+- where the server leaves the choice of ports to the node (``--port NAME``), binds a free
+  TCP port for each name and gives it to the program as ``JRUN_PORT_<NAME>``;
+- with ``--place-file``, records where the slot is reached before the program starts:
+  ``{"host": ..., "ports": {name: port}}``, the host being this node's address on the
+  route to ``--route-to`` (the server's host), written atomically;
+- with ``--wait-place`` (a worker of a job whose master runs elsewhere), waits until the
+  master's place file exists and gives the program ``JRUN_MASTER_HOST`` and the master's
+  ``JRUN_PORT_<NAME>``;
+- replaces ``${JRUN_PORT_<NAME>}`` in the program's arguments and environment values by
+  the port (for programs whose port is an argument, such as ``jupyter --port``),
 - applies ``RLIMIT_AS`` to the program when a memory limit is given,
 - runs ``ARGV`` directly (never through a shell) in a process group of its own,
-- forwards SIGTERM/SIGINT to that process group, exactly once per signal received,
+- forwards SIGTERM/SIGINT to that process group, exactly once per signal received, and
+  turns SIGUSR2 into a SIGTERM and SIGUSR1 into a SIGKILL of the group (how a scheduler
+  that reports SIGTERM and SIGKILL as a cancellation -- Slurm's ``scancel`` -- asks for a
+  stop or a kill; see :data:`FORWARDED`),
 - when the program has ended, for whatever reason, kills every process it left behind
   (see below) and reaps them,
 - then writes the program's exit code (``-N`` when killed by signal N) atomically to the
@@ -52,9 +66,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
+import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,11 +82,16 @@ __all__ = [
     "CLEANUP_MODES",
     "EXIT_NOT_EXECUTABLE",
     "EXIT_NOT_FOUND",
+    "FORWARDED",
     "SLOT_VARIABLE",
     "Tree",
+    "address_towards",
     "describe_cleanup",
+    "free_ports",
     "kill_tree",
     "main",
+    "port_variable",
+    "read_place",
     "run",
 ]
 
@@ -78,6 +100,20 @@ EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
 #: The environment variable that marks every process of a slot.
 SLOT_VARIABLE = "JULIARUN_AIO_SLOT"
+#: What the launcher sends the program's process group for each signal it receives:
+#: SIGUSR2 and SIGUSR1 ask for a stop and a kill without those signals themselves (a
+#: scheduler that delivers SIGTERM or SIGKILL -- Slurm's ``scancel`` -- also logs them as a
+#: cancellation in the job's output, and after a SIGKILL of the launcher waits for the
+#: processes it left).
+FORWARDED: dict[int, int] = {
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGINT: signal.SIGINT,
+    signal.SIGUSR2: signal.SIGTERM,
+    signal.SIGUSR1: signal.SIGKILL,
+}
+#: Seconds between two looks for the master's place file.
+PLACE_POLL = 0.05
+_PORT_PLACEHOLDER = re.compile(r"\$\{(JRUN_PORT_[A-Z0-9_]+)\}")
 #: Values of ``--cleanup``: the strongest mechanism to try (``auto``: the strongest there is).
 CLEANUP_MODES = ("auto", "cgroup2", "cgroup1", "subreaper")
 #: v1 hierarchies that can hold a slot, best first: a frozen cgroup cannot fork while its
@@ -473,6 +509,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tree-file", default=None)
     parser.add_argument("--memory-bytes", type=int, default=None)
     parser.add_argument("--cleanup", choices=CLEANUP_MODES, default="auto")
+    parser.add_argument("--place-file", default=None)
+    parser.add_argument("--route-to", default=None)
+    parser.add_argument("--port", action="append", default=[])
+    parser.add_argument("--wait-place", default=None)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -480,6 +520,87 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if not args.command:
         parser.error("no command given after --")
     return args
+
+
+def port_variable(name: str) -> str:
+    """The environment variable of a port name (``my-port`` -> ``JRUN_PORT_MY_PORT``)."""
+    return "JRUN_PORT_" + name.upper().replace("-", "_")
+
+
+def address_towards(host: str) -> str:
+    """This machine's address on the route to ``host``: where ``host`` reaches it.
+
+    A UDP ``connect`` only chooses the route; it sends nothing.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.connect(address)
+            return str(sock.getsockname()[0])
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+def free_ports(names: list[str], host: str = "") -> dict[str, int]:
+    """Pick a free TCP port on ``host`` (every interface by default) for each name."""
+    ports: dict[str, int] = {}
+    holders: list[socket.socket] = []
+    try:
+        for name in names:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holders.append(sock)
+            sock.bind((host, 0))
+            ports[name] = sock.getsockname()[1]
+    finally:
+        for sock in holders:
+            sock.close()
+    return ports
+
+
+def read_place(path: str) -> dict[str, object] | None:
+    """The content of a place file, or None while it is not (completely) there."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            place = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return place if isinstance(place, dict) else None
+
+
+def _wait_for_place(path: str, received: list[int]) -> dict[str, object] | None:
+    """Wait for the place file at ``path``; None when a signal came first."""
+    while not received:
+        place = read_place(path)
+        if place is not None:
+            return place
+        time.sleep(PLACE_POLL)
+    return None
+
+
+def _fill_ports(text: str, env: dict[str, str]) -> str:
+    return _PORT_PLACEHOLDER.sub(lambda match: env.get(match[1], match[0]), text)
+
+
+def _placed_environment(args: argparse.Namespace, received: list[int]) -> dict[str, str] | None:
+    """The program's environment with its ports and the master's address; None if stopped."""
+    env = dict(os.environ)
+    ports = free_ports(args.port)
+    env.update({port_variable(name): str(port) for name, port in ports.items()})
+    if args.place_file is not None:
+        host = address_towards(args.route_to) if args.route_to else socket.gethostname()
+        _write_atomically(args.place_file, json.dumps({"host": host, "ports": ports}) + "\n")
+    if args.wait_place is not None:
+        master = _wait_for_place(args.wait_place, received)
+        if master is None:
+            return None
+        env["JRUN_MASTER_HOST"] = str(master.get("host"))
+        master_ports = master.get("ports")
+        if isinstance(master_ports, dict):
+            env.update({port_variable(str(k)): str(v) for k, v in master_ports.items()})
+    for key, value in env.items():
+        if "${JRUN_PORT_" in value:
+            env[key] = _fill_ports(value, env)
+    return env
 
 
 def _wait_for(pid: int) -> int:
@@ -504,7 +625,8 @@ def run(argv: list[str]) -> int:
     child: subprocess.Popen[bytes] | None = None
     received: list[int] = []
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    def forward(received_signal: int, _frame: FrameType | None) -> None:
+        signum = FORWARDED[received_signal]
         if child is None:
             received.append(signum)  # delivered as soon as the program exists
             return
@@ -513,13 +635,17 @@ def run(argv: list[str]) -> int:
 
     # Installed before the program starts, so that no signal can kill the launcher alone
     # and leave the program running unobserved.
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for received_signal in FORWARDED:
+        signal.signal(received_signal, forward)
     tree = contain(args.cleanup, slot, args.tree_file)
-    env = dict(os.environ)
+    env = _placed_environment(args, received)
+    if env is None:  # stopped while waiting for the master
+        _write_exit_file(args.exit_file, -received[0])
+        return 128 + received[0]
     env[SLOT_VARIABLE] = slot
+    command = [_fill_ports(arg, env) for arg in args.command]
     try:
-        child = subprocess.Popen(args.command, env=env, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
+        child = subprocess.Popen(command, env=env, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
     except FileNotFoundError:
         print(f"juliarun: cannot run {args.command[0]!r}: not found", file=sys.stderr)
         code = EXIT_NOT_FOUND

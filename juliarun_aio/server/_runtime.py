@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ import attrs
 
 from .._errors import SpecError
 from .._jobs import JobSpec, memory_bytes, validate_name
+from ._launcher import free_ports, port_variable
 from ._private import make_private_dirs
 
 __all__ = [
@@ -94,18 +94,7 @@ class LaunchPlan:
 
 def allocate_ports(names: list[str]) -> dict[str, int]:
     """Pick a free loopback TCP port for each name."""
-    ports: dict[str, int] = {}
-    holders: list[socket.socket] = []
-    try:
-        for name in names:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            holders.append(sock)
-            sock.bind(("127.0.0.1", 0))
-            ports[name] = sock.getsockname()[1]
-    finally:
-        for sock in holders:
-            sock.close()
-    return ports
+    return free_ports(names, "127.0.0.1")
 
 
 def env_suffix(name: str) -> str:
@@ -165,13 +154,14 @@ class ProcessRequest:
         namespace: The job's namespace.
         spec: The job's current spec.
         label: ``master`` or ``worker-N``.
-        ports: Allocated loopback port of each port name.
+        ports: The port of each port name; 0 where the launcher chooses it on the node.
         cookie: The job's cluster cookie.
         url: The server's URL, for ``JRUN_URL``.
         token: The namespace's raw token, for ``JRUN_TOKEN``.
         layout: The data directory layout.
         ca_bundle: The CA certificate that the server's certificate is checked with, for
             ``JRUN_CA_BUNDLE`` (self-signed TLS); None when not needed.
+        listen: The interface the job's own services (Jupyter) listen on.
     """
 
     namespace: str
@@ -183,6 +173,13 @@ class ProcessRequest:
     token: str
     layout: Layout
     ca_bundle: Path | None = None
+    listen: str = "127.0.0.1"
+
+
+def _port_text(req: ProcessRequest, name: str) -> str:
+    """A port as a program argument: the number, or the launcher's placeholder for it."""
+    port = req.ports[name]
+    return str(port) if port else f"${{{port_variable(name)}}}"
 
 
 def _text(params: Mapping[str, object], key: str) -> str | None:
@@ -236,8 +233,8 @@ def _service_command(
             jupyter,
             "notebook",
             "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={req.ports['nb']}" if "nb" in req.ports else "--port=0",
+            f"--ip={req.listen}",
+            f"--port={_port_text(req, 'nb')}" if "nb" in req.ports else "--port=0",
             f"--NotebookApp.token={_text(params, 'passwd') or ''}",
             f"--notebook-dir={cwd}",
         ]
@@ -258,7 +255,7 @@ def _service_command(
         )
     env["RABBITMQ_CONFIG_FILE"] = str(cfg_path)
     if "amqp" in req.ports:
-        env["RABBITMQ_NODE_PORT"] = str(req.ports["amqp"])
+        env["RABBITMQ_NODE_PORT"] = _port_text(req, "amqp")
     return [server]
 
 
@@ -306,8 +303,12 @@ def plan_process(req: ProcessRequest) -> LaunchPlan:
         env["JRUN_CA_BUNDLE"] = str(req.ca_bundle)
     if kind in CLUSTER_KINDS:
         env["JRUN_CLUSTER_COOKIE"] = req.cookie
+    if uses_worker_fields:
+        # The master runs on this machine (a backend that runs it elsewhere says where).
+        env["JRUN_MASTER_HOST"] = "127.0.0.1"
     for name, port in req.ports.items():
-        env[f"JRUN_PORT_{env_suffix(name)}"] = str(port)
+        if port:
+            env[port_variable(name)] = str(port)
     volumes = params.get("additional_volumes") or ()
     assert isinstance(volumes, tuple)
     for volume in volumes:

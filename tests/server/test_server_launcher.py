@@ -1,12 +1,15 @@
-"""The launcher: whatever way its program ends, no process the program started is left."""
+"""The launcher: whatever way its program ends, no process the program started is left; on a
+node it chooses the ports, records where it runs and waits for its master."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,6 +148,76 @@ def test_sigterm_to_the_launcher_leaves_no_process(slot: Slot) -> None:
     slot.launcher.terminate()
     assert slot.launcher.wait(timeout=30) == 128 + signal.SIGTERM
     _assert_gone(slot)
+
+
+def test_sigusr2_stops_and_sigusr1_kills_the_program(tmp_path: Path, mechanism: str) -> None:
+    """SIGUSR2 reaches the program as one SIGTERM, SIGUSR1 as SIGKILL; nothing is left."""
+    for asked, exit_code in ((signal.SIGUSR2, -signal.SIGTERM), (signal.SIGUSR1, -signal.SIGKILL)):
+        run = tmp_path / asked.name
+        run.mkdir()
+        slot = Slot(run, mechanism, stay=True)
+        try:
+            slot.program()
+            slot.launcher.send_signal(asked)
+            assert slot.launcher.wait(timeout=30) == 128 - exit_code
+            assert slot.exit_file.read_text() == f"{exit_code}\n"
+            _assert_gone(slot)
+        finally:
+            slot.clean()
+
+
+def _launch(
+    tmp_path: Path, name: str, options: list[str], program: str, *args: str
+) -> subprocess.Popen[str]:
+    """Start the launcher running ``python -c program args...``, its stdout piped."""
+    command = [sys.executable, "-I", str(LAUNCHER), "--exit-file", str(tmp_path / f"{name}.exit")]
+    command += [*options, "--", sys.executable, "-c", program, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+#: Prints its arguments, the master's address and the port of ``web``.
+SHOW = (
+    "import os, sys\n"
+    "print(sys.argv[1:], os.environ.get('JRUN_MASTER_HOST'), os.environ.get('JRUN_PORT_WEB'))\n"
+)
+
+
+def test_ports_and_place_are_chosen_on_the_node(tmp_path: Path) -> None:
+    """--port binds a free port for the program, --place-file records it with the address
+    towards the server, placeholders are filled, --wait-place gives workers the master's."""
+    place = tmp_path / "master.place"
+    worker = _launch(tmp_path, "worker", ["--wait-place", str(place)], SHOW)
+    master = _launch(
+        tmp_path,
+        "master",
+        ["--port", "web", "--place-file", str(place), "--route-to", "127.0.0.1"],
+        SHOW + "import socket; socket.create_server(('', int(os.environ['JRUN_PORT_WEB'])))\n",
+        "--port=${JRUN_PORT_WEB}",
+    )
+    master_out, _ = master.communicate(timeout=30)
+    worker_out, _ = worker.communicate(timeout=30)
+    recorded = json.loads(place.read_text())
+    port = recorded["ports"]["web"]
+    assert recorded == {"host": "127.0.0.1", "ports": {"web": port}}
+    assert master_out == f"['--port={port}'] None {port}\n"
+    assert worker_out == f"[] 127.0.0.1 {port}\n"
+    assert master.returncode == worker.returncode == 0
+
+
+def test_a_worker_stopped_while_it_waits_for_its_master_ends(tmp_path: Path) -> None:
+    """A SIGTERM while the master's place is missing ends the launcher, the program unstarted."""
+    marker = tmp_path / "ran"
+    options = ["--wait-place", str(tmp_path / "never.place")]
+    worker = _launch(tmp_path, "worker", options, f"open({str(marker)!r}, 'w')")
+    timer = threading.Timer(0.5, worker.send_signal, (signal.SIGTERM,))
+    timer.start()
+    try:
+        out, _ = worker.communicate(timeout=30)
+    finally:
+        timer.cancel()
+    assert (out, worker.returncode) == ("", 128 + signal.SIGTERM)
+    assert (tmp_path / "worker.exit").read_text() == f"{-signal.SIGTERM}\n"
+    assert not marker.exists()
 
 
 def test_killed_launcher_is_cleaned_up_from_its_tree_file(slot: Slot) -> None:
