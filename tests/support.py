@@ -1,18 +1,23 @@
-"""Helpers shared by the test folders: polling, job scripts and the processes they leave."""
+"""Helpers shared by the test folders: polling, job scripts, the processes they leave, a
+protocol client, Slurm."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import os
+import shutil
 import socket
+import sqlite3
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import httpx
 import psutil
 import pytest
 import trustme
@@ -20,18 +25,31 @@ import trustme
 from juliarun_aio import Context
 from juliarun_aio._http import HttpLayer
 
+if TYPE_CHECKING:
+    from juliarun_aio.server._slurm_cli import SlurmCli
+
 __all__ = [
     "PROJECT_ADDRESS",
     "QUICK_KILL",
+    "SLURM_ARGS",
+    "SLURM_HOST",
+    "SLURM_NODES",
+    "SLURM_SERVER",
     "SPAWN_STRAYS",
+    "Api",
     "TestCertificate",
     "TlsListener",
+    "cancel_slurm_jobs",
     "cleanup_mechanisms",
+    "encode_token",
     "http_layer",
+    "in_ci",
     "issue_certificate",
     "marked_processes",
     "on_loopback",
     "project_address",
+    "slurm_enforces_memory",
+    "slurm_problem",
     "wait_until",
     "write_script",
 ]
@@ -45,6 +63,16 @@ PROJECT_ADDRESS = "10.231.0.1"
 
 #: Server command-line arguments that make stopping job processes quick.
 QUICK_KILL = ("--kill-grace", "0.5")
+
+#: The nodes of ``scripts/slurm-up.sh --nodes 3`` and their addresses.
+SLURM_NODES = {"node1": PROJECT_ADDRESS, "node2": "10.231.2.2", "node3": "10.231.3.2"}
+#: Where a server whose jobs run on that cluster listens: an address every node reaches.
+SLURM_HOST = SLURM_NODES["node1"]
+#: ``LocalServer`` settings of a server whose jobs run on that cluster: off loopback, so
+#: with TLS (its own CA; clients trust the server's ``ca_bundle``).
+SLURM_SERVER: dict[str, Any] = {"backend": "slurm", "host": SLURM_HOST, "tls_self_signed": True}
+#: The same as command-line arguments of a ``ServerProcess`` (whose ``host=SLURM_HOST``).
+SLURM_ARGS = ("--backend", "slurm", "--tls-self-signed")
 
 #: Lines of a Python job script (which imported os and subprocess and set ``stray`` to an
 #: argv) that start ``stray`` three ways a job must not leave behind: as a plain background
@@ -217,3 +245,168 @@ class TlsListener:
         self._stop.set()
         self._thread.join(timeout=10)
         self._socket.close()
+
+
+def in_ci() -> bool:
+    """Whether this run is a CI run (``CI`` set to anything but empty, 0 or false)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+_USABLE = ("IDLE", "MIXED", "ALLOCATED", "COMPLETING")
+
+
+def slurm_problem(cli: SlurmCli) -> str | None:
+    """Why the Slurm tests cannot run here, or None when they can."""
+    from juliarun_aio.server._slurm_cli import SlurmError  # noqa: PLC0415 - server extra
+
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        return "Slurm's commands (sbatch, squeue...) are not installed"
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if not os.path.exists(conf):
+        # Without a config Slurm's commands look the controller up in DNS: ask nothing.
+        return f"Slurm is not configured here ({conf} does not exist)"
+    try:
+        nodes = cli.nodes()
+    except SlurmError as error:
+        return f"Slurm does not answer: {error}"
+    usable = sorted(name for name, info in nodes.items() if info.state.split("+")[0] in _USABLE)
+    if len(usable) < len(SLURM_NODES):
+        states = ", ".join(f"{name} {info.state}" for name, info in sorted(nodes.items()))
+        return f"the tests need {len(SLURM_NODES)} usable nodes, Slurm has: {states or 'none'}"
+    return None
+
+
+def slurm_enforces_memory() -> bool:
+    """Whether the cluster kills a job that outgrows its ``--mem`` (cgroup tracking)."""
+    from juliarun_aio.server._slurm_cli import SlurmCli  # noqa: PLC0415 - server extra
+
+    config = SlurmCli(timeout=30).run(["scontrol", "show", "config"])
+    settings = dict(line.split("=", 1) for line in config.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in settings.items()}.get(
+        "ProctrackType"
+    ) == "proctrack/cgroup"
+
+
+def cancel_slurm_jobs(data_dir: Path) -> list[int]:
+    """Cancel the live Slurm jobs of the submissions a data directory records; return their ids.
+
+    Jobs of other servers (other uids) are never touched.
+    """
+    from juliarun_aio.server._slurm_cli import SlotName, SlurmCli  # noqa: PLC0415 - server extra
+
+    database = data_dir / "state.sqlite3"
+    if not database.exists():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        uids = {row[0] for row in db.execute("SELECT uid FROM jobs")}
+    cli = SlurmCli(timeout=30)
+    live = []
+    for job in cli.queue():
+        name = SlotName.parse(job.name)
+        if name is not None and name.uid in uids and not job.status.state.finished:
+            live.append(job.job_id)
+    cli.cancel(live)
+    return live
+
+
+def encode_token(token: str) -> str:
+    """Return the ``jruntok`` value of a raw token."""
+    return base64.b64encode(token.encode()).decode()
+
+
+class Api:
+    """A minimal synchronous client of the protocol, for checking the server's answers."""
+
+    def __init__(
+        self, url: str, token: str, namespace: str, *, ca_bundle: str | Path | None = None
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.namespace = namespace
+        verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        self.http = httpx.Client(base_url=url, timeout=30, verify=verify)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def get(
+        self,
+        verb: str,
+        kind: str | None = None,
+        *,
+        token: str | None = None,
+        namespace: str | None = None,
+        **params: Any,
+    ) -> httpx.Response:
+        query = {
+            "jruntok": encode_token(token if token is not None else self.token),
+            "jrunns": namespace if namespace is not None else self.namespace,
+        }
+        query.update({key: str(value) for key, value in params.items()})
+        path = f"/{verb}/{kind}/" if kind else f"/{verb}/"
+        return self.http.get(path, params=query)
+
+    def data(self, verb: str, kind: str | None = None, **params: Any) -> Any:
+        response = self.get(verb, kind, **params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["code"] == 0, body
+        return body["data"]
+
+    def error(self, status: int, verb: str, kind: str | None = None, **params: Any) -> str:
+        response = self.get(verb, kind, **params)
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert body["code"] != 0
+        assert isinstance(body["data"], str)
+        return body["data"]
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.data("getJobStatus", kind, name=name)
+        return status
+
+    def wait_done(self, kind: str, name: str, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait until the job is succeeded, failed or lost; return its status."""
+
+        def done() -> dict[str, Any] | None:
+            status = self.status(kind, name)
+            return status if status["phase"] in ("succeeded", "failed", "lost") else None
+
+        status = wait_until(done, timeout, f"job {name} to finish")
+        assert status is not None
+        return status
+
+    def wait_scale(self, kind: str, name: str, running: int, timeout: float = 15.0) -> None:
+        wait_until(
+            lambda: self.data("getJobScale", kind, name=name)[0] == running,
+            timeout,
+            f"{running} running workers of {name}",
+        )
+
+    def wait_status(
+        self, kind: str, name: str, check: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        """Wait until ``check(status)`` holds; return that status."""
+
+        def ready() -> dict[str, Any] | None:
+            status = self.status(kind, name)
+            return status if check(status) else None
+
+        status = wait_until(ready, what=what)
+        assert status is not None
+        return status
+
+    def wait_lines(self, kind: str, name: str, count: int, **params: Any) -> list[str]:
+        """Wait until the job's log has at least ``count`` lines; return them all."""
+
+        def enough() -> list[str] | None:
+            lines = self.lines(kind, name, **params)
+            return lines if len(lines) >= count else None
+
+        lines = wait_until(enough, what=f"{count} log lines of {name}")
+        assert lines is not None
+        return lines
+
+    def lines(self, kind: str, name: str, **params: Any) -> list[str]:
+        text: str = self.data("tailJob", kind, name=name, count=10_000, **params)
+        return text.split("\n") if text else []

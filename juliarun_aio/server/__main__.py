@@ -15,6 +15,13 @@ Off loopback the server serves HTTPS: ``--tls-cert FILE --tls-key FILE``, or
 as ``export JRUN_CA_BUNDLE=...``).  Plain HTTP on an address that is not loopback is
 refused (exit 1) unless ``--insecure-http`` allows it on purpose.  On a wildcard address
 (``0.0.0.0``, ``::``) the URL printed names this machine as clients dial it.
+
+``--backend slurm`` runs every job process as a Slurm job (``--partition``,
+``--account``, ``--sbatch-arg``); the data directory must then be on a file system that
+every node sees at the same path, and ``--host`` an address the nodes reach (or a
+wildcard: jobs then call the server at its address on the route to the nodes, which a
+self-signed certificate names).  The server checks both at start and exits with one line
+naming the problem.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ._backend import BackendError
 from ._config import (
+    BACKENDS,
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
     DEFAULT_KILL_GRACE,
@@ -125,6 +134,22 @@ def _parser() -> argparse.ArgumentParser:
         "cross the network in clear",
     )
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="where jobs run: local processes, or one Slurm job per process (default: local)",
+    )
+    slurm = parser.add_argument_group("Slurm (--backend slurm)")
+    slurm.add_argument("--partition", default=None, help="sbatch --partition of every job")
+    slurm.add_argument("--account", default=None, help="sbatch --account of every job")
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=None,
+        metavar="ARG",
+        help="one more sbatch option for every job, as --sbatch-arg=--constraint=gpu (repeatable)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     return parser
@@ -133,12 +158,16 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace, from_file: Mapping[str, Any]) -> dict[str, Any]:
     """The server settings: the command line's, else the configuration file's."""
     given = {
+        "backend": args.backend,
         "host": args.host,
         "port": args.port,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "tls_self_signed": args.tls_self_signed,
         "insecure_http": args.insecure_http,
+        "partition": args.partition,
+        "account": args.account,
+        "sbatch_args": args.sbatch_arg,
     }
     settings: dict[str, Any] = {"host": DEFAULT_HOST, "port": 0}
     settings.update(from_file)
@@ -183,14 +212,18 @@ def main(argv: list[str] | None = None) -> None:
         lock.release()
         sys.exit(f"juliarun-server: {exc}")
     try:
-        endpoints = serving_endpoints(config, sock)
-    except (ConfigError, OSError) as exc:
+        engine = Engine(config, lock=lock)
+    except ConfigError as exc:
         sock.close()
-        lock.release()
+        sys.exit(f"juliarun-server: {exc}")
+    try:
+        endpoints = serving_endpoints(config, sock, remote=engine.backend.remote_host())
+        engine.start(endpoints.job_url, ca_bundle=endpoints.ca_bundle)
+    except (BackendError, ConfigError, OSError) as exc:
+        sock.close()
+        engine.stop(leave_running=True)
         sys.exit(f"juliarun-server: {exc}")
     url = endpoints.url
-    engine = Engine(config, lock=lock)
-    engine.start(endpoints.job_url, ca_bundle=endpoints.ca_bundle)
     dashboard = Dashboard(engine)
     namespace = DEFAULT_NAMESPACE if DEFAULT_NAMESPACE in tokens else next(iter(tokens))
     print(f"JuliaRun server listening on {url}")

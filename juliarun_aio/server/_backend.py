@@ -55,6 +55,7 @@ __all__ = [
     "Sweep",
     "describe_exit",
     "make_backend",
+    "read_exit_file",
 ]
 
 
@@ -89,6 +90,14 @@ class ExitInfo:
 
     code: int | None
     reason: str
+
+
+def read_exit_file(path: Path) -> int | None:
+    """The exit code a launcher wrote to ``path``, or None while there is none."""
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
 
 
 def describe_exit(code: int | None) -> str:
@@ -233,6 +242,17 @@ class Backend(abc.ABC):
             BackendError: They cannot; the message names the problem.
         """
 
+    def remote_host(self) -> str | None:
+        """An address where jobs run, or None when they run on this machine.
+
+        A server bound to every interface tells its jobs to call it at its address on the
+        route to there.
+
+        Raises:
+            BackendError: The backend cannot say.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - a backend may hold nothing
         """Let go of what the backend holds (threads, connections); jobs keep running."""
 
@@ -304,8 +324,16 @@ class Backend(abc.ABC):
 
 
 def make_backend(config: ServerConfig, layout: Layout) -> Backend:
-    """The backend ``config.backend`` names, set up from ``config``."""
-    del layout
-    from ._backend_local import LocalBackend  # noqa: PLC0415 - each backend imports this module
+    """The backend ``config.backend`` names, set up from ``config``.
+
+    Raises:
+        ConfigError: The backend's settings are invalid.
+    """
+    # Imported here: each backend imports this module.
+    if config.backend == "slurm":
+        from ._backend_slurm import SlurmBackend  # noqa: PLC0415
+
+        return SlurmBackend(config, layout)
+    from ._backend_local import LocalBackend  # noqa: PLC0415
 
     return LocalBackend(config.supervise_interval)

@@ -40,6 +40,7 @@ from ._backend import (
     StartRequest,
     Sweep,
     describe_exit,
+    read_exit_file,
 )
 from ._launcher import CLEANUP_MODES, describe_cleanup, kill_tree
 from ._private import open_private
@@ -93,13 +94,6 @@ def cleanup_mode() -> str:
 
 def _tree_file(exit_path: Path) -> Path:
     return exit_path.with_suffix(".tree")
-
-
-def _read_exit_file(path: Path) -> int | None:
-    try:
-        return int(path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
-        return None
 
 
 class LocalProcess(SlotProcess):
@@ -158,19 +152,19 @@ class LocalProcess(SlotProcess):
             returncode = self._popen.poll()
             if returncode is None:
                 return None
-            code = _read_exit_file(self.exit_path)
+            code = read_exit_file(self.exit_path)
             if code is None:
                 # The launcher itself was killed: do not leave its program behind.
                 self._kill_orphans()
                 code = returncode
             return ExitInfo(code, describe_exit(code))
-        code = _read_exit_file(self.exit_path)
+        code = read_exit_file(self.exit_path)
         if code is not None:
             return ExitInfo(code, describe_exit(code))
         if self._same_process_alive():
             return None
         # The launcher writes the exit file before it exits: look once more.
-        code = _read_exit_file(self.exit_path)
+        code = read_exit_file(self.exit_path)
         if code is None:
             self._kill_orphans()
         return ExitInfo(code, describe_exit(code))

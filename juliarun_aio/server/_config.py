@@ -26,14 +26,17 @@ command line wins over it)::
     default = "s3cret"            # namespace = token, as many as needed
 
     [server]
-    host = "0.0.0.0"
+    backend = "slurm"             # or "local" (the default)
+    host = "0.0.0.0"              # every interface: jobs on the nodes call the server too
     port = 8443
-    tls_cert = "server.pem"       # relative to the configuration file's directory
-    tls_key = "server-key.pem"
-    # tls_self_signed = true      # instead of tls_cert and tls_key
+    tls_self_signed = true        # or tls_cert = "server.pem" and tls_key = "server-key.pem"
+                                  # (relative to the configuration file's directory)
     # insecure_http = true        # plain HTTP off loopback, on purpose
+    partition = "debug"           # Slurm: sbatch --partition
+    account = "project-42"        # Slurm: sbatch --account
+    sbatch_args = ["--constraint=infiniband", "--qos=short"]
 
-(in JSON: ``{"default": "s3cret", "server": {"host": "0.0.0.0", ...}}``).
+(in JSON: ``{"default": "s3cret", "server": {"backend": "slurm", ...}}``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from .._jobs import validate_name
 from ._private import make_private_dirs, open_private
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_DATA_DIR",
     "DEFAULT_HOST",
     "DEFAULT_KILL_GRACE",
@@ -86,14 +90,20 @@ DEFAULT_MAX_WORKERS_PER_JOB = 64
 _WORKERS_PER_CORE = 8
 _MEMORY_PER_WORKER = 256 * 1024 * 1024
 _MIN_WORKERS = 4
+#: Where jobs run: processes on this machine, or one Slurm job per process.
+BACKENDS = ("local", "slurm")
 #: The keys of a configuration file's ``server`` table, and the type of each value.
 SERVER_SETTINGS: Mapping[str, type] = {
+    "backend": str,
     "host": str,
     "port": int,
     "tls_cert": str,
     "tls_key": str,
     "tls_self_signed": bool,
     "insecure_http": bool,
+    "partition": str,
+    "account": str,
+    "sbatch_args": list,
 }
 #: Settings of the ``server`` table that name files, relative to the file's directory.
 _PATH_SETTINGS = frozenset({"tls_cert", "tls_key"})
@@ -162,6 +172,33 @@ def is_loopback(host: str) -> bool:
     )
 
 
+def _one_of_backends(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in BACKENDS:
+        raise ConfigError(
+            f"backend (--backend) must be one of {', '.join(BACKENDS)}, got {value!r}"
+        )
+
+
+def _slurm_name(
+    _instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None and (
+        not isinstance(value, str) or not value or any(c.isspace() or c == "," for c in value)
+    ):
+        raise ConfigError(
+            f"{attribute.name} (--{attribute.name}) must be one name without spaces or commas, "
+            f"got {value!r}"
+        )
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"sbatch_args must be a list of arguments, got {value!r}")
+    if not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"sbatch_args must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         flag = "--" + attribute.name.replace("_", "-")
@@ -194,6 +231,12 @@ class ServerConfig:
             kept in the data directory (clients trust its ``tls/ca.pem``).
         insecure_http: Serve plain HTTP on a ``host`` that is not loopback, on purpose:
             tokens then cross the network in clear.
+        backend: Where jobs run: ``local`` (processes on this machine) or ``slurm`` (one
+            Slurm job per process).
+        partition: The Slurm partition of the jobs; None: the cluster's default.
+        account: The Slurm account of the jobs; None: the user's default.
+        sbatch_args: More ``sbatch`` options for every job, each one argument
+            (``--constraint=gpu``).
 
     Raises:
         ConfigError: A value is invalid, TLS options contradict each other, or ``host``
@@ -215,6 +258,10 @@ class ServerConfig:
     tls_key: Path | None = attrs.field(default=None, converter=_optional_path)
     tls_self_signed: bool = False
     insecure_http: bool = False
+    backend: str = attrs.field(default="local", validator=_one_of_backends)
+    partition: str | None = attrs.field(default=None, validator=_slurm_name)
+    account: str | None = attrs.field(default=None, validator=_slurm_name)
+    sbatch_args: tuple[str, ...] = attrs.field(default=(), converter=_texts)
 
     @property
     def tls(self) -> bool:

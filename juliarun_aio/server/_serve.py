@@ -15,6 +15,9 @@ URL clients dial (printed as ``JRUN_URL`` and in the dashboard link) and the one
   when that name resolves to one of its own non-loopback addresses, else at its primary
   address (the one on its default route) -- never at the wildcard itself; its jobs, which
   run on this machine, call it on loopback when the certificate (if any) names it;
+- jobs that run on other machines (``--backend slurm``) call a wildcard-bound server at
+  its address on the route to them (a node's address), or at the first name above that a
+  certificate given by the user holds, and one bound to one address there;
 - with TLS the scheme is ``https``; a self-signed certificate is issued for every one of
   these names and addresses (and loopback), and with a certificate given by the user the
   first of them that it names is chosen (a warning says when it names none).
@@ -53,6 +56,7 @@ from ._config import (
     is_loopback,
 )
 from ._engine import Engine
+from ._launcher import address_towards
 from ._tls import TlsFiles, load_certificate, self_signed
 from ._ui import Dashboard
 
@@ -69,6 +73,7 @@ __all__ = [
 logger = logging.getLogger("juliarun_aio.server")
 
 _Self = TypeVar("_Self", bound="_RunningServer")
+_Process = TypeVar("_Process", bound="ServerProcess")
 
 _LISTENING = re.compile(r"JuliaRun server listening on (https?://\S+)\n")
 _DASHBOARD = re.compile(r"^dashboard: (https?://\S+)\n", re.MULTILINE)
@@ -215,11 +220,19 @@ class Endpoints:
         return self.tls.ca_bundle if self.tls is not None else None
 
 
-def serving_endpoints(config: ServerConfig, sock: socket.socket) -> Endpoints:
+def serving_endpoints(
+    config: ServerConfig, sock: socket.socket, remote: str | None = None
+) -> Endpoints:
     """Work out the URLs of a server listening on ``sock``; prepare its certificate.
 
     With ``tls_self_signed`` the server's CA and certificate are made or renewed (the
     caller holds the data directory's lock).  See the module docstring for the choices.
+
+    Args:
+        config: The server's configuration.
+        sock: The bound socket.
+        remote: An address where jobs run when they do not run on this machine (the
+            backend's :meth:`~._backend.Backend.remote_host`), else None.
 
     Raises:
         ConfigError: The TLS files given cannot be used (the message says why).
@@ -229,13 +242,17 @@ def serving_endpoints(config: ServerConfig, sock: socket.socket) -> Endpoints:
     hosts = dial_hosts(config.host, bound)
     wildcard = ipaddress.ip_address(bound).is_unspecified
     loopback = "::1" if ":" in bound else "127.0.0.1"
+    # Jobs on other machines call a wildcard-bound server at its address on their route.
+    route = address_towards(remote) if remote is not None and wildcard else None
+    job_hosts = list(dict.fromkeys([route, *hosts] if route is not None else hosts))
     tls: TlsFiles | None = None
     if config.tls_self_signed:
-        names = [*hosts, "localhost", "127.0.0.1", "::1"]
+        names = [*job_hosts, "localhost", "127.0.0.1", "::1"]
         tls = self_signed(config.data_dir, names, label=socket.gethostname())
     elif config.tls_cert is not None and config.tls_key is not None:
         tls = given = load_certificate(config.tls_cert, config.tls_key)
         hosts.sort(key=lambda host: not given.covers(host))  # stable: the first it names
+        job_hosts.sort(key=lambda host: not given.covers(host))
         if not tls.covers(hosts[0]):
             logger.warning(
                 "the TLS certificate %s names %s but not %s, where clients are told to call "
@@ -245,6 +262,14 @@ def serving_endpoints(config: ServerConfig, sock: socket.socket) -> Endpoints:
                 ", ".join(tls.names) or "nothing",
                 hosts[0],
             )
+        elif not tls.covers(job_hosts[0]):
+            logger.warning(
+                "the TLS certificate %s names %s but none of %s, where jobs on other "
+                "machines are told to call the server: they will refuse it",
+                config.tls_cert,
+                ", ".join(tls.names) or "nothing",
+                ", ".join(job_hosts),
+            )
     elif not is_loopback(config.host):
         logger.warning(
             "serving plain HTTP on %s (--insecure-http): every request's namespace token "
@@ -252,10 +277,10 @@ def serving_endpoints(config: ServerConfig, sock: socket.socket) -> Endpoints:
             config.host,
         )
     scheme = "https" if tls is not None else "http"
-    jobs_on_loopback = wildcard and (tls is None or tls.covers(loopback))
+    jobs_on_loopback = wildcard and remote is None and (tls is None or tls.covers(loopback))
     return Endpoints(
         url=_url(scheme, hosts[0], port),
-        job_url=_url(scheme, loopback if jobs_on_loopback else hosts[0], port),
+        job_url=_url(scheme, loopback if jobs_on_loopback else job_hosts[0], port),
         tls=tls,
     )
 
@@ -432,7 +457,9 @@ class LocalServer(_RunningServer):
         self._engine = Engine(self.config)  # first: it takes the data directory's lock
         try:
             self._socket = bind_socket(self.config.host, self.config.port)
-            endpoints = serving_endpoints(self.config, self._socket)
+            endpoints = serving_endpoints(
+                self.config, self._socket, remote=self._engine.backend.remote_host()
+            )
             self.url = endpoints.url
             bundle = endpoints.ca_bundle
             self.ca_bundle = str(bundle) if bundle is not None else None
@@ -560,7 +587,7 @@ class ServerProcess(_RunningServer):
             *self.args,
         ]
 
-    def start(self) -> ServerProcess:
+    def start(self: _Process) -> _Process:
         """Start the server and wait until it listens; return self.
 
         Raises:

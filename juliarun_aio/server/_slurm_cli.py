@@ -308,6 +308,7 @@ _REASONS: Mapping[str, str] = {
     "NonZeroExitCode": "nonzero exit status",
     "JobLaunchFailure": "its program could not be started, or was killed at once",
     "BadConstraints": "its requirements cannot be met by any node",
+    "PartitionConfig": "it asks for more than its partition allows; it will never start",
     "QOSMaxJobsPerUserLimit": "the user's limit on running jobs is reached",
     "AssocMaxJobsLimit": "the account's limit on running jobs is reached",
     "DeadLine": "its deadline passed",
@@ -461,6 +462,7 @@ class NodeInfo:
         hostname: Its host name (``NodeHostName``).
         state: Slurm's node state (``IDLE``, ``MIXED``, ``DOWN+NOT_RESPONDING``...).
         reason: Why it is down or drained, or None.
+        partitions: The partitions it belongs to.
     """
 
     name: str
@@ -468,6 +470,7 @@ class NodeInfo:
     hostname: str
     state: str
     reason: str | None
+    partitions: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- sbatch
@@ -794,7 +797,7 @@ def parse_sacct(output: str) -> dict[int, FinishedJob]:
     return jobs
 
 
-_NODE_FIELD = re.compile(r"(?:^|\s)(NodeName|NodeAddr|NodeHostName|State|Reason)=(\S*)")
+_NODE_FIELD = re.compile(r"(?:^|\s)(NodeName|NodeAddr|NodeHostName|State|Reason|Partitions)=(\S*)")
 
 
 def parse_node_info(output: str) -> dict[str, NodeInfo]:
@@ -818,6 +821,7 @@ def parse_node_info(output: str) -> dict[str, NodeInfo]:
             hostname=fields.get("NodeHostName", fields["NodeName"]),
             state=fields.get("State", ""),
             reason=reason or None,
+            partitions=tuple(part for part in fields.get("Partitions", "").split(",") if part),
         )
     return nodes
 

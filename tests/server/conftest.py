@@ -1,4 +1,8 @@
-"""Fixtures for the local server tests: a running server and a client speaking the protocol."""
+"""Fixtures for the server tests: a running server and a client speaking the protocol.
+
+The server runs jobs on the local backend, or -- for the tests marked with
+``server_support.BOTH_BACKENDS`` -- once on each backend (``backend`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_support import FAST, Api
+from server_support import FAST, Api, backend_settings
+from support import cancel_slurm_jobs
 
 from juliarun_aio.server import LocalServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LocalServer]:
-    """A running local server on a free port, with a fresh data directory."""
-    with LocalServer(tmp_path / "data", **FAST) as running:
+def backend(request: pytest.FixtureRequest) -> str:
+    """``local``, or ``slurm`` where a test is parametrized so (skips without Slurm)."""
+    name: str = getattr(request, "param", "local")
+    if name == "slurm":
+        request.getfixturevalue("slurm")
+    return name
+
+
+@pytest.fixture
+def server(tmp_path: Path, backend: str) -> Iterator[LocalServer]:
+    """A running server on a free port, with a fresh data directory."""
+    with LocalServer(tmp_path / "data", **FAST, **backend_settings(backend)) as running:
         yield running
 
 
 @pytest.fixture
 def api(server: LocalServer) -> Iterator[Api]:
     """A protocol client authenticated for the server's namespace."""
-    client = Api(server.url, server.token, server.namespace)
+    client = Api(server.url, server.token, server.namespace, ca_bundle=server.ca_bundle)
     yield client
     client.close()
 
@@ -37,11 +51,13 @@ def volume(server: LocalServer) -> Path:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def data_dir(tmp_path: Path, backend: str) -> Iterator[Path]:
     """A data directory for server processes; job processes that wrote a ``.pid`` file into a
-    volume are killed after the test."""
+    volume (and the Slurm jobs of its submissions) are ended after the test."""
     path = tmp_path / "data"
     yield path
+    if backend == "slurm":
+        cancel_slurm_jobs(path)
     for pid_file in path.glob("namespaces/*/volumes/*/*.pid"):
         try:
             os.kill(int(pid_file.read_text()), signal.SIGKILL)

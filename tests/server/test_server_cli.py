@@ -1,4 +1,4 @@
-"""The command line: credentials generated once and reused, configuration files."""
+"""The command line: credentials generated once and reused, configuration files, backends."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pytest
 from juliarun_aio.server import LocalServer, ServerProcess
 from juliarun_aio.server._config import (
     ConfigError,
+    ServerConfig,
     generate_token,
     load_or_create_tokens,
     parse_token_flag,
+    read_config_file,
     read_tokens_file,
 )
 
@@ -85,3 +87,60 @@ def test_generated_tokens_never_start_with_a_dash(
     assert ServerProcess(tmp_path / "process").token == "third"
     monkeypatch.undo()
     assert not any(generate_token().startswith("-") for _ in range(2000))
+
+
+def test_config_files_hold_server_settings(tmp_path: Path) -> None:
+    """A server table (TOML or JSON) holds settings beside the tokens; mistakes are named."""
+    toml = tmp_path / "server.toml"
+    toml.write_text(
+        'default = "s3cret"\n'
+        '[server]\nbackend = "slurm"\nhost = "0.0.0.0"\nport = 8080\ntls_self_signed = true\n'
+        'partition = "debug"\naccount = "p42"\nsbatch_args = ["--constraint=ib", "--qos=short"]\n'
+    )
+    tokens, settings = read_config_file(toml)
+    assert tokens == {"default": "s3cret"}
+    assert settings == {
+        "backend": "slurm",
+        "host": "0.0.0.0",
+        "port": 8080,
+        "tls_self_signed": True,
+        "partition": "debug",
+        "account": "p42",
+        "sbatch_args": ["--constraint=ib", "--qos=short"],
+    }
+    config = ServerConfig(data_dir=tmp_path, tokens=tokens, **settings)
+    assert config.sbatch_args == ("--constraint=ib", "--qos=short")
+    plain = tmp_path / "plain.json"
+    plain.write_text('{"server": "its-token", "default": "x"}')
+    assert read_config_file(plain) == ({"server": "its-token", "default": "x"}, {})
+    cases = [
+        ('{"default": "x", "server": {"backend": "slurm", "nodes": 3}}', "unknown server setting"),
+        ('{"default": "x", "server": {"port": "80"}}', "port must be int"),
+        ('{"default": "x", "server": {"sbatch_args": "--qos=short"}}', "sbatch_args must be list"),
+    ]
+    for text, message in cases:
+        plain.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            read_config_file(plain)
+    plain.write_text('{"default": "x", "server": {"backend": "slurm"}}')
+    with pytest.raises(ConfigError, match="namespace names to token strings"):
+        read_tokens_file(plain)
+    with pytest.raises(ConfigError, match=r"backend \(--backend\) must be one of local, slurm"):
+        ServerConfig(data_dir=tmp_path, tokens=tokens, backend="kubernetes")
+    with pytest.raises(ConfigError, match="partition"):
+        ServerConfig(data_dir=tmp_path, tokens=tokens, partition="a b")
+
+
+def test_settings_the_server_manages_are_refused_in_one_line(tmp_path: Path) -> None:
+    """An sbatch argument that the server sets itself stops the server with one line."""
+    config = tmp_path / "server.json"
+    config.write_text('{"default": "t", "server": {"backend": "slurm"}}')
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JRUN_")}
+    command = [sys.executable, "-m", "juliarun_aio.server", "--data-dir", str(tmp_path / "d")]
+    command += ["--config", str(config), "--sbatch-arg=--job-name=mine"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("juliarun-server: --sbatch-arg: sbatch argument '--job-name")
+    assert "the server manages itself" in result.stderr

@@ -1,4 +1,5 @@
-"""Job types with several processes: masters and workers, arrays, Generic, restart policies."""
+"""Job types with several processes: masters and workers, arrays, Generic, restart policies;
+scaling, arrays and restarts on every backend."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from server_support import Api
+from server_support import BOTH_BACKENDS, Api
 from support import wait_until, write_script
 
 MASTER = (
@@ -25,6 +26,7 @@ WORKER = (
 CRASH = "import os, sys\nprint('start', os.environ['JRUN_PROC'], flush=True)\nsys.exit(1)\n"
 
 
+@BOTH_BACKENDS
 def test_parallel_job_scales_up_and_down(api: Api, volume: Path) -> None:
     """JuliaParBatch runs master + nworkers workers, follows setJobScale, ends with the master."""
     write_script(volume, "master.py", MASTER)
@@ -117,6 +119,7 @@ def test_restart_policies(api: Api, volume: Path) -> None:
         api.data("deleteJob", "JuliaParBatch", name=name, force="true")
 
 
+@BOTH_BACKENDS
 def test_restart_on_failure_skips_clean_exits(api: Api, volume: Path) -> None:
     """RestartOnFailure restarts a worker that failed but not one that exited 0."""
     write_script(volume, "master.py", MASTER)
@@ -148,6 +151,7 @@ def test_restart_on_failure_skips_clean_exits(api: Api, volume: Path) -> None:
     api.data("deleteJob", "JuliaParBatch", name="onfail", force="true")
 
 
+@BOTH_BACKENDS
 def test_job_array_runs_every_unit_to_completion(api: Api, volume: Path) -> None:
     """JuliaParBatchWorkers runs nworkers independent units and succeeds when all do."""
     write_script(volume, "unit.sh", 'echo "unit $JRUN_PROC"\n')

@@ -1,13 +1,16 @@
-"""A server killed with SIGKILL and restarted on the same data directory loses nothing."""
+"""A server killed with SIGKILL and restarted on the same data directory loses nothing, on
+every backend."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from unittest import mock
 
 import anyio
 import psutil
-from server_support import Api, encode_token
+from server_support import BOTH_BACKENDS, Api, encode_token, server_process
 from support import QUICK_KILL, wait_until, write_script
 
 from juliarun_aio import Context, JobRef, LogLine
@@ -42,10 +45,10 @@ def _source_size(data_dir: Path, job: str) -> int:
     )
 
 
-def _run_chatty_until(data_dir: Path, name: str, lines: int) -> ServerProcess:
+def _run_chatty_until(data_dir: Path, name: str, lines: int, backend: str) -> ServerProcess:
     """Start a server, submit ``chatty.py`` as job ``name``, and wait for its first lines."""
-    server = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(server.url, TOKEN, "default")
+    server = server_process(data_dir, backend, QUICK_KILL, tokens=TOKENS).start()
+    api = Api(server.url, TOKEN, "default", ca_bundle=server.ca_bundle)
     try:
         api.data("submitJob", "JuliaBatch", name=name, start_script="chatty.py", run_volume="work")
         api.wait_lines("JuliaBatch", name, lines)
@@ -57,12 +60,13 @@ def _run_chatty_until(data_dir: Path, name: str, lines: int) -> ServerProcess:
     return server
 
 
-def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> None:
+@BOTH_BACKENDS
+def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path, backend: str) -> None:
     """After SIGKILL and a restart the job is listed, its process re-adopted, its log exact."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    first = _run_chatty_until(data_dir, "chatty", 50)
-    before = Api(first.url, TOKEN, "default")
+    first = _run_chatty_until(data_dir, "chatty", 50, backend)
+    before = Api(first.url, TOKEN, "default", ca_bundle=first.ca_bundle)
     uid = before.status("JuliaBatch", "chatty")["uid"]
     before.close()
     first.kill()
@@ -71,8 +75,8 @@ def test_sigkilled_server_readopts_its_job_and_loses_no_line(data_dir: Path) -> 
     size = _source_size(data_dir, "chatty")
     wait_until(lambda: _source_size(data_dir, "chatty") > size + 1000, what="output while down")
 
-    second = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(second.url, TOKEN, "default")
+    second = server_process(data_dir, backend, QUICK_KILL, tokens=TOKENS).start()
+    api = Api(second.url, TOKEN, "default", ca_bundle=second.ca_bundle)
     try:
         assert api.data("listJobs") == {"chatty": {"type": "JuliaBatch"}}
         status = api.status("JuliaBatch", "chatty")
@@ -105,7 +109,7 @@ def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
     """A job whose process vanished while the server was down is reported lost, with a reason."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    _run_chatty_until(data_dir, "victim", 1).kill()
+    _run_chatty_until(data_dir, "victim", 1, "local").kill()
     child = psutil.Process(int((volume / "chatty.pid").read_text()))
     launcher = child.parent()
     assert launcher is not None
@@ -114,7 +118,7 @@ def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
     psutil.wait_procs([launcher, child], timeout=10)
 
     second = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(second.url, TOKEN, "default")
+    api = Api(second.url, TOKEN, "default", ca_bundle=second.ca_bundle)
     try:
         status = api.wait_done("JuliaBatch", "victim")
         assert status["phase"] == "lost"
@@ -126,14 +130,16 @@ def test_process_gone_while_down_is_marked_lost(data_dir: Path) -> None:
         second.stop()
 
 
-def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path) -> None:
+@BOTH_BACKENDS
+def test_stopped_server_leaves_jobs_running_for_the_next(data_dir: Path, backend: str) -> None:
     """SIGTERM stops the server but not its jobs; the next server finishes them normally."""
     volume = _volume(data_dir)
     write_script(volume, "chatty.py", CHATTY)
-    _run_chatty_until(data_dir, "calm", 1).stop()
+    _run_chatty_until(data_dir, "calm", 1, backend).stop()
     assert psutil.pid_exists(int((volume / "chatty.pid").read_text()))
-    second = ServerProcess(data_dir, tokens=TOKENS, args=(*QUICK_KILL, "--stop-jobs")).start()
-    api = Api(second.url, TOKEN, "default")
+    args = (*QUICK_KILL, "--stop-jobs")
+    second = server_process(data_dir, backend, args, tokens=TOKENS).start()
+    api = Api(second.url, TOKEN, "default", ca_bundle=second.ca_bundle)
     try:
         (volume / "finish").touch()
         assert api.wait_done("JuliaBatch", "calm")["phase"] == "succeeded"
@@ -170,7 +176,10 @@ def _read_log(server: ServerProcess, name: str, since: int | None = None) -> lis
             job = JobRef("JuliaBatch", name)
             return [line async for line in ctx.tail_logs(job, follow=False, since=since)]
 
-    return anyio.run(read)
+    # The client trusts a server with its own CA (TLS on Slurm) through SSL_CERT_FILE.
+    trust = {"SSL_CERT_FILE": server.ca_bundle} if server.ca_bundle else {}
+    with mock.patch.dict(os.environ, trust):
+        return anyio.run(read)
 
 
 def _check_whole_log(server: ServerProcess, name: str, lines: int) -> None:
@@ -187,12 +196,15 @@ def _check_whole_log(server: ServerProcess, name: str, lines: int) -> None:
         assert _read_log(server, name, since) == full[since:], f"since={since}"
 
 
-def test_log_reads_from_the_start_after_sigterm_and_sigkill_restarts(data_dir: Path) -> None:
+@BOTH_BACKENDS
+def test_log_reads_from_the_start_after_sigterm_and_sigkill_restarts(
+    data_dir: Path, backend: str
+) -> None:
     """After SIGKILL and SIGTERM restarts, a log of 30,000 lines reads exactly from any cursor."""
     volume = _volume(data_dir)
     write_script(volume, "phases.py", PHASES)
-    server = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
-    api = Api(server.url, TOKEN, "default")
+    server = server_process(data_dir, backend, QUICK_KILL, tokens=TOKENS).start()
+    api = Api(server.url, TOKEN, "default", ca_bundle=server.ca_bundle)
 
     def wait_for_line(n: int) -> None:
         wait_until(

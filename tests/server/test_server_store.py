@@ -1,4 +1,5 @@
-"""The SQLite store: a database written before job uids existed is migrated at open."""
+"""The SQLite store: databases of earlier versions are migrated at open; processes of another
+backend are never adopted."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import re
 import sqlite3
 from pathlib import Path
 
+import pytest
 from server_support import FAST, Api
 
 from juliarun_aio.server import LocalServer
-from juliarun_aio.server._store import Store
+from juliarun_aio.server._backend import BackendError
+from juliarun_aio.server._store import DataDirectoryLock, Store
 
 #: The ``jobs`` table as the first versions created it (no ``uid``).
 OLD_JOBS = """
@@ -66,3 +69,65 @@ def test_server_on_an_old_data_directory_reports_uids(tmp_path: Path) -> None:
             assert re.fullmatch(r"[0-9a-f]{16}", status["uid"])
         finally:
             api.close()
+
+
+#: The ``processes`` table before it recorded the backend of each process.
+OLD_PROCESSES = """
+CREATE TABLE processes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL, job TEXT NOT NULL,
+    label TEXT NOT NULL, key TEXT NOT NULL, restarts INTEGER NOT NULL, pid INTEGER NOT NULL,
+    start_ticks INTEGER, spec_version INTEGER NOT NULL, state TEXT NOT NULL,
+    exit_code INTEGER, reason TEXT, started_at REAL NOT NULL, ended_at REAL
+);
+"""
+
+
+def test_processes_of_an_old_database_are_local(tmp_path: Path) -> None:
+    """A database from before backends were recorded reads its processes as local ones."""
+    path = tmp_path / "state.sqlite3"
+    _old_database(path, ["a"])
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_PROCESSES)
+        db.execute(
+            "INSERT INTO processes (namespace, job, label, key, restarts, pid, spec_version, "
+            "state, started_at) VALUES ('default', 'a', 'master', 'master-1', 0, 1, 0, "
+            "'running', 0)"
+        )
+    db.close()
+    store = Store(path)
+    try:
+        (row,) = store.processes("default", "a")
+        assert row.backend == "local"
+        assert store.running_backends() == {"local"}
+    finally:
+        store.close()
+
+
+def test_a_server_never_adopts_processes_of_another_backend(tmp_path: Path) -> None:
+    """Processes recorded as running on another backend stop the server, saying what to do."""
+    data_dir = tmp_path / "data"
+    _old_database(data_dir / "state.sqlite3", ["a"])
+    store = Store(data_dir / "state.sqlite3")
+    try:
+        store.insert_process(
+            namespace="default",
+            job="a",
+            label="master",
+            key="master-1",
+            restarts=0,
+            pid=4711,
+            start_ticks=None,
+            spec_version=0,
+            started_at=0.0,
+            backend="slurm",
+        )
+    finally:
+        store.close()
+    with pytest.raises(BackendError, match="on the slurm backend; start the server with --backend"):
+        LocalServer(data_dir, **FAST).start()
+    DataDirectoryLock(data_dir).release()  # the refused server let go of the directory
+    store = Store(data_dir / "state.sqlite3")
+    try:
+        assert store.running_backends() == {"slurm"}
+    finally:
+        store.close()

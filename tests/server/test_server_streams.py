@@ -1,4 +1,5 @@
-"""The streamLogs extension over HTTP, and the combined log's recovery and indexing."""
+"""The streamLogs extension over HTTP (on every backend), and the combined log's recovery and
+indexing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_support import Api, encode_token
+from server_support import BOTH_BACKENDS, Api, encode_token
 from support import wait_until, write_script
 
 from juliarun_aio.server import _logs
@@ -59,6 +60,7 @@ def numbered(api: Api, volume: Path) -> str:
     return "num"
 
 
+@BOTH_BACKENDS
 def test_stream_sends_every_line_then_the_end_marker(api: Api, numbered: str) -> None:
     """A finished job's stream has cursors 1..N in order, then the end marker with the phase."""
     items = stream(api, "JuliaBatch", numbered)
@@ -92,6 +94,7 @@ def test_stream_filter_skips_the_other_stream(api: Api, numbered: str) -> None:
     assert items[-1] == {"end": True, "cursor": 400, "phase": "succeeded"}
 
 
+@BOTH_BACKENDS
 def test_follow_delivers_live_lines_heartbeats_and_the_end(api: Api, volume: Path) -> None:
     """A followed stream sends heartbeats while idle, new lines live, then the end marker."""
     write_script(volume, "waiting.py", WAITING)
@@ -132,6 +135,7 @@ def test_follow_false_ends_after_existing_lines(api: Api, volume: Path) -> None:
     api.data("deleteJob", "JuliaBatch", name="snap", force="true")
 
 
+@BOTH_BACKENDS
 def test_deleting_the_job_ends_its_streams(api: Api, volume: Path) -> None:
     """A followed stream ends without an end marker when its job is deleted."""
     write_script(volume, "waiting.py", WAITING)
@@ -171,6 +175,7 @@ def test_stream_names_its_submission_and_refuses_a_later_one(api: Api, numbered:
         assert "uid" in api.error(400, "streamLogs", "JuliaBatch", name=numbered, uid=bad)
 
 
+@BOTH_BACKENDS
 def test_delete_then_resubmit_never_mixes_the_two_logs(api: Api, volume: Path) -> None:
     """An open stream of a deleted job ends without the lines of a job submitted under its name."""
     write_script(volume, "waiting.py", WAITING)

@@ -1,4 +1,5 @@
-"""Every verb of the protocol against a running local server, over loopback HTTP."""
+"""Every verb of the protocol against a running server, over HTTP; the job-running ones on
+every backend."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from server_support import FAST, Api
-from support import wait_until, write_script
+from server_support import BOTH_BACKENDS, FAST, Api
+from support import SLURM_NODES, slurm_enforces_memory, wait_until, write_script
 
 from juliarun_aio.server import DataDirectoryInUseError, LocalServer
 from juliarun_aio.server._launcher import describe_cleanup
@@ -24,18 +25,23 @@ HELLO = "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
 
 
-def test_system_status_and_server_info(api: Api) -> None:
+@BOTH_BACKENDS
+def test_system_status_and_server_info(api: Api, backend: str) -> None:
     """getSystemStatus is true; serverInfo advertises its extensions and the process cleanup."""
     assert api.data("getSystemStatus") is True
     info = api.data("serverInfo")
     assert info["server"] == "juliarun_aio"
     assert info["extensions"] == ["streamLogs", "jobUid"]
     assert isinstance(info["version"], str)
-    assert info["process_cleanup"] == describe_cleanup()[0]
-    assert info["process_cleanup"] in ("cgroup2", "cgroup1", "subreaper", "session")
+    if backend == "slurm":
+        assert info["process_cleanup"] == "slurm"
+    else:
+        assert info["process_cleanup"] == describe_cleanup()[0]
+        assert info["process_cleanup"] in ("cgroup2", "cgroup1", "subreaper", "session")
 
 
-def test_batch_job_lifecycle(api: Api, volume: Path) -> None:
+@BOTH_BACKENDS
+def test_batch_job_lifecycle(api: Api, volume: Path, backend: str) -> None:
     """A JuliaBatch .py job runs, is listed, reports success, its log and can be deleted."""
     write_script(volume, "hello.py", HELLO)
     assert (
@@ -57,12 +63,15 @@ def test_batch_job_lifecycle(api: Api, volume: Path) -> None:
     assert info["type"] == "JuliaBatch"
     assert info["status"]["succeeded"] is True
     assert info["scale"] == [0, 0]
-    assert info["endpoint"] == ["127.0.0.1", {}]
+    # A Slurm job has an address only while it runs on its node.
+    host = None if backend == "slurm" else "127.0.0.1"
+    assert info["endpoint"] == [host, {}]
     assert api.data("deleteJob", "JuliaBatch", name="hi", force="false") is True
     assert api.data("listJobs") == {}
     api.error(404, "getJobStatus", "JuliaBatch", name="hi")
 
 
+@BOTH_BACKENDS
 def test_tail_job_says_how_many_lines_it_joins(api: Api, volume: Path) -> None:
     """tailJob's X-JuliaRun-Line-Count tells one empty line from no line at all."""
     write_script(volume, "blank.py", "print()\n")
@@ -86,6 +95,7 @@ def test_tail_job_says_how_many_lines_it_joins(api: Api, volume: Path) -> None:
         assert response.headers["X-JuliaRun-Line-Count"] == count, (name, params)
 
 
+@BOTH_BACKENDS
 def test_shell_script_and_failure(api: Api, volume: Path) -> None:
     """A .sh script runs under /bin/sh; a non-zero exit fails the job with the exit code."""
     write_script(volume, "fail.sh", "echo from-sh\nexit 3\n")
@@ -131,6 +141,7 @@ def test_invalid_spec_is_a_bad_request(api: Api) -> None:
     )
 
 
+@BOTH_BACKENDS
 def test_missing_script_fails_the_job(api: Api) -> None:
     """A start_script that does not exist fails the job with a message naming it."""
     api.data("submitJob", "JuliaBatch", name="nope", start_script="missing.py", run_volume="work")
@@ -156,6 +167,7 @@ def test_julia_missing_fails_with_install_hint(api: Api, volume: Path) -> None:
     assert "install Julia" in status["message"]
 
 
+@BOTH_BACKENDS
 def test_delete_incomplete_job_needs_force(api: Api, volume: Path) -> None:
     """deleteJob of a running job answers 409 without force and stops it with force."""
     write_script(volume, "sleep.py", SLEEPER)
@@ -166,6 +178,7 @@ def test_delete_incomplete_job_needs_force(api: Api, volume: Path) -> None:
     assert api.data("listJobs") == {}
 
 
+@BOTH_BACKENDS
 def test_force_delete_kills_a_process_ignoring_term(
     api: Api, volume: Path, server: LocalServer
 ) -> None:
@@ -334,16 +347,17 @@ def test_scale_of_a_job_without_workers_is_false(api: Api, volume: Path) -> None
     api.data("deleteJob", "JuliaBatch", name="single", force="true")
 
 
-def test_endpoint_and_encoded_url(api: Api, volume: Path) -> None:
-    """Ports get free loopback ports, in the endpoint, the URL and the job's environment."""
+@BOTH_BACKENDS
+def test_endpoint_and_encoded_url(api: Api, volume: Path, backend: str) -> None:
+    """Ports get free ports where the job runs, in the endpoint, the URL and its environment."""
     write_script(
         volume,
         "serve.py",
         "import http.server, os\n"
         "port = int(os.environ['JRUN_PORT_HTTP'])\n"
         "handler = http.server.SimpleHTTPRequestHandler\n"
-        "server = http.server.HTTPServer(('127.0.0.1', port), handler)\n"
-        "print('serving', flush=True)\nserver.serve_forever()\n",
+        "server = http.server.HTTPServer(('', port), handler)\n"
+        "print('serving', port, flush=True)\nserver.serve_forever()\n",
     )
     api.data(
         "submitJob",
@@ -353,21 +367,24 @@ def test_endpoint_and_encoded_url(api: Api, volume: Path) -> None:
         run_volume="work",
         ports="http:8080:80,9000:9000",
     )
+    (line,) = wait_until(lambda: api.lines("JuliaBatch", "web"), what="the web job")
     host, ports = api.data("getJobEndpoint", "JuliaBatch", name="web")
-    assert host == "127.0.0.1"
+    # Loopback here; on a cluster, the address of the job's node.
+    assert host in (SLURM_NODES.values() if backend == "slurm" else ["127.0.0.1"])
     assert set(ports) == {"http", "port9000"}
+    assert line == f"serving {ports['http']}"
     url = api.data("getEncodedURL", "JuliaBatch", name="web", port="http")
-    assert url == f"http://127.0.0.1:{ports['http']}/"
+    assert url == f"http://{host}:{ports['http']}/"
     assert api.data("getEncodedURL", "JuliaBatch", name="web", port="8080") == url
     assert api.data("getEncodedURL", "JuliaBatch", name="web", port="9000").endswith(
         f":{ports['port9000']}/"
     )
     api.error(400, "getEncodedURL", "JuliaBatch", name="web", port="1234")
-    wait_until(lambda: api.lines("JuliaBatch", "web") == ["serving"], what="the web job")
     assert httpx.get(url + "serve.py").status_code == 200
     api.data("deleteJob", "JuliaBatch", name="web", force="true")
 
 
+@BOTH_BACKENDS
 def test_job_environment_and_volumes(api: Api, volume: Path, server: LocalServer) -> None:
     """A job sees JRUN_* variables, its envvars, a job dir, and additional volumes by path."""
     write_script(
@@ -409,9 +426,14 @@ def test_job_environment_and_volumes(api: Api, volume: Path, server: LocalServer
     assert (data_set / "v.txt").read_text() == "y"
 
 
-def test_memory_limit_is_enforced(api: Api, volume: Path) -> None:
-    """A process allocating more than ``memory`` fails (RLIMIT_AS)."""
-    write_script(volume, "hog.py", "x = bytearray(400 * 1024 * 1024)\nprint('allocated')\n")
+@BOTH_BACKENDS
+def test_memory_limit_is_enforced(api: Api, volume: Path, backend: str) -> None:
+    """A process allocating more than ``memory`` fails: RLIMIT_AS here, Slurm's --mem there."""
+    write_script(
+        volume,
+        "hog.py",
+        "x = bytearray(400 * 1024 * 1024)\nx[::4096] = b'x' * len(x[::4096])\nprint('allocated')\n",
+    )
     api.data(
         "submitJob",
         "JuliaBatch",
@@ -422,11 +444,18 @@ def test_memory_limit_is_enforced(api: Api, volume: Path) -> None:
     )
     status = api.wait_done("JuliaBatch", "hog")
     assert status["phase"] == "failed"
-    assert "MemoryError" in api.data("tailJob", "JuliaBatch", name="hog", count=5, stream="stderr")
     assert status["memory"] == "200Mi"
+    if backend == "slurm":
+        if not slurm_enforces_memory():
+            pytest.skip("Slurm enforces --mem only with proctrack/cgroup and task/cgroup")
+        assert "ran out of memory" in status["message"]
+    else:
+        stderr = api.data("tailJob", "JuliaBatch", name="hog", count=5, stream="stderr")
+        assert "MemoryError" in stderr
 
 
-def test_image_and_gpu_are_recorded(api: Api, volume: Path) -> None:
+@BOTH_BACKENDS
+def test_image_and_gpu_are_recorded(api: Api, volume: Path, backend: str) -> None:
     """image and gpu requests are reported in the status, not faked."""
     write_script(volume, "hello.py", HELLO)
     api.data(
@@ -439,5 +468,9 @@ def test_image_and_gpu_are_recorded(api: Api, volume: Path) -> None:
         gpu=1,
     )
     status = api.wait_done("JuliaBatch", "gpu")
+    assert status["phase"] == "succeeded"
     assert status["image"] == "julia:1.10"
     assert status["gpu"] == 1
+    if backend == "slurm":  # accepted, and the job says what it did not get
+        assert "image 'julia:1.10' is not used" in status["message"]
+        assert "gpu is not requested from Slurm" in status["message"]

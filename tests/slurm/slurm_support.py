@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import attrs
+from support import SLURM_NODES, in_ci, slurm_problem
 
 from juliarun_aio.server._slurm_cli import (
     QueuedJob,
     SlotName,
     SlurmCli,
-    SlurmError,
     job_name_prefix,
 )
 
@@ -29,7 +27,7 @@ __all__ = [
 ]
 
 #: The nodes of ``scripts/slurm-up.sh --nodes 3`` and their addresses.
-NODES = {"node1": "10.231.0.1", "node2": "10.231.2.2", "node3": "10.231.3.2"}
+NODES = SLURM_NODES
 
 #: The namespace part of every job name the tests submit.
 NAMESPACE = "pytest"
@@ -82,30 +80,3 @@ def wait_for_job(
         return None
 
     return eventually(check, f"job {job_id} {what}", timeout)
-
-
-_USABLE = ("IDLE", "MIXED", "ALLOCATED", "COMPLETING")
-
-
-def in_ci() -> bool:
-    """Whether this run is a CI run (``CI`` set to anything but empty, 0 or false)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def slurm_problem(cli: SlurmCli) -> str | None:
-    """Why the Slurm tests cannot run here, or None when they can."""
-    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-        return "Slurm's commands (sbatch, squeue...) are not installed"
-    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
-    if not os.path.exists(conf):
-        # Without a config Slurm's commands look the controller up in DNS: ask nothing.
-        return f"Slurm is not configured here ({conf} does not exist)"
-    try:
-        nodes = cli.nodes()
-    except SlurmError as error:
-        return f"Slurm does not answer: {error}"
-    usable = sorted(name for name, info in nodes.items() if info.state.split("+")[0] in _USABLE)
-    if len(usable) < len(NODES):
-        states = ", ".join(f"{name} {info.state}" for name, info in sorted(nodes.items()))
-        return f"the tests need {len(NODES)} usable nodes, Slurm has: {states or 'none'}"
-    return None

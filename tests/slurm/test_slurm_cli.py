@@ -524,6 +524,7 @@ def test_node_addresses() -> None:
         "node3": "10.231.3.2",
     }
     assert nodes["node2"].hostname == "node2"
+    assert nodes["node2"].partitions == ("debug",)
     assert parse_node_info(data("scontrol-show-node-node2.txt")).keys() == {"node2"}
 
 
