@@ -20,7 +20,8 @@ the same path (checked at start):
 
 State comes from one ``squeue`` call per sweep for every job of this user whose name starts
 with ``jr.`` -- every 0.1 s while a slot waits to run or to end, else every 0.5 s -- plus
-``sacct`` (or ``sacct --completion``) for jobs that have left the queue.  Every Slurm state
+``sacct`` (or ``sacct --completion``) for jobs that have left the queue, run by an observer
+thread so that nothing else ever waits for Slurm's answer.  Every Slurm state
 maps to a slot state, with Slurm's reason in the job's message.  Signals go through a
 thread of their own, so that no verb waits for ``scancel``.  A stop reaches the launcher
 only (``--batch``) as SIGUSR2, which it forwards to the program as SIGTERM, once; the kill
@@ -104,6 +105,8 @@ COMMAND_TIMEOUT = 15.0
 PROBE_TIMEOUT = 30.0
 #: Seconds between two signals of the same kind to one job (the engine repeats them).
 RESIGNAL = 2.0
+#: Seconds between two tries of a cancel that Slurm's controller did not take.
+SIGNAL_RETRY = 2.0
 # squeue/sbatch errors that mean "the controller does not answer now", not "refused".
 _UNREACHABLE = re.compile(
     r"contact slurm controller|Socket timed out|Connection refused|Zero Bytes were "
@@ -283,10 +286,9 @@ class SlurmProcess(SlotProcess):
         self._signal("kill")
 
     def discard(self) -> None:
-        """Cancel the job now and remove what it wrote."""
+        """Cancel the job (as soon as Slurm answers) and remove what it wrote."""
         self.stop_requested = True
-        with contextlib.suppress(SlurmError):
-            self._backend.cli.cancel([self.job_id])
+        self._backend.signal(self, "cancel")
         self._backend.forget(self)
         for suffix in (".exit", ".place", ".tree", ".out", ".err"):
             with contextlib.suppress(OSError):
@@ -327,7 +329,6 @@ class SlurmBackend(Backend):
             raise ConfigError(f"--sbatch-arg: {exc}") from None
         self._route = "127.0.0.1"
         self._lock = threading.Lock()  # the observations and the live processes
-        self._sweeping = threading.Lock()  # one squeue at a time
         self._observed: dict[int, _Observation] = {}
         self._live: dict[int, SlurmProcess] = {}
         self._next_sweep = 0.0
@@ -337,7 +338,13 @@ class SlurmBackend(Backend):
         self._signaller = threading.Thread(
             target=self._send_signals, name="juliarun-slurm-signals", daemon=True
         )
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._observer = threading.Thread(
+            target=self._observe, name="juliarun-slurm-observer", daemon=True
+        )
         self._listed: list[QueuedJob] = []
+        self._retry: list[SlurmProcess] = []  # cancels to send again (signal thread only)
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -395,6 +402,7 @@ class SlurmBackend(Backend):
         except SlurmError as exc:
             raise BackendError(f"Slurm does not answer: {exc}") from None
         self._signaller.start()
+        self._observer.start()
 
     def _probe(self, nodes: Sequence[_NodeView], target: Path, what: str) -> None:
         """Check that every node reads ``target`` (a directory: a new file in it) as we do."""
@@ -430,7 +438,11 @@ class SlurmBackend(Backend):
             )
 
     def close(self) -> None:
-        """Stop the signal thread once it has sent what it was given."""
+        """Stop observing, and stop the signal thread once it has sent what it was given."""
+        self._closing.set()
+        self._wake.set()
+        if self._observer.is_alive():
+            self._observer.join()
         if self._signaller.is_alive():
             self._signals.put(None)
             self._signaller.join()
@@ -542,8 +554,14 @@ class SlurmBackend(Backend):
         with self._lock:
             self._live[process.job_id] = process
             self._observed.setdefault(process.job_id, _Observation())
+        self._hurry()
+
+    def _hurry(self) -> None:
+        """Observe at the short interval for a while: a job starts or stops."""
+        with self._lock:
             self._busy_until = time.monotonic() + BUSY_WINDOW
             self._next_sweep = min(self._next_sweep, time.monotonic() + SWEEP_BUSY)
+        self._wake.set()
 
     def adopt(self, record: SlotRecord) -> SlurmProcess:
         """The job of a record, by its id (its state comes with the next sweep)."""
@@ -599,12 +617,28 @@ class SlurmBackend(Backend):
             self._live.pop(process.job_id, None)
 
     def sweep(self) -> Sweep:
-        """One ``squeue`` for every job when one is due, and ``sacct`` for those it lost."""
-        with self._sweeping:
-            now = time.monotonic()
-            if now >= self._next_sweep:
-                self._refresh(now)
+        """What the observer thread saw last; it never waits for Slurm."""
         return _SlurmSweep()
+
+    def _observe(self) -> None:
+        """The observer thread: one ``squeue`` (and ``sacct`` for jobs it lost) when due.
+
+        A thread of its own, so that a controller that does not answer (each command then
+        takes seconds to fail) holds up neither the engine's supervision nor any verb.
+        """
+        while not self._closing.is_set():
+            # Cleared before the sweep: a job submitted or signalled meanwhile makes the wait
+            # below return at once.
+            self._wake.clear()
+            started = time.monotonic()
+            try:
+                self._refresh(started)
+            except Exception:
+                logger.exception("observing the Slurm jobs failed")
+                self._next_sweep = time.monotonic() + SWEEP_IDLE
+            # Never more often than every SWEEP_BUSY, however often it is woken.
+            self._closing.wait(max(0.0, started + SWEEP_BUSY - time.monotonic()))
+            self._wake.wait(max(0.0, self._next_sweep - time.monotonic()))
 
     def _refresh(self, started: float) -> None:
         try:
@@ -670,10 +704,8 @@ class SlurmBackend(Backend):
     # -- signals --------------------------------------------------------------------------------
 
     def signal(self, process: SlurmProcess, kind: str) -> None:
-        """Queue ``term`` or ``kill`` for the signal thread."""
-        with self._lock:
-            self._busy_until = time.monotonic() + BUSY_WINDOW
-            self._next_sweep = min(self._next_sweep, time.monotonic() + SWEEP_BUSY)
+        """Queue ``term``, ``kill`` or ``cancel`` for the signal thread."""
+        self._hurry()
         self._signals.put((process, kind))
         if not self._signaller.is_alive():  # not opened (a test's backend): send it now
             self._send_pending()
@@ -681,7 +713,11 @@ class SlurmBackend(Backend):
     def _send_signals(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._signals.get()]
+            try:
+                # Cancels that Slurm could not take are tried again every SIGNAL_RETRY.
+                batch = [self._signals.get(timeout=SIGNAL_RETRY if self._retry else None)]
+            except queue.Empty:
+                batch = []
             stopping = self._send_pending(batch)
 
     def _send_pending(self, batch: list[tuple[SlurmProcess, str] | None] | None = None) -> bool:
@@ -696,36 +732,42 @@ class SlurmBackend(Backend):
                 items.append(self._signals.get_nowait())
             except queue.Empty:
                 break
-        wanted: dict[str, list[SlurmProcess]] = {"term": [], "kill": [], "cancel": []}
+        retry, self._retry = self._retry, []
+        wanted: dict[str, list[SlurmProcess]] = {"term": [], "kill": [], "cancel": retry}
         for item in items:
             if item is not None:
                 wanted[item[1]].append(item[0])
         # A job still waiting for its node has nothing to signal: it is cancelled.
-        self._cancel([process.job_id for process in wanted["term"] if process.pending])
-        self._cancel([process.job_id for process in wanted["cancel"]])
-        running = [process.job_id for process in wanted["term"] if not process.pending]
+        self._cancel([process for process in wanted["term"] if process.pending])
+        self._cancel(wanted["cancel"])
+        running = [process for process in wanted["term"] if not process.pending]
         self._signal_batch(running, "USR2")  # the launcher's SIGTERM
-        self._signal_batch([process.job_id for process in wanted["kill"]], "USR1")  # SIGKILL
+        self._signal_batch(wanted["kill"], "USR1")  # the launcher's SIGKILL
         return None in items
 
-    def _signal_batch(self, job_ids: list[int], signal: str) -> None:
+    def _signal_batch(self, processes: list[SlurmProcess], signal: str) -> None:
         """Signal the launchers of running jobs; cancel the jobs that cannot be signalled."""
-        if not job_ids:
+        if not processes:
             return
+        job_ids = [process.job_id for process in processes]
         try:
             self.cli.cancel(job_ids, signal=signal, scope=CancelScope.BATCH)
         except SlurmError as exc:
             # Not running any more (or not yet): ending them is what was asked.
             logger.info("SIG%s to Slurm jobs %s failed (%s); cancelling them", signal, job_ids, exc)
-            self._cancel(job_ids)
+            self._cancel(processes)
 
-    def _cancel(self, job_ids: list[int]) -> None:
-        if not job_ids:
+    def _cancel(self, processes: list[SlurmProcess]) -> None:
+        """Cancel jobs; those Slurm cannot take now are cancelled as soon as it answers."""
+        if not processes:
             return
+        job_ids = sorted({process.job_id for process in processes})
         try:
             self.cli.cancel(job_ids)
         except SlurmError as exc:
             logger.warning("cancelling Slurm jobs %s failed: %s", job_ids, exc)
+            if _unreachable(exc):
+                self._retry += processes
 
 
 @attrs.frozen
