@@ -109,6 +109,8 @@ STARTERS = 2
 LAUNCH_PACE = 2.0
 #: Seconds before a start the scheduler could not take is tried again.
 BUSY_RETRY = 2.0
+#: Seconds to wait for processes to end once killed, when stopping them, before giving up.
+STOP_WAIT = 60.0
 
 
 def _bad_request(message: str) -> ApiError:
@@ -776,8 +778,8 @@ class Engine:
         for _, slot in running:
             assert slot.process is not None
             slot.process.terminate()
-        deadline = time.monotonic() + self.config.kill_grace
-        killed = False
+        kill_at = time.monotonic() + self.config.kill_grace
+        give_up = kill_at + STOP_WAIT
         while running:
             self.backend.sweep()
             for job, slot in running:
@@ -786,11 +788,19 @@ class Engine:
                 if info is not None:
                     self._record_exit(job, slot, info)
             running = [(job, slot) for job, slot in running if slot.process is not None]
-            if running and not killed and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if running and now >= give_up:
+                for job, slot in running:
+                    logger.warning("%s did not end after being killed; no longer waiting", slot.key)
+                    self._record_exit(job, slot, ExitInfo(None, "did not end after being killed"))
+                break
+            if running and now >= kill_at:
+                # Again every second: a backend may need more than one try (a scheduler that
+                # did not answer, a job that had not started yet).
                 for _, slot in running:
                     assert slot.process is not None
                     slot.process.kill()
-                killed = True
+                kill_at = now + 1.0
             if running:
                 time.sleep(0.01)
         for job in jobs:
