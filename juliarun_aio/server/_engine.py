@@ -138,7 +138,7 @@ class _Slot:
     failures: int = 0  # consecutive failures, for the restart backoff
     started_at: float = 0.0
     exit_code: int | None = None
-    exit_reason: str | None = None  # how the last process ended, in words
+    exit_reason: str | None = None  # how the last process that ended did, in words
     ended: bool = False  # the last process ended
     waiting_until: float | None = None  # a restart is due at this monotonic time
     given_up: bool = False  # will not be (re)started: done, Never, or cannot start
@@ -593,8 +593,7 @@ class Engine:
         slot.started_at = time.time()
         slot.spec_version = version
         slot.ended, slot.exit_code, slot.waiting_until, slot.error = False, None, None, None
-        slot.exit_reason = slot.busy = None
-        slot.term_sent = None
+        slot.busy = slot.term_sent = None
         self._note_running(job)
 
     def _note_running(self, job: _Job) -> None:
@@ -1067,6 +1066,11 @@ class Engine:
             "exit_codes": {slot.label: slot.exit_code for slot in job.slots.values() if slot.ended},
             "restarts": {
                 slot.label: slot.started - 1 for slot in job.slots.values() if slot.started > 1
+            },
+            "exit_reasons": {
+                slot.label: slot.exit_reason
+                for slot in job.slots.values()
+                if slot.exit_reason is not None
             },
             "created_at": job.row.created_at,
         }

@@ -121,7 +121,8 @@ def test_restart_policies(api: Api, volume: Path) -> None:
 
 @BOTH_BACKENDS
 def test_restart_on_failure_skips_clean_exits(api: Api, volume: Path) -> None:
-    """RestartOnFailure restarts a worker that failed but not one that exited 0."""
+    """RestartOnFailure restarts a worker that failed but not one that exited 0; the status
+    says how each ended."""
     write_script(volume, "master.py", MASTER)
     write_script(
         volume,
@@ -147,6 +148,10 @@ def test_restart_on_failure_skips_clean_exits(api: Api, volume: Path) -> None:
     )
     assert "worker-1" not in status["restarts"]
     assert status["exit_codes"]["worker-1"] == 0
+    # Each slot says how its last process ended, also while its next one runs.
+    assert status["exit_reasons"]["worker-1"] == "exited with code 0"
+    assert status["exit_reasons"]["worker-2"] == "exited with code 2"
+    assert "master" not in status["exit_reasons"]
     assert status["nworkers_succeeded"] == 1
     api.data("deleteJob", "JuliaParBatch", name="onfail", force="true")
 
