@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
 import secrets
@@ -68,6 +69,7 @@ from ._backend import (
 )
 from ._config import ConfigError, ServerConfig
 from ._launcher import read_place
+from ._private import open_private, write_private
 from ._runtime import MASTER_KINDS, WORKER_KINDS, LaunchError, Layout, plan_process
 from ._slurm_cli import (
     SLOT_NAME_PREFIX,
@@ -408,7 +410,7 @@ class SlurmBackend(Backend):
         """Check that every node reads ``target`` (a directory: a new file in it) as we do."""
         probe = target / f".slurm-probe-{secrets.token_hex(8)}" if target.is_dir() else target
         if target.is_dir():
-            probe.write_text(f"{probe.name}\n", encoding="utf-8")
+            write_private(probe, f"{probe.name}\n".encode())
         try:
             with probe.open(encoding="utf-8", errors="replace") as fh:
                 expected = fh.readline().rstrip("\n")
@@ -535,8 +537,11 @@ class SlurmBackend(Backend):
             raise LaunchError(f"cannot submit to Slurm: {exc}") from None
         # Recorded before sbatch: a server that dies before recording the job finds it
         # again by name and knows its files from this.
-        intent = request.log_dir / f"{label}.starting"
-        intent.write_text(f"{request.key}\n", encoding="ascii")
+        write_private(request.log_dir / f"{label}.starting", f"{request.key}\n".encode())
+        # Slurm appends to output files that exist (--open-mode=append) and keeps their
+        # mode; one it creates gets the job's umask, readable by every user.
+        for stream in (".out", ".err"):
+            os.close(open_private(request.path(stream), os.O_WRONLY))
         submitted = time.monotonic()
         try:
             job_id = self.cli.submit(job)

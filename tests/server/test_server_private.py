@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_support import FAST, Api
+from server_support import FAST, Api, backend_settings
 from support import QUICK_KILL, wait_until, write_script
 
 from juliarun_aio.server import LocalServer, ServerProcess
@@ -64,17 +64,27 @@ def _run_writer(api: Api) -> None:
     assert sorted(api.lines("JuliaBatch", "writer")) == ["err", "out"]
 
 
-@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077])
+@pytest.mark.parametrize(
+    ("backend", "mask"),
+    [
+        ("local", 0o000),
+        ("local", 0o022),
+        ("local", 0o077),
+        # Slurm writes the output files on a node, under the job's umask.
+        pytest.param("slurm", 0o022, marks=pytest.mark.slurm),
+    ],
+    indirect=["backend"],
+)
 def test_everything_the_server_writes_is_private_whatever_the_umask(
-    tmp_path: Path, mask: int
+    tmp_path: Path, backend: str, mask: int
 ) -> None:
     """Directory, database with its WAL files, lock, job dirs and every log file: 0700/0600."""
     data_dir = tmp_path / "data"
     with umask(mask):
         # Made by hand before the server starts, as users do: the server fixes its mode.
         write_script(data_dir / "namespaces" / "default" / "volumes" / "work", "writer.py", WRITER)
-        with LocalServer(data_dir, **FAST) as server:
-            api = Api(server.url, server.token, server.namespace)
+        with LocalServer(data_dir, **FAST, **backend_settings(backend)) as server:
+            api = Api(server.url, server.token, server.namespace, ca_bundle=server.ca_bundle)
             try:
                 _run_writer(api)
                 logs = data_dir / "namespaces" / "default" / "jobs" / "writer" / "logs"
