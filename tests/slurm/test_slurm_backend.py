@@ -15,9 +15,17 @@ from typing import Any
 import httpx
 import pytest
 from slurm_support import NODES, eventually
-from support import SLURM_HOST, SLURM_SERVER, Api, cancel_slurm_jobs, encode_token, write_script
+from support import (
+    SLURM_HOST,
+    SLURM_SERVER,
+    Api,
+    cancel_slurm_jobs,
+    encode_token,
+    on_loopback,
+    write_script,
+)
 
-from juliarun_aio.server import LocalServer
+from juliarun_aio.server import LocalServer, ServerProcess
 from juliarun_aio.server._backend import BackendError
 from juliarun_aio.server._slurm_cli import SlotName, SlurmCli
 
@@ -78,7 +86,7 @@ def api(server: LocalServer) -> Iterator[Api]:
     client.close()
 
 
-def volume(server: LocalServer) -> Path:
+def volume(server: LocalServer | ServerProcess) -> Path:
     """The run volume ``work``."""
     return server.data_dir / "namespaces" / server.namespace / "volumes" / "work"
 
@@ -239,6 +247,52 @@ def test_a_job_on_another_node_serves_at_its_endpoint_and_streams_its_log(
             assert whole[2001]["stream"] == "stderr"  # the server's access log line
             assert "GET /serve.py" in whole[2001]["text"]
             assert whole[2002:] == [{"end": True, "cursor": 2002, "phase": "succeeded"}]
+        finally:
+            api.close()
+    cancel_slurm_jobs(data_dir)
+
+
+#: Calls the server back as a job does: at ``JRUN_URL``, trusting ``JRUN_CA_BUNDLE``.
+CALL_BACK = """\
+import base64, json, os, ssl, urllib.parse, urllib.request
+trust = ssl.create_default_context(cafile=os.environ["JRUN_CA_BUNDLE"])
+query = urllib.parse.urlencode({
+    "jruntok": base64.b64encode(os.environ["JRUN_TOKEN"].encode()).decode(),
+    "jrunns": os.environ["JRUN_NAMESPACE"],
+})
+url = f"{os.environ['JRUN_URL']}/listJobs/?{query}"
+with urllib.request.urlopen(url, context=trust, timeout=30) as answer:
+    jobs = json.load(answer)["data"]
+print(os.environ["SLURMD_NODENAME"], os.environ["JRUN_URL"], *sorted(jobs), flush=True)
+"""
+
+
+@pytest.mark.parametrize("host", [SLURM_HOST, "0.0.0.0"])
+def test_jobs_on_other_nodes_call_the_server_back_over_tls(
+    tmp_path: Path, slurm: SlurmCli, host: str
+) -> None:
+    """A job on node3 calls ``JRUN_URL`` over HTTPS, trusting ``JRUN_CA_BUNDLE``: the server's
+    address towards the nodes (also when it listens on every interface), which its
+    self-signed certificate names."""
+    del slurm
+    data_dir = tmp_path / "data"
+    args = ("--backend", "slurm", "--tls-self-signed", "--sbatch-arg=--nodelist=node3")
+    with ServerProcess(data_dir, host=host, args=args) as server:
+        # Tests call only loopback and the project's addresses (the wildcard's URL names this
+        # machine as other machines dial it).
+        url = server.url if host == SLURM_HOST else on_loopback(server.url)
+        api = Api(url, server.token, server.namespace, ca_bundle=server.ca_bundle)
+        try:
+            write_script(volume(server), "call.py", CALL_BACK)
+            api.data(
+                "submitJob", "JuliaBatch", name="caller", start_script="call.py", run_volume="work"
+            )
+            status = api.wait_done("JuliaBatch", "caller", timeout=60)
+            assert status["phase"] == "succeeded", api.lines("JuliaBatch", "caller")
+            node, url, *jobs = api.lines("JuliaBatch", "caller")[0].split()
+            assert node == "node3"
+            assert url == f"https://{SLURM_HOST}:{server.port}"
+            assert jobs == ["caller"]
         finally:
             api.close()
     cancel_slurm_jobs(data_dir)
