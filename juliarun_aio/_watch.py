@@ -32,7 +32,8 @@ it changes.  Both poll, because the protocol has no push channel:
   status with each poll and raises :class:`~juliarun_aio.JobStateError` once the job has
   ended, or when the server reports a worker that cannot start (a status ``message`` on a
   running job, the local server's way) and the scale stays short of ``n`` for
-  :data:`STUCK_POLLS` polls in a row.
+  :data:`STUCK_POLLS` polls in a row -- unless the status lists workers still on their way
+  (``waiting``: queued by a cluster's scheduler, which may take long).
 
 A plain JuliaRun server reports only ``succeeded``: it cannot say that a job failed, so
 there ``watch_job`` ends on success only, or raises :class:`~juliarun_aio.JobNotFoundError`
@@ -397,8 +398,13 @@ def _workers_fetch(http: HttpLayer, ref: JobRef) -> Callable[[], Awaitable[_Work
         scale = await http.fetch("getJobScale", ref, JobScale.from_wire)
         # Read after the scale, so that its uid vouches for the scale too.
         status = await http.fetch("getJobStatus", ref, JobStatus.from_wire)
+        # A server that says workers are on their way (waiting in a cluster's queue, say)
+        # has not given up on them, whatever its message says.
         short = (
-            status.message is not None and not status.completed and scale.running < scale.requested
+            status.message is not None
+            and not status.completed
+            and scale.running < scale.requested
+            and not status.extra.get("waiting")
         )
         key = (scale, status.phase, status.message)
         same = same + 1 if short and key == previous else int(short)

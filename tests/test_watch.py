@@ -308,6 +308,22 @@ async def test_workers_that_cannot_start_end_the_wait_after_a_few_polls() -> Non
 
 
 @pytest.mark.anyio
+async def test_workers_waiting_in_a_queue_do_not_end_the_wait() -> None:
+    """A message beside workers the server lists as waiting (a cluster's queue) is no verdict:
+    the wait goes on, however many polls show no progress, until the workers run."""
+    queued = {
+        **RUNNING,
+        "message": "worker-2: waiting for free resources (Slurm: PENDING, Resources)",
+        "waiting": {"worker-2": "waiting for free resources (Slurm: PENDING, Resources)"},
+    }
+    async with respx.mock() as router, mock_context() as ctx:
+        scales = router.get(SCALE).mock(side_effect=script(*[[1, 2]] * 10, [2, 2]))
+        router.get(STATUS).mock(return_value=envelope(queued))
+        assert await ctx.wait_for_scale(JOB, 2, poll=NO_WAIT) == JobScale(2, 2)
+    assert scales.call_count == 11
+
+
+@pytest.mark.anyio
 async def test_a_message_does_not_end_a_wait_that_makes_progress() -> None:
     """Workers still coming (the scale changes) or enough running: the message is no verdict."""
     stuck = {**RUNNING, "message": "worker-3 cannot start: no such file"}

@@ -1072,6 +1072,7 @@ class Engine:
                 for slot in job.slots.values()
                 if slot.exit_reason is not None
             },
+            "waiting": self._waiting(job),
             "created_at": job.row.created_at,
         }
         params = job.spec.params()
@@ -1092,6 +1093,22 @@ class Engine:
             uid=job.row.uid,
             extra=extra,
         )
+
+    def _waiting(self, job: _Job) -> dict[str, str]:
+        """The slots on their way that wait for their scheduler (or for it to answer), and why.
+
+        A worker waiting in Slurm's queue is not a worker that cannot start: a client
+        waiting for workers keeps waiting while any is listed here.
+        """
+        if job.terminal:
+            return {}
+        waiting = {}
+        for slot in job.slots.values():
+            if slot.busy is not None:
+                waiting[slot.label] = f"waits to be started: {slot.busy}"
+            elif slot.process is not None and not slot.process.running:
+                waiting[slot.label] = slot.process.note or "submitted, not running yet"
+        return waiting
 
     def _message(self, job: _Job) -> str | None:
         """The job's message: the engine's own, why slots wait, what the backend ignores."""

@@ -327,6 +327,9 @@ def test_jobs_say_why_they_wait_and_what_slurm_refused(tmp_path: Path, slurm: Sl
                 "master: waiting for its start time (Slurm: PENDING, BeginTime)"
             )
             assert status["created"] is True
+            assert status["waiting"] == {
+                "master": "waiting for its start time (Slurm: PENDING, BeginTime)"
+            }
             huge = api.wait_done("JuliaBatch", "huge")
             assert huge["phase"] == "failed"
             assert huge["created"] is False
