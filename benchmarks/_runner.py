@@ -13,6 +13,7 @@ from . import (
     log_throughput,
     memory,
     server_load,
+    slurm,
     watchers,
 )
 from ._support import Row, ServerProcess, Sizes, bytecode_cache, server_process
@@ -30,6 +31,7 @@ ON_SHARED_SERVER: dict[int, Callable[[ServerProcess, Sizes], Awaitable[list[Row]
 ON_THEIR_OWN: dict[int, Callable[[Sizes], Awaitable[list[Row]]]] = {
     7: import_time.run,
     8: server_load.run,
+    9: slurm.run,
 }
 ALL = sorted({*ON_SHARED_SERVER, *ON_THEIR_OWN})
 

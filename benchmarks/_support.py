@@ -203,15 +203,19 @@ def fmt_rate(per_second: float, unit: str) -> str:
 
 
 class ServerProcess(BaseServerProcess):
-    """The server on a free loopback port, in a temporary directory.
+    """The server on a free loopback port (or ``host``), in a temporary directory.
 
     Jobs are stopped with the server (``--stop-jobs``) and the directory is removed.
+    ``args`` are more command-line arguments (``--backend slurm``...).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", args: Sequence[str] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="juliarun-bench-"))
         super().__init__(
-            self.root / "data", namespace=NAMESPACE, args=("--stop-jobs", "--kill-grace", "1")
+            self.root / "data",
+            namespace=NAMESPACE,
+            host=host,
+            args=("--stop-jobs", "--kill-grace", "1", *args),
         )
         self.scripts = self.root / "scripts"
         self.scripts.mkdir()

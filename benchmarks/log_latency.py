@@ -18,6 +18,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from juliarun_aio import Context, JuliaBatch
 
@@ -31,10 +32,12 @@ def _written_at(text: str) -> float | None:
     return None
 
 
-async def _bare(ctx: Context, job: JuliaBatch, note: Callable[[str], None]) -> None:
+async def _bare(
+    ctx: Context, job: JuliaBatch, note: Callable[[str], None], **client_options: Any
+) -> None:
     params = {"cursor": "0", "follow": "true", "heartbeat": "1"}
     url = signed_url(ctx, "streamLogs", job.ref, params)
-    async with bare_client() as client, client.stream("GET", url) as response:
+    async with bare_client(**client_options) as client, client.stream("GET", url) as response:
         response.raise_for_status()
         async for raw in response.aiter_lines():
             event = json.loads(raw)
@@ -51,7 +54,11 @@ async def _sdk(ctx: Context, job: JuliaBatch, note: Callable[[str], None], mode:
             note(line.text)
 
 
-async def _latencies(server: ServerProcess, ctx: Context, sizes: Sizes, reader: str) -> list[float]:
+async def latencies(
+    server: ServerProcess, ctx: Context, sizes: Sizes, reader: str, **client_options: Any
+) -> list[float]:
+    """Write -> read seconds of a tick job's lines read by ``reader`` (``bare``, ``stream``,
+    ``poll``), the first tenth dropped; ``client_options`` go to the bare client."""
     job = server.tick_job(f"tick-{reader}", sizes.tick_rate, sizes.tick_seconds)
     latencies: list[float] = []
 
@@ -63,7 +70,7 @@ async def _latencies(server: ServerProcess, ctx: Context, sizes: Sizes, reader: 
 
     await ctx.submit_job(job)
     if reader == "bare":
-        await _bare(ctx, job, note)
+        await _bare(ctx, job, note, **client_options)
     else:
         await _sdk(ctx, job, note, reader)
     expected = int(sizes.tick_rate * sizes.tick_seconds)
@@ -76,7 +83,7 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
     async with server.context() as ctx:
         await ctx.server_info()  # the path choice, made before timing
         for reader in ("bare", "stream", "poll"):
-            values = await _latencies(server, ctx, sizes, reader)
+            values = await latencies(server, ctx, sizes, reader)
             results[reader] = (percentile(values, 50), percentile(values, 99))
     (b50, b99), (s50, s99), (p50, p99) = results["bare"], results["stream"], results["poll"]
     rate = f"{sizes.tick_rate:g} lines/s for {sizes.tick_seconds:g} s"

@@ -10,6 +10,7 @@ keep running were started.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ._support import (
     Row,
@@ -27,9 +28,11 @@ from ._support import (
 BLOCKS = 5
 
 
-async def _status_latency(url: str, calls: int, warmup: int) -> float:
-    async with bare_client() as client:
-        for _ in range(warmup):
+async def status_latency(url: str, sizes: Sizes, **client_options: Any) -> float:
+    """Seconds per sequential ``url`` call of a bare pooled client: the median block's."""
+    calls = sizes.status_calls
+    async with bare_client(**client_options) as client:
+        for _ in range(sizes.warmup):
             (await client.get(url)).raise_for_status()
         blocks = []
         for _ in range(BLOCKS):
@@ -47,7 +50,7 @@ async def run(sizes: Sizes) -> list[Row]:
             await ctx.submit_job(probe)
             await wait_running(ctx, [probe])
             url = str(signed_url(ctx, "getJobStatus", probe.ref, {}))
-            idle = await _status_latency(url, sizes.status_calls, sizes.warmup)
+            idle = await status_latency(url, sizes)
 
             short = [server.short_job(f"short-{i}") for i in range(sizes.short_jobs)]
             started = time.perf_counter()
@@ -63,7 +66,7 @@ async def run(sizes: Sizes) -> list[Row]:
                 await ctx.submit_job(job)
             live_submit_rate = len(live) / (time.perf_counter() - started)
             await wait_running(ctx, live)
-            busy = await _status_latency(url, sizes.status_calls, sizes.warmup)
+            busy = await status_latency(url, sizes)
     ratio = busy / idle
     return [
         Row(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime
 import os
-import shutil
 import socket
 import sqlite3
 import ssl
@@ -252,28 +251,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-_USABLE = ("IDLE", "MIXED", "ALLOCATED", "COMPLETING")
-
-
 def slurm_problem(cli: SlurmCli) -> str | None:
-    """Why the Slurm tests cannot run here, or None when they can."""
-    from juliarun_aio.server._slurm_cli import SlurmError  # noqa: PLC0415 - server extra
+    """Why the Slurm tests cannot run here (they need every node of the test cluster)."""
+    from juliarun_aio.server._slurm_cli import unavailable  # noqa: PLC0415 - server extra
 
-    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-        return "Slurm's commands (sbatch, squeue...) are not installed"
-    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
-    if not os.path.exists(conf):
-        # Without a config Slurm's commands look the controller up in DNS: ask nothing.
-        return f"Slurm is not configured here ({conf} does not exist)"
-    try:
-        nodes = cli.nodes()
-    except SlurmError as error:
-        return f"Slurm does not answer: {error}"
-    usable = sorted(name for name, info in nodes.items() if info.state.split("+")[0] in _USABLE)
-    if len(usable) < len(SLURM_NODES):
-        states = ", ".join(f"{name} {info.state}" for name, info in sorted(nodes.items()))
-        return f"the tests need {len(SLURM_NODES)} usable nodes, Slurm has: {states or 'none'}"
-    return None
+    return unavailable(cli, nodes=len(SLURM_NODES))
 
 
 def slurm_enforces_memory() -> bool:

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal as signal_module
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -73,6 +74,7 @@ __all__ = [
     "parse_squeue",
     "slot_status",
     "time_limit_minutes",
+    "unavailable",
 ]
 
 #: Seconds any one Slurm command may take before it is stopped.
@@ -1117,3 +1119,29 @@ class SlurmCli:
             target,
         )
         return parse_probe(self.run(command, timeout=limit + _TERM_GRACE))
+
+
+#: Node states in which a node runs (or is about to run) jobs.
+_USABLE_NODE_STATES = ("IDLE", "MIXED", "ALLOCATED", "COMPLETING")
+
+
+def unavailable(cli: SlurmCli, *, nodes: int = 1) -> str | None:
+    """Why Slurm cannot run jobs here (fewer than ``nodes`` usable nodes...), or None.
+
+    Asks nothing when Slurm is not configured: its commands would then look the
+    controller up in DNS.
+    """
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        return "Slurm's commands (sbatch, squeue...) are not installed"
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if not os.path.exists(conf):
+        return f"Slurm is not configured here ({conf} does not exist)"
+    try:
+        found = cli.nodes()
+    except SlurmError as error:
+        return f"Slurm does not answer: {error}"
+    usable = [info for info in found.values() if info.state.split("+")[0] in _USABLE_NODE_STATES]
+    if len(usable) < nodes:
+        states = ", ".join(f"{name} {info.state}" for name, info in sorted(found.items()))
+        return f"{nodes} usable node(s) are needed, Slurm has: {states or 'none'}"
+    return None
