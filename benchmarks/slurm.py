@@ -83,22 +83,13 @@ def slurm_problem() -> str | None:
 
 @contextlib.contextmanager
 def _slurm_server(*sbatch_args: str) -> Iterator[ServerProcess]:
-    """A Slurm-backed server; its client side trusts its CA while it runs."""
+    """A Slurm-backed server with a CA of its own (its ``ca_bundle``)."""
     args = ["--backend", "slurm", "--tls-self-signed"]
     args += [f"--sbatch-arg={arg}" for arg in sbatch_args]
     server = ServerProcess(host=SLURM_HOST, args=args)
-    saved = os.environ.get("SSL_CERT_FILE")
     try:
-        server.start()
-        assert server.ca_bundle is not None
-        # The SDK (httpx) trusts the CA named by the standard SSL_CERT_FILE.
-        os.environ["SSL_CERT_FILE"] = server.ca_bundle
-        yield server
+        yield server.start()
     finally:
-        if saved is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = saved
         server.stop()
 
 
@@ -234,7 +225,7 @@ async def _log_latency(sizes: Sizes) -> Row:
     nodes = SlurmCli(timeout=30).nodes()
     pin = ("--nodelist=node2",) if "node2" in nodes else ()
     with _slurm_server(*pin) as server:
-        async with server.context() as ctx:
+        async with server.context(verify=server.ca_bundle) as ctx:
             await ctx.server_info()  # the path choice, made before timing
             trust = ssl.create_default_context(cafile=server.ca_bundle)
             floor = await log_latency.latencies(server, ctx, sizes, "bare", verify=trust)
@@ -257,7 +248,7 @@ async def run(sizes: Sizes) -> list[Row]:
     if problem is not None:
         return [Row("9. Slurm backend", "-", f"skipped: {problem}", None, "-", None)]
     with _slurm_server() as server:
-        async with server.context() as ctx:
+        async with server.context(verify=server.ca_bundle) as ctx:
             rows = [await _submit_latency(server, ctx, sizes)]
             rows += await _status_latency(server, ctx, sizes)
     return [*rows, await _log_latency(sizes)]

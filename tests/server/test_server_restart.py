@@ -4,9 +4,7 @@ every backend."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from unittest import mock
 
 import anyio
 import psutil
@@ -172,14 +170,11 @@ def _read_log(server: ServerProcess, name: str, since: int | None = None) -> lis
     """The job's log as ``tail_logs(follow=False)`` yields it, from ``since``."""
 
     async def read() -> list[LogLine]:
-        async with Context(server.url, TOKEN, "default") as ctx:
+        async with Context(server.url, TOKEN, "default", verify=server.ca_bundle) as ctx:
             job = JobRef("JuliaBatch", name)
             return [line async for line in ctx.tail_logs(job, follow=False, since=since)]
 
-    # The client trusts a server with its own CA (TLS on Slurm) through SSL_CERT_FILE.
-    trust = {"SSL_CERT_FILE": server.ca_bundle} if server.ca_bundle else {}
-    with mock.patch.dict(os.environ, trust):
-        return anyio.run(read)
+    return anyio.run(read)
 
 
 def _check_whole_log(server: ServerProcess, name: str, lines: int) -> None:

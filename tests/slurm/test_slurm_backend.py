@@ -252,18 +252,19 @@ def test_a_job_on_another_node_serves_at_its_endpoint_and_streams_its_log(
     cancel_slurm_jobs(data_dir)
 
 
-#: Calls the server back as a job does: at ``JRUN_URL``, trusting ``JRUN_CA_BUNDLE``.
+#: Calls the server back as a job does: ``Context()`` from the job's environment alone
+#: (``JRUN_URL``, ``JRUN_TOKEN``, ``JRUN_NAMESPACE``, ``JRUN_CA_BUNDLE``).
 CALL_BACK = """\
-import base64, json, os, ssl, urllib.parse, urllib.request
-trust = ssl.create_default_context(cafile=os.environ["JRUN_CA_BUNDLE"])
-query = urllib.parse.urlencode({
-    "jruntok": base64.b64encode(os.environ["JRUN_TOKEN"].encode()).decode(),
-    "jrunns": os.environ["JRUN_NAMESPACE"],
-})
-url = f"{os.environ['JRUN_URL']}/listJobs/?{query}"
-with urllib.request.urlopen(url, context=trust, timeout=30) as answer:
-    jobs = json.load(answer)["data"]
-print(os.environ["SLURMD_NODENAME"], os.environ["JRUN_URL"], *sorted(jobs), flush=True)
+import os
+import anyio
+from juliarun_aio import Context
+
+async def main():
+    async with Context() as ctx:
+        jobs = await ctx.list_jobs()
+    print(os.environ["SLURMD_NODENAME"], os.environ["JRUN_URL"], *sorted(jobs), flush=True)
+
+anyio.run(main)
 """
 
 
@@ -271,9 +272,9 @@ print(os.environ["SLURMD_NODENAME"], os.environ["JRUN_URL"], *sorted(jobs), flus
 def test_jobs_on_other_nodes_call_the_server_back_over_tls(
     tmp_path: Path, slurm: SlurmCli, host: str
 ) -> None:
-    """A job on node3 calls ``JRUN_URL`` over HTTPS, trusting ``JRUN_CA_BUNDLE``: the server's
-    address towards the nodes (also when it listens on every interface), which its
-    self-signed certificate names."""
+    """A job on node3 calls the server with ``Context()`` over HTTPS, trusting
+    ``JRUN_CA_BUNDLE``: at the server's address towards the nodes (also when it listens on
+    every interface), which its self-signed certificate names."""
     del slurm
     data_dir = tmp_path / "data"
     args = ("--backend", "slurm", "--tls-self-signed", "--sbatch-arg=--nodelist=node3")
