@@ -150,13 +150,15 @@ def load_certificate(cert: Path, key: Path) -> TlsFiles:
     def refuse_password() -> bytes:
         raise ConfigError(f"the TLS key {key} is encrypted; give the server an unencrypted key")
 
+    # ssl's FileNotFoundError does not say which of the two files is missing.
+    for path, what in ((cert, "certificate"), (key, "key")):
+        if not path.exists():
+            raise ConfigError(f"TLS {what} file not found: {path}; give an existing PEM file")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, refuse_password)
         leaf = x509.load_pem_x509_certificate(cert.read_bytes())
     except ConfigError:
         raise
-    except FileNotFoundError as exc:
-        raise ConfigError(f"TLS file not found: {exc.filename}") from None
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise ConfigError(
             f"cannot use the TLS certificate {cert} with the key {key}: {exc}; give a PEM "

@@ -198,6 +198,8 @@ def test_unusable_tls_files_are_refused_at_start(tmp_path: Path) -> None:
     cases = {
         "another key": (good.cert, other.key, "cannot use the TLS certificate"),
         "missing": (tmp_path / "missing.pem", good.key, "not found"),
+        "missing certificate named": (tmp_path / "gone.pem", good.key, "gone.pem"),
+        "missing key named": (good.cert, tmp_path / "gone-key.pem", "gone-key.pem"),
         "expired": (expired.cert, expired.key, "expired on"),
         "encrypted": (good.cert, _encrypted_key(tmp_path, good.key), "is encrypted"),
         "not PEM": (good.key, good.key, "cannot use the TLS certificate"),
