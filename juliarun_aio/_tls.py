@@ -138,7 +138,13 @@ def resolve_trust(verify: Verify | None, env: Mapping[str, str]) -> Trust:
     Raises:
         ConfigurationError: A CA bundle cannot be read; the message names it and where it
             came from.
+        TypeError: ``verify`` is none of the kinds it takes.
     """
+    if not isinstance(verify, bool | str | os.PathLike | ssl.SSLContext | None):
+        raise TypeError(
+            "verify= takes True, False, the path of a CA bundle or an ssl.SSLContext, got "
+            f"{type(verify).__name__}"
+        )
     if isinstance(verify, ssl.SSLContext):
         return Trust(verify, "the ssl.SSLContext given as verify=", bundle=True, given=True)
     if isinstance(verify, bool):

@@ -94,6 +94,13 @@ def test_a_missing_or_unreadable_bundle_fails_at_construction(
         Context("https://127.0.0.1:1", TOKEN, NS, env={variable: str(garbage)})
 
 
+@pytest.mark.parametrize("verify", [123, 1.5, ["ca.pem"]])
+def test_verify_of_another_type_says_what_it_takes(verify: object) -> None:
+    """verify= of a type it does not take is a TypeError listing the kinds it takes."""
+    with pytest.raises(TypeError, match="verify= takes True, False, the path of a CA bundle"):
+        Context("https://127.0.0.1:1", TOKEN, NS, verify=verify)  # type: ignore[arg-type]
+
+
 def test_verify_with_an_injected_client_is_refused(certs: support.TestCertificate) -> None:
     """verify= configures the client a Context makes; with client= it is a ConfigurationError."""
     client = httpx.AsyncClient()
