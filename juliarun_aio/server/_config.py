@@ -273,6 +273,12 @@ class ServerConfig:
             raise ConfigError("--tls-cert and --tls-key go together: give both files")
         if self.tls_self_signed and self.tls_cert is not None:
             raise ConfigError("give --tls-self-signed or --tls-cert and --tls-key, not both")
+        if self.backend != "slurm" and (self.partition or self.account or self.sbatch_args):
+            # Ignoring them would run the jobs here, not on the cluster they name.
+            raise ConfigError(
+                "--partition, --account and --sbatch-arg apply to Slurm jobs: add "
+                "--backend slurm, or drop them"
+            )
         if self.insecure_http and self.tls:
             raise ConfigError("--insecure-http serves plain HTTP: drop it to serve HTTPS")
         if not self.tls and not self.insecure_http and not is_loopback(self.host):

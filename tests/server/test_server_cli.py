@@ -129,6 +129,9 @@ def test_config_files_hold_server_settings(tmp_path: Path) -> None:
         ServerConfig(data_dir=tmp_path, tokens=tokens, backend="kubernetes")
     with pytest.raises(ConfigError, match="partition"):
         ServerConfig(data_dir=tmp_path, tokens=tokens, partition="a b")
+    for slurm_only in ({"partition": "debug"}, {"account": "p42"}, {"sbatch_args": ["-q"]}):
+        with pytest.raises(ConfigError, match="apply to Slurm jobs: add --backend slurm"):
+            ServerConfig(data_dir=tmp_path, tokens=tokens, **slurm_only)
 
 
 def test_settings_the_server_manages_are_refused_in_one_line(tmp_path: Path) -> None:
