@@ -6,6 +6,7 @@ import contextlib
 import ssl
 from pathlib import Path
 
+import anyio
 import pytest
 from server_support import FAST
 from support import QUICK_KILL, issue_certificate, write_script
@@ -186,3 +187,47 @@ async def test_a_job_calls_its_self_signed_server_back_with_a_bare_context(
             "listed ['caller']",
             f"bundle {server.ca_bundle}",
         ]
+
+
+async def test_a_context_rides_out_a_restart_of_its_self_signed_server(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across a SIGKILL and restart: same CA, the open Context's wait completes, logs from 0."""
+    _clean_environment(monkeypatch)
+    volume = _volume(data_dir)
+    go = volume / "go"
+    write_script(
+        volume,
+        "two.py",
+        "import os, time\n"
+        "print('before', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "print('after', flush=True)\n",
+    )
+    spec = JuliaBatch(name="across", start_script="two.py", run_volume="work")
+    with ServerProcess(data_dir, tls_self_signed=True, args=QUICK_KILL) as server:
+        assert server.ca_bundle is not None
+        ca = await anyio.Path(server.ca_bundle).read_bytes()
+        async with Context(
+            server.url, server.token, server.namespace, verify=server.ca_bundle
+        ) as ctx:
+            await ctx.submit_job(spec)
+            async with contextlib.aclosing(ctx.tail_logs(spec)) as running:
+                assert (await anext(running)).text == "before"
+            async with anyio.create_task_group() as tg:
+                results: list[bool] = []
+
+                async def wait() -> None:
+                    status = await ctx.wait_for_job(spec, timeout=120, poll=POLL)
+                    results.append(status.succeeded)
+
+                tg.start_soon(wait)
+                await anyio.sleep(0.2)
+                server.kill()
+                await anyio.to_thread.run_sync(server.start)
+                go.touch()
+            assert results == [True]
+            assert await anyio.Path(server.ca_bundle).read_bytes() == ca
+            lines = [line.text async for line in ctx.tail_logs(spec)]
+            assert lines == ["before", "after"]
