@@ -367,6 +367,12 @@ class SlurmBackend(Backend):
             ) from None
         except SlurmError as exc:
             raise BackendError(f"Slurm does not answer: {exc}") from None
+        partitions = {part for info in nodes.values() for part in info.partitions}
+        if self._partition is not None and self._partition not in partitions:
+            raise BackendError(
+                f"--partition {self._partition}: Slurm has no such partition; its partitions "
+                f"are {', '.join(sorted(partitions)) or 'none'}"
+            )
         return [
             _NodeView(info.name, info.address, info.state)
             for info in nodes.values()

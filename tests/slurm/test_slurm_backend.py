@@ -353,6 +353,18 @@ def test_addresses_the_nodes_cannot_reach_are_refused(tmp_path: Path, slurm: Slu
         server.start()
 
 
+def test_a_partition_slurm_does_not_have_is_refused_naming_those_it_has(
+    tmp_path: Path, slurm: SlurmCli
+) -> None:
+    """A misspelt --partition stops the server saying so and listing the partitions."""
+    del slurm
+    server = LocalServer(tmp_path / "data", partition="nosuch", **SLURM_SERVER)
+    with pytest.raises(BackendError) as caught:
+        server.start()
+    assert str(caught.value).startswith("--partition nosuch: Slurm has no such partition")
+    assert str(caught.value).endswith("its partitions are debug")
+
+
 def test_a_data_directory_the_nodes_do_not_see_is_refused(tmp_path: Path, slurm: SlurmCli) -> None:
     """A data directory only the server sees (a mount of its own) stops it with one line."""
     del slurm
