@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import re
 import ssl
 from collections.abc import Iterable
@@ -53,6 +54,8 @@ __all__ = [
     "load_certificate",
     "self_signed",
 ]
+
+logger = logging.getLogger("juliarun_aio.server")
 
 #: The directory of the self-signed CA and certificate, inside the data directory.
 TLS_DIR = "tls"
@@ -352,6 +355,15 @@ def self_signed(data_dir: Path, names: Iterable[str], label: str) -> TlsFiles:
     cert_path, key_path = directory / "server.pem", directory / "server-key.pem"
     ca_pair = _load_pair(ca_path, ca_key_path)
     if ca_pair is None:
+        if ca_path.exists():
+            # Clients given the old ca.pem refuse the server from now on: say so.
+            logger.warning(
+                "the server's CA in %s is unreadable, does not match its key or expires "
+                "within %d days: made a new one; clients must trust the new %s",
+                directory,
+                RENEW_BEFORE.days,
+                ca_path,
+            )
         ca_pair = _issue_ca(label)
         write_private(ca_key_path, _pem_key(ca_pair[1]))
         write_private(ca_path, _pem_cert(ca_pair[0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 import subprocess
@@ -107,12 +108,13 @@ def test_the_certificates_are_reused_and_the_server_certificate_follows_the_name
 
 
 def test_certificates_close_to_expiry_or_unreadable_are_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A server certificate about to expire is issued again by the same CA; a broken CA anew."""
     data_dir = tmp_path / "data"
     tls = data_dir / "tls"
     monkeypatch.setattr(tls_module, "SERVER_LIFETIME", datetime.timedelta(days=10))
+    caplog.set_level(logging.WARNING, logger="juliarun_aio.server")
     with LocalServer(data_dir, tls_self_signed=True, **FAST):
         short = x509.load_pem_x509_certificate((tls / "server.pem").read_bytes())
         ca = (tls / "ca.pem").read_bytes()
@@ -123,9 +125,12 @@ def test_certificates_close_to_expiry_or_unreadable_are_replaced(
             days=365
         )
         assert (tls / "ca.pem").read_bytes() == ca
+    assert "server's CA" not in caplog.text
     (tls / "ca-key.pem").write_text("not a key")
     with LocalServer(data_dir, tls_self_signed=True, **FAST) as server:
         assert (tls / "ca.pem").read_bytes() != ca
+        # The operator learns that clients' JRUN_CA_BUNDLE must be handed out again.
+        assert f"clients must trust the new {tls / 'ca.pem'}" in caplog.text
         api = Api(server.url, server.token, server.namespace, ca_bundle=server.ca_bundle)
         try:
             assert api.data("getSystemStatus") is True
