@@ -54,6 +54,7 @@ from pathlib import Path
 import attrs
 
 from .._jobs import JobSpec
+from .._tls import is_loopback_host
 from ._backend import (
     Backend,
     BackendError,
@@ -121,7 +122,6 @@ _NOT_EXPORTED = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "JRUN_PORT_", "JRUN_MA
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USABLE_NODES = ("IDLE", "MIXED")
 _NOT_ENDED = (SlotState.PENDING, SlotState.RUNNING, SlotState.SUSPENDED, SlotState.UNKNOWN)
-_LOOPBACK = re.compile(r"127\.|::1$|localhost$")
 
 
 def _unreachable(error: SlurmError) -> bool:
@@ -398,7 +398,7 @@ class SlurmBackend(Backend):
         nodes = self._nodes(with_room=True)
         if not nodes:
             raise BackendError(self._no_nodes("check that the nodes share the data directory"))
-        if _LOOPBACK.match(host) and not all(_LOOPBACK.match(node.address) for node in nodes):
+        if is_loopback_host(host) and not all(is_loopback_host(node.address) for node in nodes):
             raise BackendError(
                 f"jobs on other nodes cannot call the server at {url}: listen on an address "
                 "the nodes reach (--host, or a wildcard such as 0.0.0.0)"
