@@ -58,6 +58,9 @@ def make_private_dirs(path: Path) -> Path:
     """Create ``path`` and its missing parents as directories of mode 0700; return ``path``.
 
     Existing directories are left as they are.
+
+    Raises:
+        NotADirectoryError: ``path`` or a parent is a file; the message names it.
     """
     missing: list[Path] = []
     here = path
@@ -71,7 +74,10 @@ def make_private_dirs(path: Path) -> Path:
             os.mkdir(directory, PRIVATE_DIR)
         except FileExistsError:
             if not directory.is_dir():
-                raise
+                raise NotADirectoryError(
+                    f"{directory} is a file, not a directory: give a directory, or a path "
+                    "that does not exist yet"
+                ) from None
             continue  # made meanwhile by another thread of the server
         os.chmod(directory, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
     return path

@@ -160,6 +160,19 @@ def test_make_private_dirs_makes_only_the_missing_ones(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
 
 
+def test_a_data_directory_that_is_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """--data-dir naming a file stops the server with one line that names the file."""
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    command = [sys.executable, "-m", "juliarun_aio.server", "--data-dir", str(taken)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"juliarun-server: {taken} is a file, not a directory: give a directory, or a path "
+        "that does not exist yet\n"
+    )
+
+
 def test_secure_data_dir_leaves_volumes_and_work_contents_alone(tmp_path: Path) -> None:
     """The volume and work directories become private; what is inside them keeps its mode."""
     volume = tmp_path / "namespaces" / "ns" / "volumes" / "v"
