@@ -50,7 +50,8 @@ class Context:
             client, and cannot take it into another event loop (:class:`EventLoopError`).
         env: The environment to resolve from (default ``os.environ``).
         verify: ``True``, ``False``, a CA bundle path or an :class:`ssl.SSLContext` (default:
-            ``JRUN_CA_BUNDLE``, ``SSL_CERT_FILE``, else the usual CAs; see :mod:`._tls`).
+            ``JRUN_CA_BUNDLE``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else the usual CAs; see
+            :mod:`._tls`).
 
     A Context may be used from one event loop after another (notebook cells run with
     ``asyncio.run``, a loop per test, trio after asyncio): in each new loop it starts a
@@ -60,6 +61,7 @@ class Context:
     Raises:
         ConfigurationError: URL, credential or namespace could not be resolved, a CA bundle
             cannot be read, ``verify=`` came with ``client=``, or ``max_connections`` < 2.
+        TypeError: ``verify=`` is none of the kinds it takes.
     """
 
     def __init__(
