@@ -199,6 +199,14 @@ def _texts(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _tcp_port(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(
+            f"port (--port) must be a whole number from 0 to 65535 (0 picks a free one), "
+            f"got {value!r}"
+        )
+
+
 def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         flag = "--" + attribute.name.replace("_", "-")
@@ -246,7 +254,7 @@ class ServerConfig:
     data_dir: Path = attrs.field(converter=_absolute)
     tokens: Mapping[str, str] = attrs.field(converter=_check_tokens)
     host: str = DEFAULT_HOST
-    port: int = 0
+    port: int = attrs.field(default=0, validator=_tcp_port)
     kill_grace: float = DEFAULT_KILL_GRACE
     restart_backoff: float = DEFAULT_RESTART_BACKOFF
     restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX

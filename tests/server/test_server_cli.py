@@ -129,6 +129,9 @@ def test_config_files_hold_server_settings(tmp_path: Path) -> None:
         ServerConfig(data_dir=tmp_path, tokens=tokens, backend="kubernetes")
     with pytest.raises(ConfigError, match="partition"):
         ServerConfig(data_dir=tmp_path, tokens=tokens, partition="a b")
+    for port in (-1, 65536, True):
+        with pytest.raises(ConfigError, match="port \\(--port\\) must be a whole number from 0"):
+            ServerConfig(data_dir=tmp_path, tokens=tokens, port=port)
     for slurm_only in ({"partition": "debug"}, {"account": "p42"}, {"sbatch_args": ["-q"]}):
         with pytest.raises(ConfigError, match="apply to Slurm jobs: add --backend slurm"):
             ServerConfig(data_dir=tmp_path, tokens=tokens, **slurm_only)
