@@ -191,7 +191,8 @@ def decide(failure: BaseException | int, *, idempotent: bool) -> Decision:
             return Decision.RETRY if is_retryable_status(failure) else Decision.FAIL
         if failure == 429:  # an explicit "not now": nothing was done
             return Decision.RETRY
-        return Decision.AMBIGUOUS if failure >= 500 or failure == 408 else Decision.FAIL
+        # 501 and 505 say the server did nothing with it, like a 4xx.
+        return Decision.AMBIGUOUS if is_retryable_status(failure) else Decision.FAIL
     if isinstance(failure, ResponseError):
         # A write probably applied; a read would only get the same answer again.
         return Decision.FAIL if idempotent else Decision.AMBIGUOUS

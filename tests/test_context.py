@@ -960,7 +960,7 @@ async def test_submit_rate_limited_is_retried(router: respx.MockRouter) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("status", [400, 403, 404])
+@pytest.mark.parametrize("status", [400, 403, 404, 501, 505])
 async def test_write_api_errors_are_final(router: respx.MockRouter, status: int) -> None:
     """A definite refusal of a write is raised at once, without a follow-up read."""
     route = router.get(path="/setJobScale/JuliaParBatch/").mock(return_value=fail(status))

@@ -198,10 +198,10 @@ RETRY, AMBIGUOUS, FAIL = Decision.RETRY, Decision.AMBIGUOUS, Decision.FAIL
         (408, RETRY, AMBIGUOUS),
         (429, RETRY, RETRY),  # an explicit "not now": nothing was done
         (500, RETRY, AMBIGUOUS),
-        (501, FAIL, AMBIGUOUS),
+        (501, FAIL, FAIL),  # not implemented: the server did nothing
         (502, RETRY, AMBIGUOUS),
         (503, RETRY, AMBIGUOUS),
-        (505, FAIL, AMBIGUOUS),
+        (505, FAIL, FAIL),
         (599, RETRY, AMBIGUOUS),
     ],
 )
