@@ -188,6 +188,11 @@ class SlotProcess(abc.ABC):
         """Why it does not run yet, or is paused, when the backend knows; else None."""
         return None
 
+    @property
+    def never_starts(self) -> bool:
+        """Whether it waits for something that will not come (its scheduler says so)."""
+        return False
+
     @abc.abstractmethod
     def poll(self) -> ExitInfo | None:
         """Return how the process ended, or ``None`` while it is waiting or running."""

@@ -208,6 +208,12 @@ class SlurmProcess(SlotProcess):
             return status.reason
         return None
 
+    @property
+    def never_starts(self) -> bool:
+        """Whether Slurm keeps it queued for a reason that will not pass by itself."""
+        status = self._status
+        return status is not None and status.never_starts
+
     def token(self) -> object:
         """What :meth:`poll` would decide from: changes when the sweep learns something."""
         observed = self._backend.observation(self.job_id)

@@ -1098,16 +1098,18 @@ class Engine:
         """The slots on their way that wait for their scheduler (or for it to answer), and why.
 
         A worker waiting in Slurm's queue is not a worker that cannot start: a client
-        waiting for workers keeps waiting while any is listed here.
+        waiting for workers keeps waiting while any is listed here.  One its scheduler
+        will never start (its partition's limits, say) is left out, so that the wait ends.
         """
         if job.terminal:
             return {}
         waiting = {}
         for slot in job.slots.values():
+            process = slot.process
             if slot.busy is not None:
                 waiting[slot.label] = f"waits to be started: {slot.busy}"
-            elif slot.process is not None and not slot.process.running:
-                waiting[slot.label] = slot.process.note or "submitted, not running yet"
+            elif process is not None and not process.running and not process.never_starts:
+                waiting[slot.label] = process.note or "submitted, not running yet"
         return waiting
 
     def _message(self, job: _Job) -> str | None:

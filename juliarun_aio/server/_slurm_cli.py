@@ -316,6 +316,22 @@ _REASONS: Mapping[str, str] = {
     "DeadLine": "its deadline passed",
 }
 
+# Pending reasons of a job that Slurm keeps queued but will never start as it was asked
+# for: limits of its partition, account or QOS, or a dependency that can no longer hold.
+NEVER_STARTS: frozenset[str] = frozenset(
+    {
+        "AccountNotAllowed",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "QOSNotAllowed",
+    }
+)
+
 
 @attrs.frozen
 class ExitStatus:
@@ -365,10 +381,13 @@ class SlotStatus:
         state: The slot state.
         reason: One human sentence fragment, with Slurm's own words in parentheses, e.g.
             ``"waiting for free resources (Slurm: PENDING, Resources)"``.
+        never_starts: It is pending for a reason in :data:`NEVER_STARTS`: queued, but it
+            will not run unless someone changes the job or the cluster.
     """
 
     state: SlotState
     reason: str
+    never_starts: bool = False
 
 
 def slot_status(
@@ -390,13 +409,14 @@ def slot_status(
     if name == "CANCELLED" and len(words) == 3 and words[1] == "by":
         text = f"cancelled by uid {words[2]}"
     why = None if reason in (None, "", "None") else reason
-    if why is not None and state is SlotState.PENDING:
-        head = why.split(",")[0]
+    head = why.split(",")[0] if why is not None else None
+    if head is not None and state is SlotState.PENDING:
         text = _REASONS.get(head, f"waiting: {why}")
     elif state is SlotState.FAILED and exit_status is not None and name == "FAILED":
         text = f"failed with {exit_status.describe()}"
     slurm = ", ".join(part for part in (slurm_state or "(no state)", why) if part)
-    return SlotStatus(state, f"{text} (Slurm: {slurm})")
+    never = state is SlotState.PENDING and head in NEVER_STARTS
+    return SlotStatus(state, f"{text} (Slurm: {slurm})", never_starts=never)
 
 
 # --------------------------------------------------------------------------- records

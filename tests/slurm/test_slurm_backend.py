@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from slurm_support import NODES, eventually
@@ -25,6 +27,7 @@ from support import (
     write_script,
 )
 
+from juliarun_aio import Context, JobStateError, JuliaParBatch
 from juliarun_aio.server import LocalServer, ServerProcess
 from juliarun_aio.server._backend import BackendError
 from juliarun_aio.server._slurm_cli import SlotName, SlurmCli
@@ -342,6 +345,56 @@ def test_jobs_say_why_they_wait_and_what_slurm_refused(tmp_path: Path, slurm: Sl
             assert live_jobs(slurm, uid) == {}
         finally:
             api.close()
+    cancel_slurm_jobs(data_dir)
+
+
+def test_a_wait_for_workers_slurm_will_never_start_ends_with_the_reason(
+    tmp_path: Path, slurm: SlurmCli
+) -> None:
+    """Workers queued behind a dependency that can no longer hold are not "on their way":
+    wait_for_workers ends early with Slurm's reason instead of waiting out its timeout."""
+    dead = subprocess.run(
+        ["sbatch", "--parsable", "--job-name=jrtest.dead", "--output=/dev/null", "--wrap=exit 1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    def failed() -> bool | None:
+        state = subprocess.run(
+            ["squeue", "--noheader", "--states=all", f"--jobs={dead}", "--format=%T"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return True if state == "FAILED" else None
+
+    eventually(failed, "the dependency to fail")
+    data_dir = tmp_path / "data"
+    settings = {**SLURM_SERVER, "sbatch_args": (f"--dependency=afterok:{dead}",)}
+    with LocalServer(data_dir, **settings, **FAST) as server:
+        write_script(volume(server), "idle.py", "import time\ntime.sleep(300)\n")
+        job = JuliaParBatch(
+            name="blocked",
+            start_script="idle.py",
+            worker_start_script="idle.py",
+            run_volume="work",
+            nworkers=1,
+        )
+
+        async def wait() -> None:
+            async with Context(
+                server.url, server.token, server.namespace, verify=server.ca_bundle
+            ) as ctx:
+                await ctx.submit_job(job)
+                async with aclosing(ctx.wait_for_workers(job.ref, 1, timeout=120)) as scales:
+                    async for _scale in scales:
+                        pass
+
+        started = time.monotonic()
+        with pytest.raises(JobStateError, match="can never be satisfied"):
+            anyio.run(wait)
+        assert time.monotonic() - started < 100, "the wait ran to its timeout"
     cancel_slurm_jobs(data_dir)
 
 

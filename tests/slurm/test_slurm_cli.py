@@ -16,6 +16,7 @@ from strategies import names
 
 from juliarun_aio._errors import SpecError
 from juliarun_aio.server._slurm_cli import (
+    NEVER_STARTS,
     BatchJob,
     CancelScope,
     ExitStatus,
@@ -458,6 +459,31 @@ def test_cancelled_by_and_unknown_states() -> None:
     assert slot_status("PENDING", "SomeNewReason").reason == (
         "waiting: SomeNewReason (Slurm: PENDING, SomeNewReason)"
     )
+
+
+@pytest.mark.parametrize("reason", sorted(NEVER_STARTS))
+def test_reasons_that_never_pass_mark_a_pending_job(reason: str) -> None:
+    """A job pending for a limit or a dead dependency will never start; it says so."""
+    status = slot_status("PENDING", f"{reason},extra")
+    assert status.state is SlotState.PENDING
+    assert status.never_starts
+    assert reason in status.reason
+
+
+@pytest.mark.parametrize(
+    ("slurm_state", "reason"),
+    [
+        ("PENDING", "Resources"),
+        ("PENDING", "Priority"),
+        ("PENDING", None),
+        ("PENDING", "JobHeldUser"),
+        ("FAILED", "BadConstraints"),
+        ("RUNNING", None),
+    ],
+)
+def test_waits_that_pass_are_not_marked(slurm_state: str, reason: str | None) -> None:
+    """Resources, priority and holds pass; a failed job is no longer pending at all."""
+    assert not slot_status(slurm_state, reason).never_starts
 
 
 def test_exit_status_forms() -> None:
