@@ -47,7 +47,7 @@ from ._jobs import (
     Webserver,
     make_spec,
 )
-from ._logs import LogGapWarning, LogLine
+from ._logs import LogBatch, LogGapWarning, LogLine
 from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
 from ._retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy
 from ._version import __version__
@@ -82,6 +82,7 @@ __all__ = [
     "JuliaParBatch",
     "JuliaParBatchWorkers",
     "JuliaRunError",
+    "LogBatch",
     "LogGapWarning",
     "LogLine",
     "MessageQ",

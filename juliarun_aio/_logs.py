@@ -79,11 +79,15 @@ Closing the Context ends a tail with :class:`~juliarun_aio.ClientClosedError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import operator
 import time
 import warnings
-from collections.abc import AsyncGenerator, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from itertools import repeat
 from typing import Any, Literal, cast
 
 import anyio
@@ -103,12 +107,14 @@ __all__ = [
     "LINE_COUNT_HEADER",
     "MAX_POLL_WINDOW",
     "POLL_WINDOW",
+    "LogBatch",
     "LogGapWarning",
     "LogLine",
     "Mode",
     "WindowStep",
     "WindowTracker",
     "alignments",
+    "tail_log_batches",
     "tail_logs",
     "tail_window",
 ]
@@ -166,6 +172,50 @@ class LogLine:
     proc: str | None = None
 
 
+@attrs.frozen
+class LogBatch:
+    """The log lines that one network chunk (stream path) or one ``tailJob`` poll brought.
+
+    What :meth:`Context.tail_log_batches <juliarun_aio.Context.tail_log_batches>` yields:
+    the same lines as ``tail_logs``, in the same order, held column by column (entry
+    ``i`` of each column describes line ``i``) instead of as one :class:`LogLine` each.
+    Never empty.
+
+    Attributes:
+        texts: The lines, without their newlines.
+        streams: Each line's :attr:`LogLine.stream`.
+        cursors: Each line's :attr:`LogLine.cursor` (``None`` on the polling path).
+        procs: Each line's :attr:`LogLine.proc` (``None`` on the polling path).
+        cursor: The cursor of the last line (stream path; ``None`` on the polling path):
+            pass it as ``since=`` to resume after this batch.
+    """
+
+    texts: tuple[str, ...]
+    streams: tuple[str | None, ...]
+    cursors: tuple[int | None, ...]
+    procs: tuple[str | None, ...]
+    cursor: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __iter__(self) -> Iterator[LogLine]:
+        return iter(self.lines())
+
+    def lines(self) -> list[LogLine]:
+        """The batch as :class:`LogLine` objects, as ``tail_logs`` yields them."""
+        lines = list(map(_new_object, repeat(LogLine, len(self.texts))))
+        # Set each field with a C-level loop: no Python code runs per line.
+        for setter, column in (
+            (_set_text, self.texts),
+            (_set_stream, self.streams),
+            (_set_cursor, self.cursors),
+            (_set_proc, self.procs),
+        ):
+            deque(map(setter, lines, column), 0)
+        return lines
+
+
 class LogGapWarning(UserWarning):
     """Lines of a polled log may be missing or repeated.
 
@@ -196,10 +246,9 @@ class LogGapWarning(UserWarning):
         self.repeated = repeated
 
 
-def tail_logs(
+def tail_log_batches(  # noqa: PLR0917 - Context's options, in its order
     http: HttpLayer,
     job: Job,
-    *,
     follow: bool,
     stream: str | None,
     since: int | None,
@@ -207,8 +256,12 @@ def tail_logs(
     idle_timeout: float,
     mode: Mode = "auto",
     poll: PollPolicy | None = None,
-) -> AsyncGenerator[LogLine, None]:
-    """Yield the job's log lines from the start (or after ``since``), in order, each once.
+) -> AsyncGenerator[LogBatch, None]:
+    """Yield the job's log lines from the start (or after ``since``), a batch at a time.
+
+    One :class:`LogBatch` per network chunk on the stream path and per ``tailJob`` poll
+    on the polling path, never empty; together they hold exactly the lines
+    :func:`tail_logs` yields, with the same guarantees.
 
     Args:
         http: The HTTP layer of the Context to read through.
@@ -216,8 +269,8 @@ def tail_logs(
         follow: Keep yielding new lines until the job completes; ``False`` yields the
             lines that exist now and ends.
         stream: ``"stdout"`` or ``"stderr"`` only; both when ``None``.
-        since: Yield only lines after this cursor (stream path: a :attr:`LogLine.cursor`;
-            polling path: a line count).
+        since: Yield only lines after this cursor (stream path: a :attr:`LogLine.cursor`
+            or :attr:`LogBatch.cursor`; polling path: a line count).
         start_timeout: Seconds to wait for a job that does not exist yet; ``None`` waits
             forever, ``0`` not at all.
         idle_timeout: Stream path: seconds without any byte before reconnecting.
@@ -225,7 +278,7 @@ def tail_logs(
         poll: Polling rhythm (default :data:`~juliarun_aio._watch.DEFAULT_POLL_POLICY`).
 
     Returns:
-        An async generator of :class:`LogLine`; close it (or use
+        An async generator of :class:`LogBatch`; close it (or use
         :func:`contextlib.aclosing`) to free its connection early.
 
     Raises:
@@ -255,6 +308,43 @@ def tail_logs(
         poll=poll or DEFAULT_POLL_POLICY,
     )
     return tail.run(mode)
+
+
+def tail_logs(  # noqa: PLR0917 - Context's options, in its order
+    http: HttpLayer,
+    job: Job,
+    follow: bool,
+    stream: str | None,
+    since: int | None,
+    start_timeout: float | None,
+    idle_timeout: float,
+    mode: Mode = "auto",
+    poll: PollPolicy | None = None,
+) -> AsyncGenerator[LogLine, None]:
+    """Yield the job's log lines from the start (or after ``since``), in order, each once.
+
+    The lines of :func:`tail_log_batches` (which takes the same arguments and raises the
+    same errors), one :class:`LogLine` at a time.
+
+    Returns:
+        An async generator of :class:`LogLine`; close it (or use
+        :func:`contextlib.aclosing`) to free its connection early.
+
+    Raises:
+        ValueError: a bad argument (raised at once, not on iteration).
+    """
+    batches = tail_log_batches(
+        http, job, follow, stream, since, start_timeout, idle_timeout, mode, poll
+    )
+    return _each_line(batches)
+
+
+async def _each_line(batches: AsyncGenerator[LogBatch, None]) -> AsyncGenerator[LogLine, None]:
+    # Closing this generator (or finalizing it) closes the batches, and so the stream.
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for line in batch.lines():
+                yield line
 
 
 async def _log_path(http: HttpLayer, ref: JobRef) -> str:
@@ -346,12 +436,10 @@ class _TailLogs:
         self.job_seen = False
         self._start_wait = poll.initial
 
-    async def run(self, mode: Mode) -> AsyncGenerator[LogLine, None]:
+    async def run(self, mode: Mode) -> AsyncGenerator[LogBatch, None]:
         http = self.http
         with http.loop_state().close_guard():
             path = await _log_path(http, self.ref) if mode == "auto" else mode
-        # Both paths yield lists of lines (one per network chunk or poll), so that the
-        # generator hops cost per batch; only this, the public generator, hops per line.
         batches = self._stream() if path == "stream" else self._poll()
         async with contextlib.aclosing(batches):
             while True:
@@ -361,8 +449,7 @@ class _TailLogs:
                     batch = await anext(batches, None)
                 if batch is None:
                     return
-                for line in batch:
-                    yield line
+                yield batch
 
     async def _not_found(self, exc: errors.JobNotFoundError) -> None:
         """Wait before asking again for a job that does not exist yet, or raise."""
@@ -394,7 +481,7 @@ class _TailLogs:
             raise errors.job_replaced_error(self.ref.name, STREAM_VERB)
         return header if uid is None else uid
 
-    async def _stream(self) -> AsyncGenerator[list[LogLine], None]:
+    async def _stream(self) -> AsyncGenerator[LogBatch, None]:
         slots = self.http.loop_state().stream_slots
         # Borrowed on behalf of a token, not the task: a generator closed by the garbage
         # collector runs its cleanup in another task, which must still release the slot.
@@ -403,8 +490,8 @@ class _TailLogs:
         try:
             batches = self._stream_holding_slot()
             async with contextlib.aclosing(batches):
-                async for lines in batches:
-                    yield lines
+                async for batch in batches:
+                    yield batch
         finally:
             slots.release_on_behalf_of(borrower)
 
@@ -426,7 +513,7 @@ class _TailLogs:
                 job=self.ref.name,
             )
 
-    async def _stream_holding_slot(self) -> AsyncGenerator[list[LogLine], None]:
+    async def _stream_holding_slot(self) -> AsyncGenerator[LogBatch, None]:
         http, ref = self.http, self.ref
         cursor = self.since
         policy = http.retry_policy
@@ -470,9 +557,10 @@ class _TailLogs:
                         async for events in chunks:
                             # Every batch of events is a sign of life (heartbeats too).
                             retry, alive_at = 0, time.monotonic()
-                            lines, cursor, ended = _lines_after(events, cursor)
-                            if lines:
-                                yield lines
+                            batch, ended = _batch_after(events, cursor)
+                            if batch is not None:
+                                cursor = cast("int", batch.cursor)
+                                yield batch
                             if ended:
                                 break
             except errors.JobNotFoundError as exc:
@@ -513,7 +601,7 @@ class _TailLogs:
 
     # -- polling tailJob -------------------------------------------------------------
 
-    async def _poll(self) -> AsyncGenerator[list[LogLine], None]:
+    async def _poll(self) -> AsyncGenerator[LogBatch, None]:
         http, ref = self.http, self.ref
         tracker = WindowTracker()
         count = POLL_WINDOW
@@ -546,7 +634,9 @@ class _TailLogs:
             if tracker.position is not None:
                 skip = max(0, min(len(new), self.since - (tracker.position - len(new))))
             if len(new) > skip:
-                yield [LogLine(text, stream=self.stream) for text in new[skip:]]
+                texts = tuple(new[skip:])
+                blanks = (None,) * len(texts)
+                yield LogBatch(texts, (self.stream,) * len(texts), blanks, blanks)
             if not self.follow or completed:
                 if tracker.maybe_blank and self.since == 0:
                     _warn_gap(ref.name, count, 1, 0, blank=True)
@@ -635,13 +725,49 @@ async def _ndjson(
             complete, newline, buffer = (buffer + chunk).rpartition(b"\n")
             if not newline:
                 continue
-            events, error = _parse_lines(complete.decode("utf-8", "replace").split("\n"))
+            events, error = _parse_chunk(complete)
             if events:
                 yield events
             if error is not None:
                 raise error
     finally:
         await _unwind(chunks)
+
+
+@functools.cache
+def _fast_loads() -> Callable[[bytes], Any] | None:
+    """``orjson.loads`` where orjson is installed (the ``fast`` extra), else ``None``."""
+    try:
+        import orjson  # noqa: PLC0415 -- optional, and only the stream path needs it
+    except ImportError:
+        return None
+    return cast("Callable[[bytes], Any]", orjson.loads)
+
+
+def _parse_chunk(complete: bytes) -> tuple[list[dict[str, Any]], errors.ResponseError | None]:
+    """Parse the complete NDJSON lines of a chunk (without the last newline).
+
+    With orjson, the whole chunk is one C call, taken only when it gives one object per
+    line, as in :func:`_parse_lines`; anything else (blank lines, malformed lines, and
+    what orjson refuses or reads otherwise than the json module: NaN, integers beyond 64
+    bits, invalid UTF-8, lone surrogates) goes through :func:`_parse_lines`, so the
+    result never depends on whether orjson is installed.
+    """
+    loads = _fast_loads()
+    if loads is not None:
+        try:
+            events = loads(b"[" + complete.replace(b"\n", b",") + b"]")
+        except ValueError:
+            pass
+        else:
+            if (
+                len(events) == complete.count(b"\n") + 1
+                and set(map(type, events)) == {dict}
+                # orjson reads integers beyond 64 bits as floats, the json module as ints.
+                and float not in set(map(type, map(dict.get, events, repeat("cursor"))))
+            ):
+                return events, None
+    return _parse_lines(complete.decode("utf-8", "replace").split("\n"))
 
 
 def _parse_lines(lines: list[str]) -> tuple[list[dict[str, Any]], errors.ResponseError | None]:
@@ -700,57 +826,81 @@ async def _unwind(chunks: AsyncGenerator[bytes, None]) -> None:
                 return
 
 
-def _lines_after(events: list[dict[str, Any]], cursor: int) -> tuple[list[LogLine], int, bool]:
-    """Read a batch of stream events into the log lines after ``cursor``.
+_TEXT, _CURSOR = operator.itemgetter("text"), operator.itemgetter("cursor")
+_STREAM, _PROC = operator.itemgetter("stream"), operator.itemgetter("proc")
+
+
+def _batch_after(events: list[dict[str, Any]], cursor: int) -> tuple[LogBatch | None, bool]:
+    """Read a chunk's stream events into a batch of the log lines after ``cursor``.
 
     Heartbeats, events this SDK does not know and lines at or below ``cursor`` (resent
     after a reconnect) are dropped.
 
     Returns:
-        The new lines, the cursor of the last of them (``cursor`` if none), and whether
-        the end marker was met (events after it are ignored).
+        The batch (``None`` when no line is new), and whether the end marker was met
+        (events after it are ignored).
     """
-    lines: list[LogLine] = []
-    append = lines.append
+    ended = False
+    if events and events[-1].get("end"):
+        events, ended = events[:-1], True
+    # Fast path, loops in C: every event is a line after the last, with exactly the four
+    # fields of a line.  Anything else is read event by event below, with the same result.
+    try:
+        texts, cursors = tuple(map(_TEXT, events)), tuple(map(_CURSOR, events))
+        streams, procs = tuple(map(_STREAM, events)), tuple(map(_PROC, events))
+    except KeyError:
+        pass
+    else:
+        # ``type(..) is int`` also rules out booleans (json gives plain ints).
+        if (
+            texts
+            and set(map(len, events)) == {4}
+            and set(map(type, texts)) == {str}
+            and set(map(type, cursors)) == {int}
+            and set(map(type, streams)) == {str}
+            and set(map(type, procs)) == {str}
+            and cursors[0] > cursor
+            and all(map(operator.lt, cursors, cursors[1:]))
+        ):
+            return LogBatch(texts, streams, cursors, procs, cursors[-1]), ended
+    return _batch_after_slowly(events, cursor, ended)
+
+
+def _batch_after_slowly(
+    events: list[dict[str, Any]], cursor: int, ended: bool
+) -> tuple[LogBatch | None, bool]:
+    """:func:`_batch_after`, one event at a time."""
+    texts: list[str] = []
+    streams: list[str | None] = []
+    cursors: list[int | None] = []
+    procs: list[str | None] = []
     for event in events:
         if event.get("end"):
-            return lines, cursor, True
+            ended = True
+            break
         text, line_cursor = event.get("text"), event.get("cursor")
-        # ``type(..) is int`` also rules out booleans (json gives plain ints).
         if not isinstance(text, str) or type(line_cursor) is not int or line_cursor <= cursor:
             continue
         stream, proc = event.get("stream"), event.get("proc")
-        append(
-            _new_line(
-                text,
-                stream if isinstance(stream, str) else None,
-                line_cursor,
-                proc if isinstance(proc, str) else None,
-            )
-        )
+        texts.append(text)
+        streams.append(stream if isinstance(stream, str) else None)
+        cursors.append(line_cursor)
+        procs.append(proc if isinstance(proc, str) else None)
         cursor = line_cursor
-    return lines, cursor, False
+    if not texts:
+        return None, ended
+    return LogBatch(tuple(texts), tuple(streams), tuple(cursors), tuple(procs), cursor), ended
 
 
 # attrs' ``__init__`` of a frozen class sets each field with ``object.__setattr__`` (the
 # class's own ``__setattr__`` raises), which costs about as much as parsing the line.
-# Setting the slots through their descriptors gives the same object at about half the
-# cost; the stream path builds every LogLine this way.  (LogLine must keep slots.)
+# Setting the slots through their descriptors gives the same object at a fraction of the
+# cost; LogBatch.lines builds every LogLine this way.  (LogLine must keep slots.)
 _new_object = object.__new__
 _set_text = LogLine.__dict__["text"].__set__
 _set_stream = LogLine.__dict__["stream"].__set__
 _set_cursor = LogLine.__dict__["cursor"].__set__
 _set_proc = LogLine.__dict__["proc"].__set__
-
-
-def _new_line(text: str, stream: str | None, cursor: int | None, proc: str | None) -> LogLine:
-    """Return ``LogLine(text, stream=stream, cursor=cursor, proc=proc)``, faster."""
-    line: LogLine = _new_object(LogLine)
-    _set_text(line, text)
-    _set_stream(line, stream)
-    _set_cursor(line, cursor)
-    _set_proc(line, proc)
-    return line
 
 
 def _split(text: str, lines: int | None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import json
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from support import http_layer
 from juliarun_aio import (
     ApiError,
     AuthenticationError,
+    ClientClosedError,
     Context,
     JobNotFoundError,
     JobRef,
@@ -610,8 +612,8 @@ async def test_stream_skips_blank_lines_heartbeats_and_repeats_within_a_chunk() 
 
 
 def test_fast_log_lines_equal_constructed_ones() -> None:
-    """The stream path's LogLine constructor builds the same frozen objects."""
-    fast = logs._new_line("text", "stderr", 7, "worker-1")
+    """A batch's LogLine objects equal constructed ones, frozen all the same."""
+    (fast,) = logs.LogBatch(("text",), ("stderr",), (7,), ("worker-1",), 7).lines()
     slow = LogLine("text", stream="stderr", cursor=7, proc="worker-1")
     assert fast == slow
     assert hash(fast) == hash(slow)
@@ -1068,3 +1070,299 @@ async def test_a_tail_never_follows_into_a_job_reusing_the_name(server: LocalSer
         await ctx.delete_job(ticker("new"), force=True)
     assert len(got) >= 5
     assert all(line.text.startswith("old ") for line in got), got
+
+
+# -- batches (tail_log_batches) -----------------------------------------------------------
+
+DECODERS = ["json module", *(["orjson"] if logs._fast_loads() is not None else [])]
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Parse streams with the json module alone, and with orjson where it is installed."""
+    if request.param == "json module":
+        monkeypatch.setattr(logs, "_fast_loads", lambda: None)
+    name: str = request.param
+    return name
+
+
+async def _collect_batches(
+    batches: AsyncGenerator[logs.LogBatch, None], into: list[logs.LogBatch] | None = None
+) -> list[logs.LogBatch]:
+    """Consume ``batches`` into ``into`` (kept when the generator raises)."""
+    out = [] if into is None else into
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            out.append(batch)
+    return out
+
+
+def _flat(batches: list[logs.LogBatch]) -> list[LogLine]:
+    return [line for batch in batches for line in batch]
+
+
+@pytest.mark.anyio
+async def test_batches_are_the_lines_of_tail_logs_one_per_chunk(decoder: str) -> None:
+    """Each chunk with lines is one batch; flattened, the batches are what tail_logs yields."""
+    chunks = [
+        ndjson(log_events(1, 3)),
+        ndjson([{"heartbeat": True, "cursor": 3}]),
+        ndjson(log_events(4, 4, stream="stderr", proc="worker-1"))[:-9],
+        ndjson(log_events(4, 4, stream="stderr", proc="worker-1"))[-9:] + ndjson(log_events(5, 6)),
+        ndjson([{"end": True, "cursor": 6, "phase": "succeeded"}]),
+    ]
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(ScriptedStream(chunks), ScriptedStream(chunks)))
+        batches = await _collect_batches(ctx.tail_log_batches(JOB, follow=False))
+        lines = await _collect(ctx.tail_logs(JOB, follow=False))
+    assert [len(batch) for batch in batches] == [3, 3]
+    assert batches[0] == logs.LogBatch(
+        ("line 1", "line 2", "line 3"), ("stdout",) * 3, (1, 2, 3), ("master",) * 3, 3
+    )
+    assert batches[1].streams == ("stderr", "stdout", "stdout")
+    assert batches[1].procs == ("worker-1", "master", "master")
+    assert [batch.cursor for batch in batches] == [3, 6]
+    assert _flat(batches) == lines
+    assert lines[3] == LogLine("line 4", stream="stderr", cursor=4, proc="worker-1")
+
+
+@pytest.mark.anyio
+async def test_batches_resume_from_the_last_cursor(decoder: str) -> None:
+    """A cut, a reset and a 503 are ridden through; resent lines are dropped, none lost."""
+    first = ndjson(log_events(1, 3)) + b'{"cursor": 4, "str'
+    bodies: list[ScriptedStream | httpx.Response] = [
+        ScriptedStream([first]),
+        ScriptedStream(
+            [ndjson([{"heartbeat": True, "cursor": 3}, *log_events(2, 5)])],
+            fail=httpx.ReadError("connection reset"),
+        ),
+        envelope("server restarting", status=503),
+        ScriptedStream([ndjson([*log_events(6, 7), {"end": True, "cursor": 7, "phase": "x"}])]),
+    ]
+    server = StreamServer(*bodies)
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, server)
+        batches = await _collect_batches(ctx.tail_log_batches(JOB))
+    assert [batch.cursors for batch in batches] == [(1, 2, 3), (4, 5), (6, 7)]
+    assert server.cursors == [0, 3, 5, 5]
+    assert all(isinstance(b, httpx.Response) or b.closed for b in bodies)
+
+
+@pytest.mark.anyio
+async def test_since_a_batch_cursor_resumes_after_that_batch(decoder: str) -> None:
+    """since=batch.cursor asks for the lines after the batch, and only those arrive."""
+    body = ndjson([*log_events(1, 5), {"end": True, "cursor": 5}])
+    server = StreamServer(ScriptedStream([body]), ScriptedStream([body]))
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, server)
+        first = ctx.tail_log_batches(JOB, follow=False)
+        async with contextlib.aclosing(first):
+            batch = await anext(first)
+        rest = await _collect_batches(ctx.tail_log_batches(JOB, since=2, follow=False))
+    assert batch.cursor == 5
+    assert server.cursors == [0, 2]
+    # A server resending lines at or below the cursor is not believed.
+    assert [b.cursors for b in rest] == [(3, 4, 5)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "bad",
+    [b"not json", b'{"cursor": 3, "text": "a"},{"cursor": 4, "text": "b"}', b"[1]", b"NaN"],
+)
+async def test_batches_name_a_malformed_line_after_the_good_ones(bad: bytes, decoder: str) -> None:
+    """Lines before a malformed one in its chunk arrive as a batch; the error names it."""
+    body = ndjson(log_events(1, 2)) + b"\n  \n" + bad + b"\n" + ndjson(log_events(3, 4))
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(ScriptedStream([body])))
+        got: list[logs.LogBatch] = []
+        with pytest.raises(ResponseError, match="unreadable log stream line") as caught:
+            await _collect_batches(ctx.tail_log_batches(JOB, follow=False), into=got)
+    assert [batch.cursors for batch in got] == [(1, 2)]
+    assert repr(bad.decode()) in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_batches_skip_what_tail_logs_skips(decoder: str) -> None:
+    """Blank lines, heartbeats, unknown events, resent lines and what follows the end."""
+    events = [
+        *log_events(1, 2),
+        {"heartbeat": True, "cursor": 2},
+        {"cursor": 2, "text": "line 2 again", "stream": "stdout", "proc": "master"},
+        {"cursor": True, "text": "a boolean is not a cursor"},
+        {"something": "new"},
+        {"cursor": 3, "text": "line 3", "stream": 1, "proc": None},
+        {"cursor": 4, "text": "an end inside a line ends", "stream": "a", "proc": "b", "end": 1},
+        *log_events(5, 5),
+    ]
+    body = b"\n" + ndjson(events).replace(b"\n", b"\n \r\n", 1)
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(ScriptedStream([body])))
+        batches = await _collect_batches(ctx.tail_log_batches(JOB, follow=False))
+    assert batches == [
+        logs.LogBatch(
+            ("line 1", "line 2", "line 3"), ("stdout", "stdout", None), (1, 2, 3),
+            ("master", "master", None), 3,
+        )
+    ]  # fmt: skip
+
+
+EVENT_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 12), st.sampled_from(["stdout", "master", "x"])
+)
+EVENTS = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "cursor": st.integers(0, 12),
+                "text": st.text(max_size=3),
+                "stream": st.sampled_from(["stdout", "stderr"]),
+                "proc": st.sampled_from(["master", "worker-1"]),
+            }
+        ),
+        st.dictionaries(
+            st.sampled_from(["cursor", "text", "stream", "proc", "end", "heartbeat", "x"]),
+            EVENT_VALUES,
+        ),
+    ),
+    max_size=8,
+)
+
+
+@given(events=EVENTS, cursor=st.integers(0, 6))
+def test_the_fast_reading_of_a_chunk_equals_the_event_by_event_one(
+    events: list[dict[str, object]], cursor: int
+) -> None:
+    """Whatever a chunk holds, the C-level path gives what the event loop gives."""
+    assert logs._batch_after(events, cursor) == logs._batch_after_slowly(events, cursor, False)
+
+
+LINE_BYTES = st.one_of(
+    st.builds(lambda e: json.dumps(e).encode(), EVENTS.map(lambda e: e[0] if e else {})),
+    st.sampled_from(
+        [b"", b" ", b"NaN", b'{"a": NaN}', b'{"t": "\\ud800"}', b'{"t": "\xff"}', b"[]"]
+    ),
+    st.sampled_from([b'{"cursor": 99999999999999999999999}', b"{}{}", b'{"a": 1},{"b": 2}']),
+)
+
+
+@pytest.mark.skipif(len(DECODERS) < 2, reason="orjson is not installed")
+@given(lines=st.lists(LINE_BYTES, min_size=1, max_size=6))
+def test_orjson_reads_every_chunk_as_the_json_module_does(lines: list[bytes]) -> None:
+    """Chunks parse alike with and without orjson: objects, errors and where they are."""
+    chunk = b"\n".join(lines)
+    fast = logs._parse_chunk(chunk)
+    plain = logs._parse_lines(chunk.decode("utf-8", "replace").split("\n"))
+    assert fast[0] == plain[0]
+    assert str(fast[1]) == str(plain[1])
+
+
+@pytest.mark.anyio
+async def test_batches_reconnect_after_idle_timeout_with_the_same_submission() -> None:
+    """A silent stream is resumed from its cursor, asking for the submission first seen."""
+    stalled = ScriptedStream([ndjson(log_events(1, 2))], stall=True)
+    replaced = ScriptedStream([ndjson(log_events(1, 9))])
+    server = StreamServer(with_uid(stalled, "a1"), with_uid(replaced, "b2"))
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, server)
+        got: list[logs.LogBatch] = []
+        with pytest.raises(JobNotFoundError, match="was deleted"):
+            await _collect_batches(ctx.tail_log_batches(JOB, idle_timeout=0.05), into=got)
+    assert [batch.cursors for batch in got] == [(1, 2)]
+    assert server.cursors == [0, 2]
+    assert server.requests[1].url.params["uid"] == "a1"
+    assert stalled.closed
+
+
+@pytest.mark.anyio
+async def test_leaving_batches_early_or_cancelled_frees_the_stream() -> None:
+    """Leaving aclosing after a batch, or cancelling the reader, closes the response."""
+    broken_off = ScriptedStream([ndjson(log_events(1, 3)), ndjson(log_events(4, 6))], stall=True)
+    cancelled = ScriptedStream([ndjson(log_events(1, 1))], stall=True)
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _stream_server(router, StreamServer(broken_off, cancelled))
+        async with contextlib.aclosing(ctx.tail_log_batches(JOB)) as batches:
+            async for batch in batches:
+                assert batch.cursor == 3
+                break
+        assert broken_off.closed
+        with anyio.move_on_after(0.05):
+            await _collect_batches(ctx.tail_log_batches(JOB, idle_timeout=60))
+        assert cancelled.closed
+        state = http_layer(ctx).loop_state()
+        assert state.slots.borrowed_tokens == 0
+        assert state.stream_slots.borrowed_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_closing_the_context_ends_batches_with_client_closed_error() -> None:
+    """A reader waiting for the next batch raises ClientClosedError when the Context closes."""
+    body = ScriptedStream([ndjson(log_events(1, 1))], stall=True)
+    got: list[logs.LogBatch] = []
+    async with respx.mock(assert_all_called=False) as router:
+        ctx = mock_context()
+        _stream_server(router, StreamServer(body))
+
+        async def read() -> None:
+            with pytest.raises(ClientClosedError):
+                await _collect_batches(ctx.tail_log_batches(JOB, idle_timeout=60), into=got)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            with anyio.fail_after(10):
+                while not got:  # noqa: ASYNC110 - the batch list is the reader's own state
+                    await anyio.sleep(0.01)
+            await ctx.aclose()
+    assert [batch.cursors for batch in got] == [(1,)]
+    assert body.closed
+
+
+@pytest.mark.anyio
+async def test_polled_batches_are_one_per_poll_without_cursors() -> None:
+    """On the polling path a batch is a poll's new lines: asked stream, no cursor, since skips."""
+    log = FakeLog(["a", "b", "c"], line_count=True)
+    log.pending = [[], ["d", "e"]]
+    log.done = True
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _plain_server(router, log)
+        batches = await _collect_batches(
+            ctx.tail_log_batches(JOB, stream="stderr", since=1, poll=NO_WAIT)
+        )
+    assert [batch.texts for batch in batches] == [("b", "c"), ("d", "e")]
+    assert {batch.cursor for batch in batches} == {None}
+    assert {s for batch in batches for s in batch.streams} == {"stderr"}
+    assert {c for batch in batches for c in (*batch.cursors, *batch.procs)} == {None}
+
+
+@pytest.mark.anyio
+async def test_polled_batches_warn_of_a_gap_like_tail_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window that cannot be aligned is yielded with a LogGapWarning, as per line."""
+    monkeypatch.setattr(logs, "POLL_WINDOW", 2)
+    monkeypatch.setattr(logs, "MAX_POLL_WINDOW", 4)
+    log = FakeLog(["a"])
+    log.pending = [[], [f"x{i}" for i in range(10)]]
+    log.done = True
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _plain_server(router, log)
+        with pytest.warns(LogGapWarning, match="may be missing"):
+            batches = await _collect_batches(ctx.tail_log_batches(JOB, poll=NO_WAIT))
+    assert [batch.texts for batch in batches] == [("a",), ("x6", "x7", "x8", "x9")]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_batches_through_a_cutting_proxy_are_exact(server: LocalServer) -> None:
+    """Against the real server, cut every ~150 kB: every line once, in order, by batch."""
+    host, port = httpx.URL(server.url).host, httpx.URL(server.url).port
+    assert port is not None
+    async with (
+        dropping_proxy(host, port, cut_after=150_000) as proxy,
+        server_context(server, proxy.url, retries=FAST_RETRY) as ctx,
+    ):
+        spec = await submit_printer(ctx, server, "cut-batches", 50_000, burst=5_000, pause=0.01)
+        batches = await _collect_batches(ctx.tail_log_batches(spec, poll=FAST_POLL))
+    got = _flat(batches)
+    assert_exact(got, server, "cut-batches", 50_000)
+    assert [line.cursor for line in got] == list(range(1, 50_001))
+    assert [batch.cursor for batch in batches] == [batch.cursors[-1] for batch in batches]
+    assert proxy.cuts >= 10
