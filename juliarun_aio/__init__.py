@@ -8,6 +8,9 @@ asyncio and trio.  The bundled local server lives in :mod:`juliarun_aio.server`.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._cluster import initialize_cluster, release_cluster, self_job
 from ._context import Context
 from ._errors import (
@@ -32,26 +35,24 @@ from ._errors import (
     TransportError,
     WaitTimeoutError,
 )
-from ._jobs import (
-    JOB_KINDS,
-    Generic,
-    Job,
-    JobRef,
-    JobSpec,
-    JuliaBatch,
-    JuliaParBatch,
-    JuliaParBatchWorkers,
-    MessageQ,
-    Notebook,
-    PkgBuilder,
-    Webserver,
-    make_spec,
-)
-from ._logs import LogBatch, LogGapWarning, LogLine
+from ._jobs import JOB_KINDS, Job, JobRef, JobSpec, make_spec
 from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
 from ._retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy
 from ._version import __version__
-from ._watch import PollPolicy
+
+if TYPE_CHECKING:
+    from ._logs import LogBatch, LogGapWarning, LogLine
+    from ._specs import (
+        Generic,
+        JuliaBatch,
+        JuliaParBatch,
+        JuliaParBatchWorkers,
+        MessageQ,
+        Notebook,
+        PkgBuilder,
+        Webserver,
+    )
+    from ._watch import PollPolicy
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -110,3 +111,26 @@ __all__ = [
 #: only: it is not in ``__all__``, so ``from juliarun_aio import *`` leaves the builtin
 #: ``TimeoutError`` alone.
 TimeoutError = RequestTimeoutError
+
+
+def __getattr__(name: str) -> Any:
+    # What most programs need only later loads on first use: the job spec classes
+    # (defining them is most of what importing the package would cost, see _specs), and
+    # the types of the log and wait helpers.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+_LAZY = {
+    **dict.fromkeys(JOB_KINDS, "._specs"),
+    **dict.fromkeys(("LogBatch", "LogGapWarning", "LogLine"), "._logs"),
+    "PollPolicy": "._watch",
+}
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

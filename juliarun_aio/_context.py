@@ -13,16 +13,16 @@ from typing import Any
 
 import httpx
 
+from . import _config
 from . import _errors as errors
-from . import _logs, _watch
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Verify, resolve_config
 from ._http import UNSET, HttpLayer, TimeoutArg
-from ._jobs import Job, JobRef, JobSpec
-from ._logs import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT, LogBatch, LogLine
+from ._jobs import Job, JobSpec
+from ._lazy import logs as _logs
+from ._lazy import watch as _watch
+from ._lazy import wire as _wire
 from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable, bool_from_wire, str_from_wire
 from ._retry import DEFAULT_RETRY, RetryPolicy, WriteOutcome
-from ._watch import DEFAULT_WAIT_TIMEOUT
-from ._wire import encode_spec
 
 __all__ = ["Context"]
 
@@ -214,8 +214,8 @@ class Context:
         await self._http.write(
             "submitJob",
             ref,
-            encode_spec(spec),
-            verify=functools.partial(self._outcome, ref, exists=True),
+            _wire.encode_spec(spec),
+            verify=functools.partial(self._http.in_effect, ref, exists=True),
             applied_if=errors.ConflictError,
             timeout=timeout,
         )
@@ -226,7 +226,7 @@ class Context:
         An update whose reply is lost is not resent: no read can show whether it applied,
         so the error says the outcome is unknown.
         """
-        await self._http.write("updateJob", spec.ref, encode_spec(spec), timeout=timeout)
+        await self._http.write("updateJob", spec.ref, _wire.encode_spec(spec), timeout=timeout)
 
     async def set_job_scale(
         self, job: Job, parallelism: int, *, timeout: TimeoutArg = UNSET
@@ -269,21 +269,13 @@ class Context:
             "deleteJob",
             ref,
             {"force": "true" if force else "false"},
-            verify=functools.partial(self._outcome, ref, exists=False),
+            verify=functools.partial(self._http.in_effect, ref, exists=False),
             applied_if=errors.JobNotFoundError,
             timeout=timeout,
         )
         return True if data is None else self._http.decode(bool_from_wire, data, "deleteJob", ref)
 
-    async def _outcome(self, ref: JobRef, *, exists: bool) -> WriteOutcome:
-        """Tell whether a submit (``exists``) or a delete is in effect: names are unique."""
-        try:
-            await self.get_job_status(ref)
-        except errors.JobNotFoundError:
-            return WriteOutcome.seen(not exists)
-        return WriteOutcome.seen(exists)
-
-    # -- long-running helpers (implemented in _logs.py and _watch.py) ------------------
+    # -- long-running helpers (in _logs.py and _watch.py, loaded on first use) -----------
 
     def tail_logs(
         self,
@@ -292,42 +284,31 @@ class Context:
         follow: bool = True,
         stream: str | None = None,
         since: int | None = None,
-        start_timeout: float | None = DEFAULT_START_TIMEOUT,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        start_timeout: float | None = _config.DEFAULT_START_TIMEOUT,
+        idle_timeout: float = _config.DEFAULT_IDLE_TIMEOUT,
         mode: _logs.Mode = "auto",
         poll: _watch.PollPolicy | None = None,
-    ) -> AsyncGenerator[LogLine, None]:
+    ) -> AsyncGenerator[_logs.LogLine, None]:
         """Yield the job's log lines, in order, each once.
 
-        Uses the server's resumable stream when it has one (reconnecting from the last
-        cursor after any disconnect), else polls ``tailJob``, exactly while the job writes
-        at most half a window between two polls; where it cannot tell which lines are
-        new, it yields them and issues a :class:`LogGapWarning` (:mod:`._logs` says what
-        each path guarantees).  Use as ``async with contextlib.aclosing(ctx.tail_logs(job))
-        as lines:`` so that leaving the block closes the stream at once: breaking out of
-        a plain ``async for`` leaves the closing to garbage collection (trio warns).
-        To ship or count many lines, :meth:`tail_log_batches` costs less per line.
+        Follows the server's resumable stream where it has one, else polls ``tailJob``
+        (:mod:`._logs` says what each path guarantees).  Leaving ``async with aclosing(...)``
+        closes the stream at once.  :meth:`tail_log_batches` costs less per line.
 
         Args:
-            follow: Keep going until the job completed and its last line was yielded;
-                ``False`` yields the lines that exist now and ends.
+            follow: Go on until the job completed and its last line was yielded.
             stream: ``"stdout"`` or ``"stderr"``; both when ``None``.
-            since: Resume after this :attr:`LogLine.cursor` (polling path: skip this
-                many lines).
-            start_timeout: Seconds to wait for a job that does not exist yet, and for a
-                free stream slot (``None``: forever).
+            since: Resume after this :attr:`LogLine.cursor` (polling: skip that many lines).
+            start_timeout: Seconds to wait for the job to exist and for a free stream slot.
             idle_timeout: Seconds without any byte on a stream before reconnecting.
             mode: ``"auto"``, or force ``"stream"`` or ``"poll"``.
             poll: Polling rhythm, e.g. ``PollPolicy(initial=0.05)``.
 
         Raises:
-            JobNotFoundError: the job was deleted while tailed (on the stream path, also
-                when it was replaced by another submission of the same name).
-            WaitTimeoutError: the job did not appear, or no stream slot became free,
-                within ``start_timeout``.
+            JobNotFoundError: the job was deleted, or replaced, while tailed.
+            WaitTimeoutError: no such job, or no free stream slot, within ``start_timeout``.
             ClientClosedError: the Context was closed.
-            LogGapWarning: (a warning) polled lines may be missing or repeated; its
-                ``missing`` and ``repeated`` say how many at most.
+            LogGapWarning: (a warning) polled lines may be missing or repeated.
         """
         return _logs.tail_logs(
             self._http, job, follow, stream, since, start_timeout, idle_timeout, mode, poll
@@ -340,17 +321,15 @@ class Context:
         follow: bool = True,
         stream: str | None = None,
         since: int | None = None,
-        start_timeout: float | None = DEFAULT_START_TIMEOUT,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        start_timeout: float | None = _config.DEFAULT_START_TIMEOUT,
+        idle_timeout: float = _config.DEFAULT_IDLE_TIMEOUT,
         mode: _logs.Mode = "auto",
         poll: _watch.PollPolicy | None = None,
-    ) -> AsyncGenerator[LogBatch, None]:
-        """Yield the lines of :meth:`tail_logs` a :class:`LogBatch` at a time.
+    ) -> AsyncGenerator[_logs.LogBatch, None]:
+        """Yield the lines of :meth:`tail_logs`, one :class:`LogBatch` per network chunk or poll.
 
-        One batch per network chunk (stream path) or per poll, never empty: for
-        consumers that ship, store or count many lines, at a fraction of the cost per
-        line of one :class:`LogLine` each.  Same arguments, guarantees and errors as
-        :meth:`tail_logs`; resume after a batch with ``since=batch.cursor``.
+        A fraction of the cost per line, for consumers that ship, store or count many lines.
+        Same arguments, guarantees and errors; resume with ``since=batch.cursor``.
         """
         return _logs.tail_log_batches(
             self._http, job, follow, stream, since, start_timeout, idle_timeout, mode, poll
@@ -361,7 +340,7 @@ class Context:
         job: Job,
         n: int,
         *,
-        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        timeout: float | None = _config.DEFAULT_WAIT_TIMEOUT,
         poll: _watch.PollPolicy | None = None,
     ) -> AsyncGenerator[JobScale, None]:
         """Yield the job's scale now and on every change until ``n`` workers run.
@@ -383,7 +362,7 @@ class Context:
         job: Job,
         n: int,
         *,
-        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        timeout: float | None = _config.DEFAULT_WAIT_TIMEOUT,
         poll: _watch.PollPolicy | None = None,
     ) -> JobScale:
         """Wait until ``n`` workers run and return that scale (see :meth:`wait_for_workers`)."""

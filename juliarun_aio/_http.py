@@ -49,6 +49,7 @@ from ._config import (
 )
 from ._jobs import JOB_KINDS, MAX_NAME_LENGTH, JobRef
 from ._loops import LoopState, closed_error, forget_connections, running_loop
+from ._models import JobStatus
 from ._retry import (
     Decision,
     RetryPolicy,
@@ -739,6 +740,17 @@ class HttpLayer:
                     raise error
                 await anyio.sleep(delay)
                 retry += 1
+
+    async def in_effect(self, ref: JobRef, *, exists: bool) -> WriteOutcome:
+        """Tell whether a submit (``exists``) or a delete of ``ref`` is in effect.
+
+        For :meth:`write`'s ``verify``: job names are unique, so the job's status answers.
+        """
+        try:
+            await self.fetch("getJobStatus", ref, JobStatus.from_wire)
+        except errors.JobNotFoundError:
+            return WriteOutcome.seen(not exists)
+        return WriteOutcome.seen(exists)
 
     async def server_info(self, *, timeout: TimeoutArg = UNSET) -> dict[str, Any] | None:
         """Return the server's ``serverInfo`` answer, asking only the first time.

@@ -95,6 +95,7 @@ import attrs
 import httpx
 
 from . import _errors as errors
+from ._config import DEFAULT_IDLE_TIMEOUT, DEFAULT_START_TIMEOUT
 from ._http import UNSET, HttpLayer, TimeoutArg
 from ._jobs import Job, JobRef
 from ._models import JobStatus, str_from_wire
@@ -119,10 +120,6 @@ __all__ = [
     "tail_window",
 ]
 
-#: Seconds to wait for a job that does not exist yet.
-DEFAULT_START_TIMEOUT = 60.0
-#: Seconds without a byte (heartbeats included) after which a stream is presumed dead.
-DEFAULT_IDLE_TIMEOUT = 30.0
 #: ``count`` of the first ``tailJob`` poll; small logs come back whole in one call.
 POLL_WINDOW = 1000
 #: The largest ``count`` the polling path asks for.

@@ -23,7 +23,6 @@ aligned plain-text) form.  Nothing here imports IPython or rich.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -476,6 +475,8 @@ def info_row(info: JobInfo) -> tuple[str, str, str, str, str]:
 
 
 def _text(value: object) -> str:
+    import html  # noqa: PLC0415 - only notebooks show HTML
+
     return html.escape(value if isinstance(value, str) else repr(value), quote=True)
 
 

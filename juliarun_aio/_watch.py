@@ -55,6 +55,7 @@ import anyio
 import attrs
 import httpx
 
+from ._config import DEFAULT_WAIT_TIMEOUT
 from ._errors import (
     ApiError,
     CertificateError,
@@ -81,8 +82,6 @@ __all__ = [
     "watch_job",
 ]
 
-#: How long ``wait_for_workers`` / ``wait_for_scale`` wait by default, in seconds.
-DEFAULT_WAIT_TIMEOUT = 600.0
 #: How long a wait without a timeout rides out a server that does not answer, in seconds.
 DEFAULT_OUTAGE = 300.0
 #: Polls in a row that must show a worker that cannot start, and no progress, before

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 import attrs
 
 from ._errors import SpecError
-from ._jobs import SPEC_TYPES, FrozenDict, JobSpec, check_parameters, make_spec, quote
+from ._jobs import FrozenDict, JobSpec, check_parameters, make_spec, quote
 
 if TYPE_CHECKING:
     import cattrs
@@ -73,16 +73,16 @@ def _value_type(declared: Any) -> Any:
     return declared
 
 
+@functools.cache
 def _parameter_types() -> dict[str, Any]:
     """Map every parameter name to its value type (a name means the same in every type)."""
+    from ._specs import SPEC_TYPES  # noqa: PLC0415 - the specs are defined on first use
+
     found: dict[str, Any] = {}
     for spec_type in SPEC_TYPES.values():
         for field in attrs.fields(spec_type):
             found.setdefault(field.name, _value_type(field.type))
     return found
-
-
-_PARAMETER_TYPES = _parameter_types()
 
 
 class _JuliaReader:
@@ -386,7 +386,7 @@ def parameter_type(field: str) -> Any:
         SpecError: ``field`` is not a parameter of any job type.
     """
     try:
-        return _PARAMETER_TYPES[field]
+        return _parameter_types()[field]
     except KeyError:
         raise SpecError(field, "is not a parameter of any job type") from None
 

@@ -7,7 +7,8 @@ from decimal import Decimal
 import attrs
 from hypothesis import strategies as st
 
-from juliarun_aio._jobs import JOB_KINDS, RESTART_POLICIES, SPEC_TYPES, JobSpec, make_spec
+from juliarun_aio._jobs import JOB_KINDS, RESTART_POLICIES, JobSpec, make_spec
+from juliarun_aio._specs import SPEC_TYPES
 
 __all__ = [
     "cpu_quantities",

@@ -19,20 +19,22 @@ from juliarun_aio import SpecError
 from juliarun_aio._jobs import (
     JOB_KINDS,
     RESTART_POLICIES,
-    SPEC_TYPES,
     FrozenDict,
-    Generic,
     JobRef,
     JobSpec,
+    check_parameters,
+    make_spec,
+    validate_name,
+)
+from juliarun_aio._specs import (
+    SPEC_TYPES,
+    Generic,
     JuliaBatch,
     JuliaParBatch,
     MessageQ,
     Notebook,
     PkgBuilder,
     Webserver,
-    check_parameters,
-    make_spec,
-    validate_name,
 )
 
 # The parameters of each job type as the platform documents them (docs/protocol.md):

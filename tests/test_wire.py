@@ -13,16 +13,8 @@ from hypothesis import strategies as st
 from strategies import port_maps, specs, texts
 
 from juliarun_aio import SpecError
-from juliarun_aio._jobs import (
-    JOB_KINDS,
-    SPEC_TYPES,
-    Generic,
-    JobSpec,
-    JuliaBatch,
-    JuliaParBatch,
-    Notebook,
-    Webserver,
-)
+from juliarun_aio._jobs import JOB_KINDS, JobSpec
+from juliarun_aio._specs import SPEC_TYPES, Generic, JuliaBatch, JuliaParBatch, Notebook, Webserver
 from juliarun_aio._wire import decode_spec, decode_value, encode_spec, encode_value
 
 

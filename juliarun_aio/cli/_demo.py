@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from .._context import Context
-from .._jobs import JuliaBatch, JuliaParBatch
+from .._specs import JuliaBatch, JuliaParBatch
 from ._commands import check_outcome, follow_logs, print_info_table, wait_workers
 from ._errors import CliError, ExitCode
 from ._output import Output, phase_of

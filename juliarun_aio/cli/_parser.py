@@ -6,7 +6,7 @@ import argparse
 import inspect
 from typing import NoReturn
 
-from .._jobs import SPEC_TYPES
+from .._specs import SPEC_TYPES
 from .._version import __version__
 from ._spec_flags import SpecHelpFormatter, add_spec_arguments
 

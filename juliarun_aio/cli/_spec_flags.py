@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 import attrs
 
-from .._jobs import SPEC_TYPES, FrozenDict, JobSpec
+from .._jobs import FrozenDict, JobSpec
+from .._specs import SPEC_TYPES
 from .._wire import decode_spec, parameter_type
 from ._errors import UsageError
 

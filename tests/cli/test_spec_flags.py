@@ -8,7 +8,8 @@ import attrs
 import pytest
 
 from juliarun_aio import SpecError
-from juliarun_aio._jobs import SPEC_TYPES, JobSpec
+from juliarun_aio._jobs import JobSpec
+from juliarun_aio._specs import SPEC_TYPES
 from juliarun_aio.cli import main
 from juliarun_aio.cli._errors import UsageError
 from juliarun_aio.cli._parser import build_parser

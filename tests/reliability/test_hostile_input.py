@@ -28,7 +28,8 @@ from support import write_script
 
 import juliarun_aio as jr
 from juliarun_aio import Context, JobSpec, JuliaBatch, SpecError
-from juliarun_aio._jobs import JOB_KINDS, SPEC_TYPES
+from juliarun_aio._jobs import JOB_KINDS
+from juliarun_aio._specs import SPEC_TYPES
 from juliarun_aio._wire import decode_spec, encode_spec
 from juliarun_aio.server import LocalServer
 
