@@ -7,6 +7,8 @@ import base64
 import http.client
 import json
 import logging
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +323,15 @@ def test_long_queries_work_and_too_long_ones_get_414(api: Api, volume: Path) -> 
     assert api.lines("JuliaBatch", "big") == ["100000"]
     status, body = _raw_get(api.url, f"/getSystemStatus/?{auth}&pad={'x' * 300_000}")
     assert status == body["code"] == 414
+
+
+def test_long_queries_are_served_where_httptools_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn would pick httptools where installed, which refuses queries over 64 KiB."""
+    # A stand-in that makes httptools look installed, and fails if it is ever used.
+    monkeypatch.setitem(sys.modules, "httptools", types.ModuleType("httptools"))
+    with LocalServer(tmp_path / "data", **FAST) as server:
+        auth = julia_query({"jruntok": encode_token(server.token), "jrunns": "default"})
+        status, body = _raw_get(server.url, f"/getSystemStatus/?{auth}&pad={'x' * 100_000}")
+    assert (status, body) == (200, {"code": 0, "data": True})
