@@ -76,6 +76,8 @@ SLEEP_SCRIPT = "exec sleep 3600\n"
 
 #: A job that ends at once.
 SHORT_SCRIPT = "exit 0\n"
+#: Prints the wall-clock time (seconds since the epoch) when the job's program starts.
+STARTED_SCRIPT = "date +%s.%N\nexec sleep 3600\n"
 
 
 @attrs.frozen
@@ -101,6 +103,7 @@ class Sizes:
     live_jobs: int
     short_jobs: int
     status_calls: int
+    started_jobs: int
 
 
 FULL = Sizes(
@@ -123,6 +126,7 @@ FULL = Sizes(
     live_jobs=200,
     short_jobs=200,
     status_calls=500,
+    started_jobs=30,
 )
 
 QUICK = Sizes(
@@ -145,6 +149,7 @@ QUICK = Sizes(
     live_jobs=2,
     short_jobs=2,
     status_calls=20,
+    started_jobs=3,
 )
 
 
@@ -254,6 +259,11 @@ class ServerProcess(BaseServerProcess):
     def sleep_job(self, name: str) -> JuliaBatch:
         return JuliaBatch(
             name=name, start_script=self.script("sleep.sh", SLEEP_SCRIPT), run_volume=VOLUME
+        )
+
+    def started_job(self, name: str) -> JuliaBatch:
+        return JuliaBatch(
+            name=name, start_script=self.script("started.sh", STARTED_SCRIPT), run_volume=VOLUME
         )
 
     def short_job(self, name: str) -> JuliaBatch:
