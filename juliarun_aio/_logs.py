@@ -1,5 +1,10 @@
 """Log streaming: ``tail_logs`` yields a job's log lines, in order, each once.
 
+``tail_log_batches`` yields the same lines a :class:`LogBatch` at a time, one per network
+chunk (stream path) or poll (polling path); ``tail_logs`` is built on it, so everything
+below holds for both.  A batch costs a fraction of a :class:`LogLine` per line: use it to
+ship, store or count many lines, and ``tail_logs`` to act on lines one by one.
+
 Two paths, chosen per :class:`~juliarun_aio.Context` on first use and remembered:
 
 **The resumable stream** (servers whose ``serverInfo`` lists ``streamLogs``, such as the
