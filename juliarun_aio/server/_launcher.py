@@ -63,7 +63,6 @@ server runs it by path.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
@@ -75,8 +74,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from types import FrameType
+from collections.abc import Callable, Iterator
+from types import FrameType, SimpleNamespace
 
 __all__ = [
     "CLEANUP_MODES",
@@ -503,23 +502,71 @@ def _write_exit_file(path: str, code: int) -> None:
     _write_atomically(path, f"{code}\n")
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="juliarun_aio.server._launcher")
-    parser.add_argument("--exit-file", required=True)
-    parser.add_argument("--tree-file", default=None)
-    parser.add_argument("--memory-bytes", type=int, default=None)
-    parser.add_argument("--cleanup", choices=CLEANUP_MODES, default="auto")
-    parser.add_argument("--place-file", default=None)
-    parser.add_argument("--route-to", default=None)
-    parser.add_argument("--port", action="append", default=[])
-    parser.add_argument("--wait-place", default=None)
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
-    if not args.command:
-        parser.error("no command given after --")
-    return args
+def _cleanup_mode(value: str) -> str:
+    if value not in CLEANUP_MODES:
+        raise ValueError(f"choose from {', '.join(CLEANUP_MODES)}")
+    return value
+
+
+#: The launcher's options: their default and how a value is read.  An option whose
+#: default is a list may be given several times.
+_OPTIONS: dict[str, tuple[object, Callable[[str], object]]] = {
+    "--exit-file": (None, str),
+    "--tree-file": (None, str),
+    "--memory-bytes": (None, int),
+    "--cleanup": ("auto", _cleanup_mode),
+    "--place-file": (None, str),
+    "--route-to": (None, str),
+    "--port": ([], str),
+    "--wait-place": (None, str),
+}
+
+
+class _UsageError(Exception):
+    """The launcher's arguments are not what the server passes it."""
+
+
+def _read(argv: list[str]) -> SimpleNamespace:
+    if "--" not in argv or argv[-1] == "--":
+        raise _UsageError("no command given after --")
+    split = argv.index("--")
+    options, command = argv[:split], argv[split + 1 :]
+    if len(options) % 2:
+        raise _UsageError("expected --option VALUE pairs before --")
+    values = {
+        name: list(default) if isinstance(default, list) else default
+        for name, (default, _) in _OPTIONS.items()
+    }
+    for name, value in zip(options[::2], options[1::2], strict=True):
+        if name not in _OPTIONS:
+            raise _UsageError(f"unknown option {name}")
+        try:
+            read = _OPTIONS[name][1](value)
+        except ValueError as exc:
+            raise _UsageError(f"{name} {value!r}: {exc}") from None
+        current = values[name]
+        if isinstance(current, list):
+            current.append(read)
+        else:
+            values[name] = read
+    if values["--exit-file"] is None:
+        raise _UsageError("--exit-file is required")
+    return SimpleNamespace(
+        command=command, **{name[2:].replace("-", "_"): value for name, value in values.items()}
+    )
+
+
+def _parse(argv: list[str]) -> SimpleNamespace:
+    """Read ``[--option VALUE]... -- ARGV...``; exit with status 2 on a usage error.
+
+    Hand-written: importing argparse (with gettext and shutil) and building its parser took
+    about as long as starting the interpreter, on every start of every job process.
+    """
+    try:
+        return _read(argv)
+    except _UsageError as exc:
+        print(f"juliarun_aio.server._launcher: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def port_variable(name: str) -> str:
@@ -581,7 +628,7 @@ def _fill_ports(text: str, env: dict[str, str]) -> str:
     return _PORT_PLACEHOLDER.sub(lambda match: env.get(match[1], match[0]), text)
 
 
-def _placed_environment(args: argparse.Namespace, received: list[int]) -> dict[str, str] | None:
+def _placed_environment(args: SimpleNamespace, received: list[int]) -> dict[str, str] | None:
     """The program's environment with its ports and the master's address; None if stopped."""
     env = dict(os.environ)
     ports = free_ports(args.port)

@@ -293,3 +293,54 @@ def test_cgroup_homes_follow_nested_and_escaped_mounts() -> None:
         ("cgroup1", "/cg/free zer/box"),
     ]
     assert list(parse_cgroup_homes("0::/\n", "")) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--exit-file", "x.exit"], "no command given after --"),
+        (["--exit-file", "x.exit", "--"], "no command given after --"),
+        (["--", "true"], "--exit-file is required"),
+        (["--exit-file", "--", "true"], "expected --option VALUE pairs"),
+        (["--exit-file", "x", "--colour", "red", "--", "true"], "unknown option --colour"),
+        (["--exit-file", "x", "--memory-bytes", "lots", "--", "true"], "--memory-bytes 'lots'"),
+        (["--exit-file", "x", "--cleanup", "bleach", "--", "true"], "choose from auto, cgroup2"),
+    ],
+)
+def test_bad_launcher_arguments_exit_2_and_run_nothing(
+    tmp_path: Path, arguments: list[str], error: str
+) -> None:
+    """A usage error names what is wrong, exits 2, and neither runs nor records anything."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(LAUNCHER), *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert error in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_may_come_in_any_order_and_the_command_keeps_its_own_dashes(
+    tmp_path: Path,
+) -> None:
+    """Options before the first ``--`` are the launcher's; everything after is the program's."""
+    exit_file = tmp_path / "x.exit"
+    command = [sys.executable, "-I", "-S", str(LAUNCHER), "--cleanup", "auto"]
+    command += ["--memory-bytes", str(1 << 34), "--exit-file", str(exit_file), "--"]
+    command += [sys.executable, "-c", "import sys; print(sys.argv[1:])", "--", "--exit-file"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "['--', '--exit-file']\n"
+    assert exit_file.read_text() == "0\n"
+
+
+def test_an_option_given_twice_is_collected_where_it_may_repeat() -> None:
+    """``--port`` collects every value; other options take the last one, as before."""
+    args = _launcher._parse(
+        ["--exit-file", "a", "--port", "http", "--exit-file", "b", "--port", "ssh", "--", "x"]
+    )
+    assert (args.exit_file, args.port, args.command) == ("b", ["http", "ssh"], ["x"])
+    assert (args.tree_file, args.memory_bytes, args.cleanup) == (None, None, "auto")
