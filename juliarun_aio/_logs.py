@@ -83,6 +83,7 @@ Closing the Context ends a tail with :class:`~juliarun_aio.ClientClosedError`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import json
@@ -92,7 +93,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, Literal, cast
 
 import anyio
@@ -146,6 +147,8 @@ _ANCHOR_HITS = 8
 Mode = Literal["auto", "stream", "poll"]
 
 STREAM_VERB = "streamLogs"
+#: The ``serverInfo`` extension of servers that send a chunk of log lines as one event.
+COLUMNS_EXTENSION = "streamLogsColumns"
 #: The header of every ``streamLogs`` answer that names the job submission it reads.
 UID_HEADER = "X-JuliaRun-Job-Uid"
 # The heartbeat period asked for is a third of the idle timeout, so that a healthy but
@@ -362,8 +365,13 @@ async def _log_path(http: HttpLayer, ref: JobRef) -> str:
     except errors.JuliaRunError as exc:
         exc.verb, exc.job = "tailJob", ref.name
         raise
-    extensions = info.get("extensions") if info else None
-    return "stream" if isinstance(extensions, list) and STREAM_VERB in extensions else "poll"
+    return "stream" if _offers(info, STREAM_VERB) else "poll"
+
+
+def _offers(info: object, extension: str) -> bool:
+    """Whether a ``serverInfo`` answer lists ``extension``."""
+    extensions = info.get("extensions") if isinstance(info, dict) else None
+    return isinstance(extensions, list) and extension in extensions
 
 
 async def tail_window(
@@ -527,7 +535,14 @@ class _TailLogs:
         # The submission this tail reads, from the first answer's header: a reconnect
         # must not follow into a job submitted later under the same name.
         uid: str | None = None
+        offered = _offers(http.facts.info, COLUMNS_EXTENSION)
+        # A connection that drops before a whole ``columns`` event arrives brings no line
+        # in that format; then the next request asks for one event per line.
+        columns = offered
         while True:
+            read_events = _batches_of_columns if columns else _batches_of_lines
+            started_at = cursor
+            partial: list[bytes] = []
             params = {
                 "cursor": str(cursor),
                 "follow": "true" if self.follow else "false",
@@ -537,6 +552,8 @@ class _TailLogs:
                 params["stream"] = self.stream
             if uid is not None:
                 params["uid"] = uid
+            if columns:
+                params["format"] = "columns"
             ended = False
             error: errors.JuliaRunError
             try:
@@ -554,15 +571,17 @@ class _TailLogs:
                         )
                     uid = self._check_uid(uid, response.headers.get(UID_HEADER))
                     self.job_seen = True
-                    chunks = _ndjson(response, self.idle_timeout)
+                    chunks = _ndjson(response, self.idle_timeout, partial)
                     async with contextlib.aclosing(chunks):
                         async for events in chunks:
                             # Every batch of events is a sign of life (heartbeats too).
                             retry, alive_at = 0, time.monotonic()
-                            batch, ended = _batch_after(events, cursor)
-                            if batch is not None:
+                            batches, ended, malformed = read_events(events, cursor)
+                            for batch in batches:
                                 cursor = cast("int", batch.cursor)
                                 yield batch
+                            if malformed is not None:
+                                raise malformed
                             if ended:
                                 break
             except errors.JobNotFoundError as exc:
@@ -598,6 +617,7 @@ class _TailLogs:
                     f"resume with since={cursor})"
                 )
                 raise error
+            columns = offered and not (columns and cursor == started_at and partial)
             await anyio.sleep(backoff_delay(retry, policy))
             retry += 1
 
@@ -699,12 +719,14 @@ class _StreamIdleError(Exception):
 
 
 async def _ndjson(
-    response: httpx.Response, idle_timeout: float
+    response: httpx.Response, idle_timeout: float, partial: list[bytes]
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
     """Yield the JSON objects of an NDJSON body, a list per network chunk.
 
-    Only complete lines are parsed: a partial last line waits for the next chunk, and
-    is dropped if the body ends inside it.  Chunks without a complete line yield nothing.
+    Only complete lines are parsed: a partial last line waits for the next chunk (its
+    bytes are kept in ``partial``, which the caller can look at when the body is cut),
+    and is dropped if the body ends inside it.  Chunks without a complete line yield
+    nothing.
 
     Raises:
         _StreamIdleError: no byte arrived for ``idle_timeout`` seconds.
@@ -713,7 +735,8 @@ async def _ndjson(
     """
     chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
     try:
-        buffer = b""
+        # The chunks since the last newline: a long line (a ``columns`` event is one
+        # line) is joined once, not copied again with every chunk.
         while True:
             chunk: bytes | None = None
             with anyio.move_on_after(idle_timeout) as scope:
@@ -722,11 +745,14 @@ async def _ndjson(
                 raise _StreamIdleError
             if chunk is None:
                 return
+            if b"\n" not in chunk:
+                partial.append(chunk)
+                continue
             # Split on the last newline in bytes (a chunk may end inside a character),
             # then decode the complete lines at once.
-            complete, newline, buffer = (buffer + chunk).rpartition(b"\n")
-            if not newline:
-                continue
+            partial.append(chunk)
+            complete, _, rest = b"".join(partial).rpartition(b"\n")
+            partial[:] = [rest] if rest else []
             events, error = _parse_chunk(complete)
             if events:
                 yield events
@@ -757,19 +783,28 @@ def _parse_chunk(complete: bytes) -> tuple[list[dict[str, Any]], errors.Response
     """
     loads = _fast_loads()
     if loads is not None:
+        newlines = complete.count(b"\n")
         try:
-            events = loads(b"[" + complete.replace(b"\n", b",") + b"]")
+            events = loads(b"[" + complete.replace(b"\n", b",") + b"]" if newlines else complete)
         except ValueError:
             pass
         else:
+            events = events if newlines else [events]
             if (
-                len(events) == complete.count(b"\n") + 1
+                len(events) == newlines + 1
                 and set(map(type, events)) == {dict}
                 # orjson reads integers beyond 64 bits as floats, the json module as ints.
                 and float not in set(map(type, map(dict.get, events, repeat("cursor"))))
+                and all(map(_int_cursors, events))
             ):
                 return events, None
     return _parse_lines(complete.decode("utf-8", "replace").split("\n"))
+
+
+def _int_cursors(event: dict[str, Any]) -> bool:
+    """Whether a ``columns`` event's cursor list (if any) holds no float (see above)."""
+    listed = event.get("cursors")
+    return type(listed) is not list or float not in set(map(type, listed))
 
 
 def _parse_lines(lines: list[str]) -> tuple[list[dict[str, Any]], errors.ResponseError | None]:
@@ -866,6 +901,109 @@ def _batch_after(events: list[dict[str, Any]], cursor: int) -> tuple[LogBatch | 
         ):
             return LogBatch(texts, streams, cursors, procs, cursors[-1]), ended
     return _batch_after_slowly(events, cursor, ended)
+
+
+_Batches = tuple[list[LogBatch], bool, errors.ResponseError | None]
+
+
+def _batches_of_lines(events: list[dict[str, Any]], cursor: int) -> _Batches:
+    """:func:`_batch_after` for a ``format=lines`` stream, as :func:`_batches_of_columns`."""
+    batch, ended = _batch_after(events, cursor)
+    return ([] if batch is None else [batch]), ended, None
+
+
+def _batches_of_columns(events: list[dict[str, Any]], cursor: int) -> _Batches:
+    """Read the events of a ``format=columns`` stream into batches of the lines after ``cursor``.
+
+    Its chunks of lines come as ``columns`` events (:func:`_columns_batch`), a batch
+    each; heartbeats, the end marker and any line the server sent as an object of its
+    own are read as on a ``lines`` stream (:func:`_batch_after`).
+
+    Returns:
+        The batches of the events before the end marker (events after it are ignored) or
+        a malformed ``columns`` event; whether the end marker was met; and the
+        :class:`ResponseError` naming the malformed event, if one was met.
+    """
+    batches: list[LogBatch] = []
+    for event in events:
+        if event.get("end"):
+            return batches, True, None
+        if "texts" in event:
+            try:
+                batch = _columns_batch(event, cursor)
+            except errors.ResponseError as exc:
+                return batches, False, exc
+        else:  # a heartbeat, or a line sent on its own
+            batch = _batch_after([event], cursor)[0]
+        if batch is not None:
+            batches.append(batch)
+            cursor = cast("int", batch.cursor)
+    return batches, False, None
+
+
+def _columns_batch(event: dict[str, Any], cursor: int) -> LogBatch | None:
+    """Read one ``columns`` event into a batch of its lines after ``cursor``.
+
+    ``{"cursor": last, "texts": [...], "sources": [[count, stream, proc], ...]}``, with
+    ``"cursors": [...]`` when the lines' cursors are not ``last - len(texts) + 1 ..
+    last``.  See the ``streamLogs`` extension's documentation.
+
+    Raises:
+        ResponseError: the event is malformed (its lines cannot be told exactly).
+    """
+    texts, sources, last = event.get("texts"), event.get("sources"), event.get("cursor")
+    listed = event.get("cursors")
+    count = len(texts) if type(texts) is list else 0
+    runs = sources if type(sources) is list else []
+    valid = (
+        count > 0
+        and set(map(type, texts)) == {str}  # type: ignore[arg-type]
+        and type(last) is int
+        and last >= count
+        and bool(runs)
+        and all(map(_is_run, runs))
+        and sum(run[0] for run in runs) == count
+    )
+    if valid and listed is not None:
+        valid = (
+            type(listed) is list
+            and len(listed) == count
+            and set(map(type, listed)) == {int}
+            and listed[0] > 0
+            and listed[-1] == last
+            and all(map(operator.lt, listed, listed[1:]))
+        )
+    if not valid:
+        raise errors.ResponseError(
+            f"unreadable log stream event: {errors.excerpt(event)}", verb=STREAM_VERB
+        )
+    assert isinstance(texts, list)
+    assert isinstance(last, int)
+    cursors: Sequence[int] = range(last - count + 1, last + 1) if listed is None else listed
+    skip = bisect.bisect_right(cursors, cursor)
+    if skip == count:
+        return None
+    if len(runs) == 1:
+        streams, procs = (runs[0][1],) * count, (runs[0][2],) * count
+    else:
+        counts = [run[0] for run in runs]
+        streams = tuple(chain.from_iterable(map(repeat, [run[1] for run in runs], counts)))
+        procs = tuple(chain.from_iterable(map(repeat, [run[2] for run in runs], counts)))
+    if not skip:
+        return LogBatch(tuple(texts), streams, tuple(cursors), procs, last)
+    return LogBatch(tuple(texts[skip:]), streams[skip:], tuple(cursors[skip:]), procs[skip:], last)
+
+
+def _is_run(run: object) -> bool:
+    """Whether ``run`` is a ``[count, stream, proc]`` entry of a ``columns`` event."""
+    return (
+        type(run) is list
+        and len(run) == 3
+        and type(run[0]) is int
+        and run[0] > 0
+        and type(run[1]) is str
+        and type(run[2]) is str
+    )
 
 
 def _batch_after_slowly(

@@ -41,6 +41,7 @@ __all__ = [
     "cancel_slurm_jobs",
     "cleanup_mechanisms",
     "encode_token",
+    "expand_columns",
     "http_layer",
     "in_ci",
     "issue_certificate",
@@ -289,6 +290,26 @@ def cancel_slurm_jobs(data_dir: Path) -> list[int]:
             live.append(job.job_id)
     cli.cancel(live)
     return live
+
+
+def expand_columns(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spell out each ``columns`` event of a ``streamLogs`` body as the line objects it holds.
+
+    Written from the extension's documentation, independently of the client's reader.
+    """
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if "texts" not in item:
+            out.append(item)
+            continue
+        count, last = len(item["texts"]), item["cursor"]
+        cursors = item.get("cursors", list(range(last - count + 1, last + 1)))
+        sources = [(stream, proc) for size, stream, proc in item["sources"] for _ in range(size)]
+        out += [
+            {"cursor": cursor, "stream": stream, "proc": proc, "text": text}
+            for cursor, (stream, proc), text in zip(cursors, sources, item["texts"], strict=True)
+        ]
+    return out
 
 
 def encode_token(token: str) -> str:

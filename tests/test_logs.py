@@ -9,6 +9,7 @@ import json
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
+from unittest import mock
 
 import anyio
 import httpx
@@ -54,6 +55,7 @@ from juliarun_aio import _logs as logs
 from juliarun_aio._logs import LogGapWarning, WindowStep, WindowTracker, alignments
 from juliarun_aio._watch import PollPolicy
 from juliarun_aio.server import LocalServer
+from juliarun_aio.server import _logs as server_logs
 
 JOB = JobRef("JuliaBatch", "job1")
 NO_WAIT = PollPolicy(initial=0.0, maximum=0.0)
@@ -1365,4 +1367,174 @@ async def test_batches_through_a_cutting_proxy_are_exact(server: LocalServer) ->
     assert_exact(got, server, "cut-batches", 50_000)
     assert [line.cursor for line in got] == list(range(1, 50_001))
     assert [batch.cursor for batch in batches] == [batch.cursors[-1] for batch in batches]
+    assert proxy.cuts >= 10
+
+
+# -- the columns format (streamLogsColumns) -----------------------------------------------
+
+
+def columns_event(first: int, last: int, **extra: object) -> dict[str, object]:
+    """A ``columns`` event for cursors ``first..last``, the texts of :func:`log_events`."""
+    count = last - first + 1
+    event: dict[str, object] = {
+        "cursor": last,
+        "texts": [f"line {c}" for c in range(first, last + 1)],
+        "sources": [[count, "stdout", "master"]],
+    }
+    event.update(extra)
+    return event
+
+
+def _columns_server(router: respx.MockRouter, server: StreamServer) -> None:
+    router.get(f"{URL}/serverInfo/").mock(
+        return_value=server_info("streamLogs", logs.COLUMNS_EXTENSION)
+    )
+    router.get(f"{URL}/streamLogs/JuliaBatch/").mock(side_effect=server)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offered", [True, False])
+async def test_columns_are_asked_for_where_the_server_offers_them(offered: bool) -> None:
+    """format=columns is sent only to a server listing the extension; both read alike."""
+    body = ndjson([columns_event(1, 3)] if offered else log_events(1, 3))
+    server = StreamServer(ScriptedStream([body + ndjson([{"end": True, "cursor": 3}])]))
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        (_columns_server if offered else _stream_server)(router, server)
+        got = await _collect(ctx.tail_logs(JOB, follow=False))
+    assert got == [LogLine(f"line {c}", "stdout", c, "master") for c in (1, 2, 3)]
+    assert server.requests[0].url.params.get("format") == ("columns" if offered else None)
+
+
+@pytest.mark.anyio
+async def test_a_cut_inside_an_event_falls_back_to_one_object_per_line(decoder: str) -> None:
+    """A connection that never delivers a whole event is retried with format=lines."""
+    event = ndjson([columns_event(4, 5)])
+    bodies: list[ScriptedStream | httpx.Response] = [
+        ScriptedStream([ndjson([columns_event(1, 3)]) + event[:20]], fail=httpx.ReadError("cut")),
+        ScriptedStream([event[:-5]], fail=httpx.ReadError("cut")),  # no progress
+        ScriptedStream([ndjson(log_events(4, 6))]),  # EOF without the end marker
+        ScriptedStream([ndjson([columns_event(5, 8), {"end": True, "cursor": 8}])]),
+    ]
+    server = StreamServer(*bodies)
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _columns_server(router, server)
+        got = await _collect(ctx.tail_logs(JOB))
+    assert [line.cursor for line in got] == list(range(1, 9))
+    assert got[-1] == LogLine("line 8", "stdout", 8, "master")
+    assert server.cursors == [0, 3, 3, 6]
+    formats = [request.url.params.get("format") for request in server.requests]
+    assert formats == ["columns", "columns", None, "columns"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "event",
+    [
+        columns_event(3, 4, texts="line 3"),
+        columns_event(3, 4, texts=["line 3", 4]),
+        columns_event(3, 4, texts=[]),
+        columns_event(3, 4, cursor=True),
+        columns_event(3, 4, cursor=1),
+        columns_event(3, 4, sources=[[1, "stdout", "master"]]),
+        columns_event(3, 4, sources=[[2, "stdout"]]),
+        columns_event(3, 4, sources=[[0, "stdout", "master"], [2, "stdout", "master"]]),
+        columns_event(3, 4, sources=[[True, "stdout", "master"], [1, "stdout", "master"]]),
+        columns_event(3, 4, cursors=[4, 3]),
+        columns_event(3, 4, cursors=[3]),
+        columns_event(3, 4, cursors=[3, 5]),
+        columns_event(3, 4, cursors=[0, 4]),
+        columns_event(3, 4, cursors="3,4"),
+    ],
+)
+async def test_a_malformed_columns_event_is_a_response_error(
+    event: dict[str, object], decoder: str
+) -> None:
+    """Lines before a malformed event arrive; the event is named, never half read."""
+    body = ndjson([columns_event(1, 2), event, columns_event(5, 5)])
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _columns_server(router, StreamServer(ScriptedStream([body])))
+        got: list[LogLine] = []
+        with pytest.raises(ResponseError, match="unreadable log stream event"):
+            await _collect(ctx.tail_logs(JOB, follow=False), into=got)
+    assert [line.cursor for line in got] == [1, 2]
+
+
+COLUMN_LINES = st.lists(
+    st.tuples(
+        st.integers(1, 3),  # the gap to the previous cursor
+        st.sampled_from(["stdout", "stderr"]),
+        st.sampled_from(["master", "worker-1", 'q"uote\\d']),
+        st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=8),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(lines=COLUMN_LINES, event_bytes=st.integers(1, 300), since=st.integers(0, 50))
+def test_columns_read_as_the_lines_they_encode(
+    lines: list[tuple[int, str, str, str]], event_bytes: int, since: int
+) -> None:
+    """The server's columns of any stored lines read as those lines, after any cursor."""
+    objects: list[dict[str, object]] = []
+    cursor = 0
+    for gap, stream, proc, text in lines:
+        cursor += gap
+        objects.append({"cursor": cursor, "stream": stream, "proc": proc, "text": text})
+    stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
+    with mock.patch.object(server_logs, "COLUMNS_EVENT", event_bytes):
+        sent = server_logs._select(stored, None, columns=True)
+    events, error = logs._parse_chunk(sent.rstrip(b"\n"))
+    assert error is None
+    batches, ended, malformed = logs._batches_of_columns(events, since)
+    expected, _ = logs._batch_after(objects, since)
+    assert (ended, malformed) == (False, None)
+    assert _flat(batches) == (list(expected) if expected else [])
+    assert all(batch.cursor == batch.cursors[-1] for batch in batches)
+
+
+@pytest.mark.anyio
+async def test_columns_and_lines_read_the_same_log(server: LocalServer) -> None:
+    """Against the real server, both formats give the same lines, per stream and cursor."""
+    async with server_context(server) as ctx:
+        spec = await submit_printer(ctx, server, "formats", 3_000, burst=500, pause=0.01)
+        await _collect(ctx.tail_logs(spec))
+        info = await http_layer(ctx).server_info()
+        assert info is not None
+        assert logs.COLUMNS_EXTENSION in info["extensions"]
+        reads = [(None, 0), ("stderr", 0), ("stdout", 1234), (None, 2999)]
+        columns = [
+            await _collect(ctx.tail_logs(spec, follow=False, stream=s, since=c)) for s, c in reads
+        ]
+        http_layer(ctx).facts.info = {**info, "extensions": ["streamLogs", "jobUid"]}
+        lines = [
+            await _collect(ctx.tail_logs(spec, follow=False, stream=s, since=c)) for s, c in reads
+        ]
+    assert columns == lines
+    record = combined_log(server, "formats")
+    for (stream, since), got in zip(reads, columns, strict=True):
+        assert [(line.cursor, line.stream, line.proc, line.text) for line in got] == [
+            (r["cursor"], r["stream"], r["proc"], r["text"])
+            for r in record
+            if r["cursor"] > since and stream in (None, r["stream"])
+        ]
+    assert [len(got) for got in columns] == [3_000, 30, len(columns[2]), 1]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_proxy_cutting_inside_every_event_still_gets_every_line(
+    server: LocalServer,
+) -> None:
+    """Cut every ~20 kB, less than one columns event: every line arrives, once, in order."""
+    host, port = httpx.URL(server.url).host, httpx.URL(server.url).port
+    assert port is not None
+    async with (
+        dropping_proxy(host, port, cut_after=20_000) as proxy,
+        server_context(server, proxy.url, retries=FAST_RETRY) as ctx,
+    ):
+        spec = await submit_printer(ctx, server, "cut-small", 10_000, burst=5_000, pause=0.01)
+        got = await _collect(ctx.tail_logs(spec, poll=FAST_POLL))
+    assert_exact(got, server, "cut-small", 10_000)
+    assert [line.cursor for line in got] == list(range(1, 10_001))
     assert proxy.cuts >= 10

@@ -42,7 +42,7 @@ from .._jobs import JOB_KINDS
 from .._logs import LINE_COUNT_HEADER
 from .._version import __version__
 from ._engine import Engine
-from ._logs import LogClosedError, stream_log
+from ._logs import FORMATS, LogClosedError, stream_log
 from ._ui import Dashboard
 
 __all__ = ["EXTENSIONS", "answer", "create_app"]
@@ -50,7 +50,7 @@ __all__ = ["EXTENSIONS", "answer", "create_app"]
 logger = logging.getLogger("juliarun_aio.server")
 
 #: What ``serverInfo`` advertises.
-EXTENSIONS = ("streamLogs", "jobUid")
+EXTENSIONS = ("streamLogs", "streamLogsColumns", "jobUid")
 SYSTEM_VERBS = frozenset({"getSystemStatus", "listJobs", "getAllJobInfo", "serverInfo"})
 JOB_VERBS = frozenset(
     {
@@ -175,6 +175,15 @@ def _stream(params: Mapping[str, str]) -> str | None:
     if stream is not None and stream not in STREAMS:
         raise HttpError(400, f"parameter 'stream' must be stdout or stderr, got {stream[:40]!r}")
     return stream
+
+
+def _columns(params: Mapping[str, str]) -> bool:
+    text = params.get("format", FORMATS[0])
+    if text not in FORMATS:
+        raise HttpError(
+            400, f"parameter 'format' must be {' or '.join(FORMATS)}, got {text[:40]!r}"
+        )
+    return text == "columns"
 
 
 def _uid(params: Mapping[str, str]) -> str | None:
@@ -365,8 +374,11 @@ async def _stream_logs(
     follow = _bool(params, "follow", True)
     heartbeat = _heartbeat(params)
     uid = _uid(params)
+    columns = _columns(params)
     log, job_uid = await run_in_threadpool(engine.log, namespace, kind, params.get("name"), uid)
-    body = stream_log(log, after=after, stream=stream, follow=follow, heartbeat=heartbeat)
+    body = stream_log(
+        log, after=after, stream=stream, follow=follow, heartbeat=heartbeat, columns=columns
+    )
     return StreamingResponse(
         body,
         media_type="application/x-ndjson",

@@ -38,11 +38,14 @@ import asyncio
 import bisect
 import json
 import logging
+import operator
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import compress, pairwise
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,7 +54,16 @@ import attrs
 
 from ._private import make_private_dirs, open_private, write_private
 
-__all__ = ["MAX_LINE", "Collector", "JobLog", "LogClosedError", "LogCorruptError", "stream_log"]
+__all__ = [
+    "FORMATS",
+    "MAX_LINE",
+    "Collector",
+    "JobLog",
+    "LogClosedError",
+    "LogCorruptError",
+    "encode_columns",
+    "stream_log",
+]
 
 logger = logging.getLogger("juliarun_aio.server")
 
@@ -70,6 +82,10 @@ INDEX_EVERY = 1024
 CHECKPOINT_EVERY = 256
 #: Bytes sent per chunk of a log stream.
 STREAM_CHUNK = 1 << 20
+#: The encodings of a ``streamLogs`` body: a JSON object per log line, or per chunk.
+FORMATS = ("lines", "columns")
+#: The most bytes of stored lines one ``columns`` event holds (but a longer line).
+COLUMNS_EVENT = 1 << 17
 
 
 class LogClosedError(OSError):
@@ -549,6 +565,113 @@ def _filter(data: bytes, marker: bytes) -> bytes:
     return b"".join([line + b"\n" for line in data.split(b"\n")[:-1] if marker in line])
 
 
+def _read_selected(
+    log: JobLog, start: int, stop: int, marker: bytes | None, columns: bool
+) -> tuple[int, int, bytes]:
+    """Read whole lines from byte ``start`` (:meth:`JobLog.read`) and encode them to send.
+
+    Returns:
+        The bytes and lines read, and what to send of them (:func:`_select`).
+    """
+    data = log.read(start, stop)
+    if marker is None and not columns:
+        return len(data), data.count(b"\n"), data
+    return len(data), data.count(b"\n"), _select(data, marker, columns)
+
+
+def _select(data: bytes, marker: bytes | None, columns: bool) -> bytes:
+    """The lines of ``data`` holding ``marker`` (all without one), as ``columns`` asks.
+
+    ``columns`` events hold at most :data:`COLUMNS_EVENT` bytes of stored lines each: a
+    client keeps only whole events, so smaller events are what a connection that drops
+    now and then still gets through.
+    """
+    if marker is not None:
+        data = _filter(data, marker)
+    if not columns:
+        return data
+    events = []
+    start = 0
+    while start < len(data):
+        stop = data.rfind(b"\n", start, start + COLUMNS_EVENT) + 1
+        if stop <= start:  # one line longer than an event: it goes alone
+            stop = data.index(b"\n", start) + 1
+        events.append(encode_columns(data[start:stop]))
+        start = stop
+    return b"".join(events)
+
+
+def _cursor_at(data: bytes, pos: int) -> int | None:
+    """The cursor of the stored line starting at ``pos``, or ``None``."""
+    head = b'{"cursor":'
+    if not data.startswith(head, pos):
+        return None
+    digits = data[pos + len(head) : data.find(b",", pos)]
+    return int(digits) if digits.isdigit() else None
+
+
+# What a stored line holds, in the order the collector writes it (see the module's
+# docstring).  A key with its quotes (`,"text":`) never occurs inside a JSON string,
+# where every quote is escaped, and a raw newline never does either: so each stored line
+# matches these patterns exactly once, at its own keys.
+_TEXT_OF_LINE = re.compile(rb',"text":(".*)}\n')
+_FIELDS_OF_LINE = re.compile(
+    rb'^\{"cursor":(\d+),"stream":("[a-z]+"),"proc":("(?:[^"\\]|\\.)*"),"text":(".*)\}$',
+    re.MULTILINE,
+)
+
+
+def encode_columns(data: bytes) -> bytes:
+    """Re-encode whole stored lines as one ``columns`` event of ``streamLogs``.
+
+    ``{"cursor": <last line's>, "texts": [...], "sources": [[count, stream, proc], ...]}``
+    and ``"cursors": [...]`` when the lines are not contiguous (a one-stream request).
+    The texts are copied as the JSON strings they are stored as: nothing is decoded, and
+    the work per line is one regular-expression match, in C.  Lines that do not read as
+    the collector writes them (never expected) are returned unchanged, one object each,
+    which a client of the ``columns`` format reads as well.
+    """
+    count = data.count(b"\n")
+    if not count:
+        return data
+    first, last = _cursor_at(data, 0), _cursor_at(data, data.rfind(b"\n", 0, -1) + 1)
+    if first is None or last is None:
+        return data
+    first_line = data[: data.index(b"\n")]
+    start, end = first_line.find(b',"stream":'), first_line.find(b',"text":')
+    source = first_line[start : end + len(b',"text":')]
+    if last - first == count - 1 and start > 0 and data.count(source) == count:
+        # Contiguous lines of one process stream (the usual case: a collector pass
+        # appends a run of lines from one source): only the texts are needed.
+        quoted = _TEXT_OF_LINE.findall(data)
+        if len(quoted) != count:
+            return data
+        stream_proc = source[len(b',"stream":') : -len(b',"text":')].replace(b',"proc":', b",", 1)
+        return b'{"cursor":%d,"texts":[%s],"sources":[[%d,%s]]}\n' % (
+            last,
+            b",".join(quoted),
+            count,
+            stream_proc,
+        )
+    rows = _FIELDS_OF_LINE.findall(data)
+    if len(rows) != count:
+        return data
+    cursors, streams, procs, texts = zip(*rows, strict=True)
+    keys = list(zip(streams, procs, strict=True))
+    starts = [0, *compress(range(1, count), map(operator.ne, keys, keys[1:])), count]
+    sources = b",".join(
+        b"[%d,%s,%s]" % (stop - begin, streams[begin], procs[begin])
+        for begin, stop in pairwise(starts)
+    )
+    listed = b"" if last - first == count - 1 else b',"cursors":[%s]' % b",".join(cursors)
+    return b'{"cursor":%d,"texts":[%s],"sources":[%s]%s}\n' % (
+        last,
+        b",".join(texts),
+        sources,
+        listed,
+    )
+
+
 async def stream_log(
     log: JobLog,
     *,
@@ -556,6 +679,7 @@ async def stream_log(
     stream: str | None = None,
     follow: bool = True,
     heartbeat: float = 5.0,
+    columns: bool = False,
 ) -> AsyncIterator[bytes]:
     """Yield the ``streamLogs`` response body: NDJSON lines, heartbeats and the end marker.
 
@@ -567,6 +691,8 @@ async def stream_log(
         follow: Keep waiting for new lines until the job ends; when false, end after the
             lines that exist now.
         heartbeat: Seconds without output after which a heartbeat line is sent.
+        columns: Send each chunk of log lines as one ``columns`` event
+            (:func:`encode_columns`) instead of one object per line.
 
     The generator returns without an end marker when the log is closed (job deleted or
     server stopping); a client then reconnects and learns why.
@@ -586,15 +712,15 @@ async def stream_log(
             try:
                 if byte_pos is None:
                     byte_pos = await asyncio.to_thread(log.offset_of, pos + 1)
-                data = await asyncio.to_thread(log.read, byte_pos, size)
+                read, lines, data = await asyncio.to_thread(
+                    _read_selected, log, byte_pos, size, marker, columns
+                )
             except OSError:
                 if log.readable():
                     raise
                 return  # the log was closed under us (job deleted)
-            byte_pos += len(data)
-            pos += data.count(b"\n")
-            if marker is not None:
-                data = await asyncio.to_thread(_filter, data, marker)
+            byte_pos += read
+            pos += lines
             if data:
                 last_sent = time.monotonic()
                 yield data

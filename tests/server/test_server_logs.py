@@ -10,6 +10,7 @@ cut at arbitrary points -- and after each step reads the log from many cursors.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import tempfile
 import threading
@@ -23,9 +24,17 @@ from unittest import mock
 import attrs
 from hypothesis import given
 from hypothesis import strategies as st
+from support import expand_columns
 
 from juliarun_aio.server import _logs
-from juliarun_aio.server._logs import COMBINED, INDEX, JOURNAL, JobLog, stream_log
+from juliarun_aio.server._logs import (
+    COMBINED,
+    INDEX,
+    JOURNAL,
+    JobLog,
+    encode_columns,
+    stream_log,
+)
 
 #: (file, stream, proc) of the processes writing into the log.
 SOURCES = (("m.out", "stdout", "master"), ("m.err", "stderr", "master"), ("w.out", "stdout", "w1"))
@@ -37,6 +46,7 @@ TINY: dict[str, Any] = {
     "CHECKPOINT_EVERY": 4,
     "STREAM_CHUNK": 64,
     "MAX_LINE": 64,
+    "COLUMNS_EVENT": 64,
 }
 #: Line texts: any Unicode without newlines, short enough that a line is never split.
 LINE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=10)
@@ -112,13 +122,19 @@ def _check_log(directory: Path, writers: list[_Writer], *, complete: bool) -> li
     return lines
 
 
-def _streamed(log: JobLog, requests: list[tuple[int, str | None]]) -> list[list[dict[str, Any]]]:
-    """The streamLogs items (follow=false) of each ``(after, stream)`` request."""
+def _streamed(
+    log: JobLog, requests: list[tuple[int, str | None]], *, columns: bool = False
+) -> list[list[dict[str, Any]]]:
+    """The streamLogs items (follow=false) of each ``(after, stream)`` request.
+
+    With ``columns``, the ``columns`` events are spelt out as the line objects they hold.
+    """
 
     async def one(after: int, stream: str | None) -> list[dict[str, Any]]:
-        body = stream_log(log, after=after, stream=stream, follow=False)
+        body = stream_log(log, after=after, stream=stream, follow=False, columns=columns)
         chunks = [chunk async for chunk in body]
-        return [json.loads(line) for line in b"".join(chunks).splitlines()]
+        items = [json.loads(line) for line in b"".join(chunks).splitlines()]
+        return expand_columns(items) if columns else items
 
     async def all_of_them() -> list[list[dict[str, Any]]]:
         return [await asyncio.wait_for(one(*request), 30) for request in requests]
@@ -140,10 +156,12 @@ def _check_reads(log: JobLog, lines: list[dict[str, Any]], cursors: set[int]) ->
             start += len(data)
         assert got == lines[cursor - 1 :], f"read from cursor {cursor}"
         requests += [(cursor - 1, stream) for stream in (None, "stdout", "stderr")]
-    for (after, stream), items in zip(requests, _streamed(log, requests), strict=True):
-        expected = [line for line in lines[after:] if stream in (None, line["stream"])]
-        assert items[:-1] == expected, f"stream={stream} after cursor {after}"
-        assert items[-1] == {"end": True, "cursor": max(last, after), "phase": "pending"}
+    for columns in (False, True):
+        answers = _streamed(log, requests, columns=columns)
+        for (after, stream), items in zip(requests, answers, strict=True):
+            expected = [line for line in lines[after:] if stream in (None, line["stream"])]
+            assert items[:-1] == expected, f"stream={stream} after {after}, columns={columns}"
+            assert items[-1] == {"end": True, "cursor": max(last, after), "phase": "pending"}
     assert log.tail(3) == [line["text"] for line in lines[-3:]]
 
 
@@ -324,3 +342,56 @@ def test_offsets_stay_exact_while_the_log_grows(tmp_path: Path) -> None:
         writer.join()
         log.close()
     assert checked > 100
+
+
+#: Texts that look like the keys, quotes and line ends of the stored lines around them.
+TRICKY_TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=12),
+    st.sampled_from(
+        ['"}', '","text":"', ',"stream":"stdout","proc":"master","text":', "\\", '\\"}', "{}", ""]
+    ),
+)
+STORED_LINES = st.lists(
+    st.tuples(
+        st.integers(1, 3),  # the gap to the previous cursor (1: contiguous)
+        st.sampled_from(["stdout", "stderr"]),
+        st.sampled_from(["master", "worker-1", 'od"d \\ proc']),
+        TRICKY_TEXT,
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(lines=STORED_LINES, first=st.integers(1, 10**12), event_bytes=st.integers(1, 400))
+def test_columns_hold_exactly_the_stored_lines(
+    lines: list[tuple[int, str, str, str]], first: int, event_bytes: int
+) -> None:
+    """Any run of stored lines, cut into events of any size, reads back as the same lines."""
+    objects, cursor = [], first - 1
+    for gap, stream, proc, text in lines:
+        cursor += gap
+        objects.append({"cursor": cursor, "stream": stream, "proc": proc, "text": text})
+    # The stored form: the keys in this order, compact, non-ASCII escaped (what the
+    # collector writes).
+    stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
+    with mock.patch.object(_logs, "COLUMNS_EVENT", event_bytes):
+        sent = _logs._select(stored, None, columns=True)
+    events = [json.loads(line) for line in sent.splitlines()]
+    assert expand_columns(events) == objects
+    assert all("texts" in event for event in events)
+    whole = json.loads(encode_columns(stored))
+    assert ("cursors" in whole) == any(gap > 1 for gap, *_ in lines[1:])
+    assert len(whole["sources"]) == 1 + sum(
+        (a[1], a[2]) != (b[1], b[2]) for a, b in itertools.pairwise(lines)
+    )
+
+
+def test_lines_the_collector_did_not_write_are_sent_as_they_are() -> None:
+    """Bytes that do not read as stored lines are sent unchanged, never misread."""
+    for odd in (
+        b'{"cursor":1,"text":"a","stream":"stdout","proc":"master"}\n',
+        b'{"cursor":x,"stream":"stdout","proc":"master","text":"a"}\n',
+        b'{"cursor":1,"stream":"stdout","proc":"master","text":"a"}\nnot json\n',
+    ):
+        assert encode_columns(odd) == odd

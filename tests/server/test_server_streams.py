@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from server_support import BOTH_BACKENDS, Api, encode_token
-from support import wait_until, write_script
+from support import expand_columns, wait_until, write_script
 
 from juliarun_aio.server import _logs
 from juliarun_aio.server._logs import (
@@ -92,6 +92,41 @@ def test_stream_filter_skips_the_other_stream(api: Api, numbered: str) -> None:
     everything = stream(api, "JuliaBatch", numbered, stream="stderr")
     assert [item["text"] for item in everything[:-1]] == [f"err {i}" for i in range(3, 301, 3)]
     assert items[-1] == {"end": True, "cursor": 400, "phase": "succeeded"}
+
+
+@BOTH_BACKENDS
+def test_columns_format_sends_the_same_lines(api: Api, numbered: str) -> None:
+    """format=columns holds exactly the lines of format=lines, from any cursor, per stream."""
+    for stream_name in (None, "stdout", "stderr"):
+        for cursor in (0, 1, 137, 399, 400):
+            params: dict[str, Any] = {"cursor": cursor}
+            if stream_name is not None:
+                params["stream"] = stream_name
+            lines = stream(api, "JuliaBatch", numbered, **params)
+            columns = stream(api, "JuliaBatch", numbered, format="columns", **params)
+            assert expand_columns(columns) == lines, (stream_name, cursor)
+            assert all("texts" in item for item in columns[:-1])
+    # Cursors are listed when they are not contiguous (one stream skips the other's).
+    (event, end) = stream(api, "JuliaBatch", numbered, format="columns", stream="stderr")
+    lines = stream(api, "JuliaBatch", numbered, stream="stderr")[:-1]
+    cursors = [item["cursor"] for item in lines]
+    contiguous = cursors == list(range(cursors[0], cursors[0] + 100))
+    assert event.get("cursors") == (None if contiguous else cursors)
+    assert event["sources"] == [[100, "stderr", "master"]]
+    assert end == {"end": True, "cursor": 400, "phase": "succeeded"}
+
+
+def test_an_unknown_format_is_refused(api: Api, numbered: str) -> None:
+    """format= other than lines or columns is a 400 naming both."""
+    query = {
+        "jruntok": encode_token(api.token),
+        "jrunns": api.namespace,
+        "name": numbered,
+        "format": "csv",
+    }
+    response = api.http.get("/streamLogs/JuliaBatch/", params=query)
+    assert response.status_code == 400
+    assert "'format' must be lines or columns" in response.json()["data"]
 
 
 @BOTH_BACKENDS

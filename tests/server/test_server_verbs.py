@@ -31,7 +31,7 @@ def test_system_status_and_server_info(api: Api, backend: str) -> None:
     assert api.data("getSystemStatus") is True
     info = api.data("serverInfo")
     assert info["server"] == "juliarun_aio"
-    assert info["extensions"] == ["streamLogs", "jobUid"]
+    assert info["extensions"] == ["streamLogs", "streamLogsColumns", "jobUid"]
     assert isinstance(info["version"], str)
     if backend == "slurm":
         assert info["process_cleanup"] == "slurm"
