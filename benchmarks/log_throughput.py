@@ -1,12 +1,15 @@
 """3. Log throughput: ``tail_logs(follow=False)`` over a finished job's whole log.
 
-- the wire floor: the same ``streamLogs`` request with bare httpx, bytes read and
+- the wire floor: the same ``streamLogs`` request (one object per line: the stored log
+  as it is on disk) with bare httpx, bytes read and
   newlines counted, nothing parsed;
 - a hand-written peer: the same request with bare httpx, ``aiter_lines`` and
   ``json.loads`` per line (what parsing costs without the SDK);
 - ours: the stream path of ``tail_logs`` (every line parsed into a ``LogLine``), and of
-  ``tail_log_batches`` (a ``LogBatch`` per network chunk), each with the JSON decoder the
-  install has (orjson with the ``fast`` extra) and with the json module alone;
+  ``tail_log_batches`` (a ``LogBatch`` per chunk), each with the JSON decoder the
+  install has (orjson with the ``fast`` extra) and with the json module alone, reading
+  the ``format=columns`` stream the SDK asks the local server for, and one object per
+  line (``format=lines``, as from a server without that extension);
 - the polling path (``mode="poll"``): ``tailJob`` windows, as against a plain JuliaRun
   server.  Its window is capped (``MAX_POLL_WINDOW``), so on a log longer than that it
   yields only the newest lines and warns of the gap; the row says how many it yielded.
@@ -92,6 +95,17 @@ def json_module_only() -> Iterator[None]:
         logs._fast_loads = saved
 
 
+@contextlib.contextmanager
+def lines_format_only() -> Iterator[None]:
+    """Read the stream one object per line, as from a server without ``format=columns``."""
+    saved = logs.COLUMNS_EXTENSION
+    logs.COLUMNS_EXTENSION = "not offered"
+    try:
+        yield
+    finally:
+        logs.COLUMNS_EXTENSION = saved
+
+
 def decoder_name() -> str:
     return "orjson" if logs._fast_loads() is not None else "json module"
 
@@ -115,6 +129,7 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
         await sdk_lines(ctx, small, "poll")
         floors, peers, streams, polls = [], [], [], []
         batched, plain_streams, plain_batched = [], [], []
+        line_streams, line_batched = [], []
         n = sizes.log_lines
         polled = 0
         gap = False
@@ -132,6 +147,9 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
             with json_module_only():
                 plain_streams.append(await _rate(lambda: sdk_lines(ctx, job), n))
                 plain_batched.append(await _rate(lambda: batched_lines(ctx, job), n))
+            with lines_format_only():
+                line_streams.append(await _rate(lambda: sdk_lines(ctx, job), n))
+                line_batched.append(await _rate(lambda: batched_lines(ctx, job), n))
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", LogGapWarning)
                 started = time.perf_counter()
@@ -140,6 +158,7 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
             gap = any(issubclass(w.category, LogGapWarning) for w in caught)
     f, h, s, p = median(floors), median(peers), median(streams), median(polls)
     b, ps, pb = median(batched), median(plain_streams), median(plain_batched)
+    ls, lb = median(line_streams), median(line_batched)
     decoder = decoder_name()
     coverage = f"{polled:,} of {sizes.log_lines:,} lines" + ("; gap warned" if gap else "")
     return [
@@ -169,6 +188,16 @@ async def run(server: ServerProcess, sizes: Sizes) -> list[Row]:
             "report",
             None,
             {"plain_stream_lines_per_s": ps, "plain_batch_lines_per_s": pb},
+        ),
+        Row(
+            f"3f. log throughput: {sizes.log_lines:,} lines, one object per line",
+            f"bare httpx bytes {fmt_rate(f, 'lines')}",
+            f"format=lines (no streamLogsColumns): tail_logs {fmt_rate(ls, 'lines')}, "
+            f"tail_log_batches {fmt_rate(lb, 'lines')} ({decoder})",
+            lb / f,
+            "report",
+            None,
+            {"lines_format_stream_lines_per_s": ls, "lines_format_batch_lines_per_s": lb},
         ),
         Row(
             f"3b. log throughput: {sizes.log_lines:,} lines, polling path",

@@ -326,7 +326,7 @@ class Context:
         mode: _logs.Mode = "auto",
         poll: _watch.PollPolicy | None = None,
     ) -> AsyncGenerator[_logs.LogBatch, None]:
-        """Yield the lines of :meth:`tail_logs`, one :class:`LogBatch` per network chunk or poll.
+        """Yield the lines of :meth:`tail_logs`, one :class:`LogBatch` per stream chunk or poll.
 
         A fraction of the cost per line, for consumers that ship, store or count many lines.
         Same arguments, guarantees and errors; resume with ``since=batch.cursor``.

@@ -179,7 +179,7 @@ class LogLine:
 
 @attrs.frozen
 class LogBatch:
-    """The log lines that one network chunk (stream path) or one ``tailJob`` poll brought.
+    """The log lines that one chunk of the stream (stream path) or one ``tailJob`` poll brought.
 
     What :meth:`Context.tail_log_batches <juliarun_aio.Context.tail_log_batches>` yields:
     the same lines as ``tail_logs``, in the same order, held column by column (entry
@@ -264,9 +264,11 @@ def tail_log_batches(  # noqa: PLR0917 - Context's options, in its order
 ) -> AsyncGenerator[LogBatch, None]:
     """Yield the job's log lines from the start (or after ``since``), a batch at a time.
 
-    One :class:`LogBatch` per network chunk on the stream path and per ``tailJob`` poll
-    on the polling path, never empty; together they hold exactly the lines
-    :func:`tail_logs` yields, with the same guarantees.
+    One :class:`LogBatch` per chunk of the stream on the stream path (what one network
+    read brought, or one event of at most a few hundred kilobytes from a server that
+    sends ``format=columns``) and per ``tailJob`` poll on the polling path, never empty;
+    together they hold exactly the lines :func:`tail_logs` yields, with the same
+    guarantees.
 
     Args:
         http: The HTTP layer of the Context to read through.
