@@ -705,35 +705,62 @@ async def stream_log(
     limit_phase = log.phase
     limit = log.snapshot() if not follow else None
     last_sent = time.monotonic()
-    while log.readable():
-        finished, phase = log.finished, log.phase if limit is None else limit_phase
-        last, size = limit or log.snapshot()
-        if pos < last:
-            try:
-                if byte_pos is None:
-                    byte_pos = await asyncio.to_thread(log.offset_of, pos + 1)
-                read, lines, data = await asyncio.to_thread(
-                    _read_selected, log, byte_pos, size, marker, columns
-                )
-            except OSError:
-                if log.readable():
-                    raise
-                return  # the log was closed under us (job deleted)
-            byte_pos += read
-            pos += lines
-            if data:
+    # The next chunk is read (and encoded) while the last one is being sent: the server
+    # waits for the client to take most of a chunk before it asks for the next one.
+    ahead: asyncio.Task[tuple[int, int, bytes]] | None = None
+    try:
+        while log.readable():
+            finished, phase = log.finished, log.phase if limit is None else limit_phase
+            last, size = limit or log.snapshot()
+            if pos < last:
+                try:
+                    if byte_pos is None:
+                        byte_pos = await asyncio.to_thread(log.offset_of, pos + 1)
+                    if ahead is None:
+                        ahead = _read_ahead(log, byte_pos, size, marker, columns)
+                    read, lines, data = await ahead
+                except OSError:
+                    if log.readable():
+                        raise
+                    return  # the log was closed under us (job deleted)
+                finally:
+                    ahead = None
+                byte_pos += read
+                pos += lines
+                if pos < last:
+                    ahead = _read_ahead(log, byte_pos, size, marker, columns)
+                if data:
+                    last_sent = time.monotonic()
+                    yield data
+                continue
+            if limit is not None or finished:
+                yield _json_line({"end": True, "cursor": pos, "phase": phase})
+                return
+            idle = time.monotonic() - last_sent
+            if idle >= heartbeat:
                 last_sent = time.monotonic()
-                yield data
-            continue
-        if limit is not None or finished:
-            yield _json_line({"end": True, "cursor": pos, "phase": phase})
-            return
-        idle = time.monotonic() - last_sent
-        if idle >= heartbeat:
-            last_sent = time.monotonic()
-            yield _json_line({"heartbeat": True, "cursor": pos})
-            continue
-        await log.wait(pos, heartbeat - idle)
+                yield _json_line({"heartbeat": True, "cursor": pos})
+                continue
+            await log.wait(pos, heartbeat - idle)
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+            # A read that failed meanwhile (its log closed) is dropped with the stream.
+            ahead.add_done_callback(_retrieve)
+
+
+def _read_ahead(
+    log: JobLog, start: int, stop: int, marker: bytes | None, columns: bool
+) -> asyncio.Task[tuple[int, int, bytes]]:
+    """Start :func:`_read_selected` on a worker thread."""
+    return asyncio.ensure_future(
+        asyncio.to_thread(_read_selected, log, start, stop, marker, columns)
+    )
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 @attrs.define

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from server_support import FAST, Api
-from support import write_script
+from support import wait_until, write_script
 
 from juliarun_aio.server import LocalServer, ServerConfig, ServerProcess, create_app
 from juliarun_aio.server import _ui as ui_module
@@ -180,6 +180,10 @@ def test_changes_need_a_post_with_the_csrf_token(
         worker_start_script="wait.py",
         run_volume="work",
         nworkers=1,
+    )
+    wait_until(
+        lambda: api.data("getJobScale", "JuliaParBatch", name="par") == [1, 1],
+        what="the worker to run",
     )
     path = "/ui/api/setJobScale/JuliaParBatch/"
     params = {"name": "par", "parallelism": "2"}
