@@ -19,7 +19,8 @@ request draws at most one fault from a seeded RNG at the configured rate:
 - ``bad_json``: a 200 answer whose body is not JSON.
 
 Streamed answers (chunked, e.g. ``streamLogs``) are passed through untouched except that,
-with ``cut_every=N``, the connection is cut after about N lines (sometimes mid-line).
+with ``cut_every=N``, the connection is cut after about N log lines (sometimes mid-line;
+a ``columns`` event counts the lines it carries).
 What was injected is counted in :attr:`FaultProxy.injected`.  Everything stays on
 127.0.0.1.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import email.utils
+import json
 import random
 import socket
 import struct
@@ -123,6 +125,23 @@ def _response(status: int, reason: str, body: bytes, headers: dict[str, str]) ->
     lines += [f"{name}: {value}" for name, value in headers.items()]
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _log_lines(body: bytes) -> list[tuple[int, int]]:
+    """Where each NDJSON event of ``body`` ends (after its newline), and the log lines it carries.
+
+    A ``columns`` event (``format=columns``) carries its ``texts``; any other event counts one.
+    """
+    ends: list[tuple[int, int]] = []
+    start = 0
+    while (at := body.find(b"\n", start)) >= 0:
+        weight = 1
+        if b'"texts"' in body[start:at]:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                weight = max(1, len(json.loads(body[start:at])["texts"]))
+        ends.append((at + 1, weight))
+        start = at + 1
+    return ends
 
 
 async def _reset(stream: anyio.abc.SocketStream) -> None:
@@ -439,15 +458,19 @@ class FaultProxy:
             data = await up.exactly(size + 2)
             if data is None:
                 raise _ClosedError
-            lines = data[:size].count(b"\n")
+            ends = _log_lines(data[:size])
+            lines = sum(weight for _, weight in ends)
             if budget is not None and lines >= budget:
-                # Cut after the budget-th newline, sometimes a few bytes into the next line.
-                at = -1
-                for _ in range(budget):
-                    at = data.find(b"\n", at + 1)
-                cut = at + 1 + (self.rng.randint(1, 20) if self.rng.random() < 0.5 else 0)
+                # Cut after the event that carries the budget-th log line, sometimes a few
+                # bytes into the next event.
+                carried, end = 0, size
+                for end, weight in ends:  # noqa: B007 - the end where the loop stops is used
+                    carried += weight
+                    if carried >= budget:
+                        break
+                cut = end + (self.rng.randint(1, 20) if self.rng.random() < 0.5 else 0)
                 self.cuts += 1
-                self.streamed_lines += budget
+                self.streamed_lines += carried
                 await self._send(client, size_line + data[: min(cut, size)])
                 await _reset(client)
                 raise _ClosedError
