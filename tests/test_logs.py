@@ -1483,7 +1483,7 @@ def test_columns_read_as_the_lines_they_encode(
         objects.append({"cursor": cursor, "stream": stream, "proc": proc, "text": text})
     stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
     with mock.patch.object(server_logs, "COLUMNS_EVENT", event_bytes):
-        sent = server_logs._select(stored, None, columns=True)
+        sent, _ = server_logs.columns_events(stored)
     events, error = logs._parse_chunk(sent.rstrip(b"\n"))
     assert error is None
     batches, ended, malformed = logs._batches_of_columns(events, since)

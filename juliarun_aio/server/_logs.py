@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import json
 import logging
 import operator
@@ -61,6 +62,7 @@ __all__ = [
     "JobLog",
     "LogClosedError",
     "LogCorruptError",
+    "columns_events",
     "encode_columns",
     "stream_log",
 ]
@@ -570,35 +572,47 @@ def _read_selected(
 ) -> tuple[int, int, bytes]:
     """Read whole lines from byte ``start`` (:meth:`JobLog.read`) and encode them to send.
 
+    Args:
+        log: The log.
+        start: Where to read from, the start of a line.
+        stop: Where to read up to at most, the end of a line.
+        marker: Send only the lines holding it (:func:`stream_marker`), or all.
+        columns: Send the lines as ``columns`` events (:func:`columns_events`).
+
     Returns:
-        The bytes and lines read, and what to send of them (:func:`_select`).
+        The bytes and lines read, and what to send of them.
     """
     data = log.read(start, stop)
-    if marker is None and not columns:
-        return len(data), data.count(b"\n"), data
-    return len(data), data.count(b"\n"), _select(data, marker, columns)
-
-
-def _select(data: bytes, marker: bytes | None, columns: bool) -> bytes:
-    """The lines of ``data`` holding ``marker`` (all without one), as ``columns`` asks.
-
-    ``columns`` events hold at most :data:`COLUMNS_EVENT` bytes of stored lines each: a
-    client keeps only whole events, so smaller events are what a connection that drops
-    now and then still gets through.
-    """
     if marker is not None:
-        data = _filter(data, marker)
-    if not columns:
-        return data
+        selected = _filter(data, marker)
+        return len(data), data.count(b"\n"), columns_events(selected)[0] if columns else selected
+    if columns:
+        sent, lines = columns_events(data)
+        return len(data), lines, sent
+    return len(data), data.count(b"\n"), data
+
+
+def columns_events(data: bytes) -> tuple[bytes, int]:
+    """Encode whole stored lines as ``columns`` events (:func:`encode_columns`).
+
+    Each event holds at most :data:`COLUMNS_EVENT` bytes of stored lines (but a longer
+    line, alone): a client keeps only whole events, so smaller events are what a
+    connection that drops now and then still gets through.
+
+    Returns:
+        The events, and the number of lines in ``data``.
+    """
     events = []
-    start = 0
+    lines = start = 0
     while start < len(data):
         stop = data.rfind(b"\n", start, start + COLUMNS_EVENT) + 1
         if stop <= start:  # one line longer than an event: it goes alone
             stop = data.index(b"\n", start) + 1
-        events.append(encode_columns(data[start:stop]))
+        count = data.count(b"\n", start, stop)
+        events.append(_encode_columns(data, start, stop, count))
+        lines += count
         start = stop
-    return b"".join(events)
+    return b"".join(events), lines
 
 
 def _cursor_at(data: bytes, pos: int) -> int | None:
@@ -614,7 +628,6 @@ def _cursor_at(data: bytes, pos: int) -> int | None:
 # docstring).  A key with its quotes (`,"text":`) never occurs inside a JSON string,
 # where every quote is escaped, and a raw newline never does either: so each stored line
 # matches these patterns exactly once, at its own keys.
-_TEXT_OF_LINE = re.compile(rb',"text":(".*)}\n')
 _FIELDS_OF_LINE = re.compile(
     rb'^\{"cursor":(\d+),"stream":("[a-z]+"),"proc":("(?:[^"\\]|\\.)*"),"text":(".*)\}$',
     re.MULTILINE,
@@ -631,31 +644,40 @@ def encode_columns(data: bytes) -> bytes:
     the collector writes them (never expected) are returned unchanged, one object each,
     which a client of the ``columns`` format reads as well.
     """
-    count = data.count(b"\n")
-    if not count:
-        return data
-    first, last = _cursor_at(data, 0), _cursor_at(data, data.rfind(b"\n", 0, -1) + 1)
-    if first is None or last is None:
-        return data
-    first_line = data[: data.index(b"\n")]
-    start, end = first_line.find(b',"stream":'), first_line.find(b',"text":')
-    source = first_line[start : end + len(b',"text":')]
-    if last - first == count - 1 and start > 0 and data.count(source) == count:
-        # Contiguous lines of one process stream (the usual case: a collector pass
-        # appends a run of lines from one source): only the texts are needed.
-        quoted = _TEXT_OF_LINE.findall(data)
-        if len(quoted) != count:
-            return data
-        stream_proc = source[len(b',"stream":') : -len(b',"text":')].replace(b',"proc":', b",", 1)
-        return b'{"cursor":%d,"texts":[%s],"sources":[[%d,%s]]}\n' % (
-            last,
-            b",".join(quoted),
-            count,
-            stream_proc,
-        )
-    rows = _FIELDS_OF_LINE.findall(data)
+    return _encode_columns(data, 0, len(data), data.count(b"\n"))
+
+
+@functools.lru_cache(maxsize=256)
+def _texts_of(source: bytes) -> re.Pattern[bytes]:
+    """The pattern of a stored line's text, on lines of one ``source`` only."""
+    return re.compile(re.escape(source) + rb'(".*)}\n')
+
+
+def _encode_columns(data: bytes, start: int, stop: int, count: int) -> bytes:
+    """:func:`encode_columns` of ``data[start:stop]``, which holds ``count`` lines."""
+    first = _cursor_at(data, start)
+    last = _cursor_at(data, data.rfind(b"\n", start, stop - 1) + 1 if count > 1 else start)
+    if not count or first is None or last is None:
+        return data[start:stop]
+    first_line = data[start : data.index(b"\n", start)]
+    begin, end = first_line.find(b',"stream":'), first_line.find(b',"text":')
+    if last - first == count - 1 and 0 < begin < end:
+        # Contiguous lines (the usual case: a collector pass appends a run of lines from
+        # one source): when every line has the first one's source, only the texts are
+        # needed.  A line matches once at most (it has one "stream" key).
+        source = first_line[begin : end + len(b',"text":')]
+        quoted = _texts_of(source).findall(data, start, stop)
+        if len(quoted) == count:
+            stream_proc = source[len(b',"stream":') : -len(b',"text":')]
+            return b'{"cursor":%d,"texts":[%s],"sources":[[%d,%s]]}\n' % (
+                last,
+                b",".join(quoted),
+                count,
+                stream_proc.replace(b',"proc":', b",", 1),
+            )
+    rows = _FIELDS_OF_LINE.findall(data, start, stop)
     if len(rows) != count:
-        return data
+        return data[start:stop]
     cursors, streams, procs, texts = zip(*rows, strict=True)
     keys = list(zip(streams, procs, strict=True))
     starts = [0, *compress(range(1, count), map(operator.ne, keys, keys[1:])), count]

@@ -376,7 +376,8 @@ def test_columns_hold_exactly_the_stored_lines(
     # collector writes).
     stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
     with mock.patch.object(_logs, "COLUMNS_EVENT", event_bytes):
-        sent = _logs._select(stored, None, columns=True)
+        sent, count = _logs.columns_events(stored)
+    assert count == len(objects)
     events = [json.loads(line) for line in sent.splitlines()]
     assert expand_columns(events) == objects
     assert all("texts" in event for event in events)
