@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._cluster import initialize_cluster, release_cluster, self_job
+from ._base import JOB_KINDS
 from ._context import Context
 from ._errors import (
     ApiError,
@@ -35,13 +35,14 @@ from ._errors import (
     TransportError,
     WaitTimeoutError,
 )
-from ._jobs import JOB_KINDS, Job, JobRef, JobSpec, make_spec
-from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
-from ._retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._cluster import initialize_cluster, release_cluster, self_job
+    from ._jobs import Job, JobRef, JobSpec, make_spec
     from ._logs import LogBatch, LogGapWarning, LogLine
+    from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable
+    from ._retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy
     from ._specs import (
         Generic,
         JuliaBatch,
@@ -114,9 +115,10 @@ TimeoutError = RequestTimeoutError
 
 
 def __getattr__(name: str) -> Any:
-    # What most programs need only later loads on first use: the job spec classes
-    # (defining them is most of what importing the package would cost, see _specs), and
-    # the types of the log and wait helpers.
+    # Everything but the Context and the errors loads on first use: most of it is attrs
+    # classes (defining the job specs is most of what importing the package used to
+    # cost), and attrs itself and anyio take as long to import as the rest of the
+    # package together.  A Context loads what it needs when it is made (see _lazy).
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -125,9 +127,14 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+#: Where each name that loads on first use lives.
 _LAZY = {
-    **dict.fromkeys(JOB_KINDS, "._specs"),
+    **dict.fromkeys(("initialize_cluster", "release_cluster", "self_job"), "._cluster"),
+    **dict.fromkeys(("Job", "JobRef", "JobSpec", "make_spec"), "._jobs"),
     **dict.fromkeys(("LogBatch", "LogGapWarning", "LogLine"), "._logs"),
+    **dict.fromkeys(("Endpoint", "JobInfo", "JobScale", "JobStatus", "JobTable"), "._models"),
+    **dict.fromkeys(("DEFAULT_RETRY", "NO_RETRIES", "RetryPolicy"), "._retry"),
+    **dict.fromkeys(JOB_KINDS, "._specs"),
     "PollPolicy": "._watch",
 }
 

@@ -30,8 +30,16 @@ from pathlib import Path
 import attrs
 import httpx
 
+from ._base import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LIMITS,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WAIT_TIMEOUT,
+    Verify,
+)
 from ._errors import ConfigurationError
-from ._tls import USUAL_CAS, Trust, Verify, insecure_http_allowed, resolve_trust
+from ._tls import USUAL_CAS, Trust, insecure_http_allowed, resolve_trust
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -55,20 +63,6 @@ __all__ = [
 DEFAULT_URL = "http://juliarunremote-svc.juliarun:80"
 #: Where Kubernetes mounts the service-account token and namespace.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-#: Connect quickly or fail; give the server time to answer; never wait forever.
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-#: One pool per Context; helpers share it, so this also bounds concurrent requests.
-DEFAULT_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=20)
-# The defaults of the long-running helpers live here, with the Context's, so that the
-# Context's signatures do not import the helpers' modules (they load on first use).
-#: ``tail_logs``: seconds to wait for a job that does not exist yet.
-DEFAULT_START_TIMEOUT = 60.0
-#: ``tail_logs``: seconds without a byte (heartbeats included) after which a stream is
-#: presumed dead.
-DEFAULT_IDLE_TIMEOUT = 30.0
-#: How long ``wait_for_workers`` / ``wait_for_scale`` wait by default, in seconds.
-DEFAULT_WAIT_TIMEOUT = 600.0
-
 # RFC 3986 unreserved characters stay as they are; everything else is %-encoded, so a
 # space is %20 exactly as the Julia client (HTTP.jl's escapeuri) sends it.
 _UNRESERVED = "-._~"

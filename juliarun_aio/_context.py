@@ -9,20 +9,17 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import _config
+from . import _base as base
 from . import _errors as errors
-from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Verify, resolve_config
-from ._http import UNSET, HttpLayer, TimeoutArg
-from ._jobs import Job, JobSpec
-from ._lazy import logs as _logs
-from ._lazy import watch as _watch
-from ._lazy import wire as _wire
-from ._models import Endpoint, JobInfo, JobScale, JobStatus, JobTable, bool_from_wire, str_from_wire
-from ._retry import DEFAULT_RETRY, RetryPolicy, WriteOutcome
+from ._base import DEFAULT_ATTEMPTS, DEFAULT_LIMITS, DEFAULT_TIMEOUT, UNSET, TimeoutArg, Verify
+from ._lazy import logs, models, retry, watch, wire
+
+if TYPE_CHECKING:
+    from . import Endpoint, Job, JobInfo, JobScale, JobSpec, JobStatus, JobTable, RetryPolicy
 
 __all__ = ["Context"]
 
@@ -41,7 +38,7 @@ class Context:
             changes and once after a 401.
         timeout: Per-request timeouts: seconds or an :class:`httpx.Timeout`
             (default: 5 s to connect, 30 s for the rest).  Overridable per call.
-        retries: A :class:`RetryPolicy`, or an int for the number of attempts.
+        retries: A :class:`RetryPolicy`, or the number of attempts (4: :data:`DEFAULT_RETRY`).
         limits: Pool limits; also bounds the requests in flight on this Context, and
             half of ``max_connections`` bounds the log streams open at once (so that
             calls always find a connection); at least 2.
@@ -72,12 +69,15 @@ class Context:
         *,
         token_file: str | os.PathLike[str] | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: RetryPolicy | int = DEFAULT_RETRY,
+        retries: RetryPolicy | int = DEFAULT_ATTEMPTS,
         limits: httpx.Limits = DEFAULT_LIMITS,
         client: httpx.AsyncClient | None = None,
         env: Mapping[str, str] | None = None,
         verify: Verify | None = None,
     ) -> None:
+        from ._config import resolve_config  # noqa: PLC0415 - loaded on first use (_lazy)
+        from ._http import HttpLayer  # noqa: PLC0415
+
         cfg = resolve_config(url, token, namespace, token_file=token_file, env=env, verify=verify)
         self._http = HttpLayer(cfg, timeout=timeout, retries=retries, limits=limits, client=client)
 
@@ -132,7 +132,8 @@ class Context:
         Raises:
             JuliaRunError: see the error tree; a ``false`` answer is not an error.
         """
-        return await self._http.fetch("getSystemStatus", None, bool_from_wire, timeout=timeout)
+        read = models.bool_from_wire
+        return await self._http.fetch("getSystemStatus", None, read, timeout=timeout)
 
     async def list_jobs(self, *, timeout: TimeoutArg = UNSET) -> dict[str, JobInfo]:
         """List the jobs of this namespace (name and type only).
@@ -140,7 +141,8 @@ class Context:
         Returns:
             ``{name: JobInfo}`` with ``status``, ``scale`` and ``endpoint`` left ``None``.
         """
-        return await self._http.fetch("listJobs", None, JobInfo.mapping_from_wire, timeout=timeout)
+        read = models.JobInfo.mapping_from_wire
+        return await self._http.fetch("listJobs", None, read, timeout=timeout)
 
     async def get_all_job_info(self, *, timeout: TimeoutArg = UNSET) -> JobTable:
         """List the jobs of this namespace with their status, scale and endpoint.
@@ -148,8 +150,8 @@ class Context:
         Returns:
             A ``dict`` of :class:`JobInfo` by job name, which notebooks show as a table.
         """
-        read = JobInfo.mapping_from_wire
-        return JobTable(await self._http.fetch("getAllJobInfo", None, read, timeout=timeout))
+        read = models.JobInfo.mapping_from_wire
+        return models.JobTable(await self._http.fetch("getAllJobInfo", None, read, timeout=timeout))
 
     async def server_info(self, *, timeout: TimeoutArg = UNSET) -> dict[str, Any] | None:
         """Ask for the local server's ``serverInfo`` extension.
@@ -168,24 +170,25 @@ class Context:
         Raises:
             JobNotFoundError: the job does not exist in this namespace.
         """
-        return await self._http.fetch("getJobStatus", job.ref, JobStatus.from_wire, timeout=timeout)
+        read = models.JobStatus.from_wire
+        return await self._http.fetch("getJobStatus", job.ref, read, timeout=timeout)
 
     async def get_job_scale(self, job: Job, *, timeout: TimeoutArg = UNSET) -> JobScale:
         """Fetch the number of workers running and requested."""
-        return await self._http.fetch("getJobScale", job.ref, JobScale.from_wire, timeout=timeout)
+        read = models.JobScale.from_wire
+        return await self._http.fetch("getJobScale", job.ref, read, timeout=timeout)
 
     async def get_job_endpoint(self, job: Job, *, timeout: TimeoutArg = UNSET) -> Endpoint:
         """Fetch the host and named ports the job exposes."""
-        return await self._http.fetch(
-            "getJobEndpoint", job.ref, Endpoint.from_wire, timeout=timeout
-        )
+        read = models.Endpoint.from_wire
+        return await self._http.fetch("getJobEndpoint", job.ref, read, timeout=timeout)
 
     async def get_encoded_url(
         self, job: Job, port: int | str, *, timeout: TimeoutArg = UNSET
     ) -> str:
         """Fetch a URL through which ``port`` of the job can be reached."""
         return await self._http.fetch(
-            "getEncodedURL", job.ref, str_from_wire, {"port": str(port)}, timeout=timeout
+            "getEncodedURL", job.ref, models.str_from_wire, {"port": str(port)}, timeout=timeout
         )
 
     async def tail_job(
@@ -200,7 +203,7 @@ class Context:
         Raises:
             ValueError: ``count`` is negative or ``stream`` is not a known stream.
         """
-        text, _ = await _logs.tail_window(self._http, job.ref, stream, count, timeout=timeout)
+        text, _ = await logs.tail_window(self._http, job.ref, stream, count, timeout=timeout)
         return text
 
     async def submit_job(self, spec: JobSpec, *, timeout: TimeoutArg = UNSET) -> None:
@@ -214,7 +217,7 @@ class Context:
         await self._http.write(
             "submitJob",
             ref,
-            _wire.encode_spec(spec),
+            wire.encode_spec(spec),
             verify=functools.partial(self._http.in_effect, ref, exists=True),
             applied_if=errors.ConflictError,
             timeout=timeout,
@@ -226,7 +229,7 @@ class Context:
         An update whose reply is lost is not resent: no read can show whether it applied,
         so the error says the outcome is unknown.
         """
-        await self._http.write("updateJob", spec.ref, _wire.encode_spec(spec), timeout=timeout)
+        await self._http.write("updateJob", spec.ref, wire.encode_spec(spec), timeout=timeout)
 
     async def set_job_scale(
         self, job: Job, parallelism: int, *, timeout: TimeoutArg = UNSET
@@ -243,13 +246,13 @@ class Context:
             raise ValueError(f"parallelism must be a non-negative int, got {parallelism!r}")
         ref = job.ref
 
-        async def verify() -> WriteOutcome:
-            return WriteOutcome.seen((await self.get_job_scale(ref)).requested == parallelism)
+        async def verify() -> retry.WriteOutcome:
+            return retry.WriteOutcome.seen((await self.get_job_scale(ref)).requested == parallelism)
 
         data = await self._http.write(
             "setJobScale", ref, {"parallelism": str(parallelism)}, verify=verify, timeout=timeout
         )
-        return True if data is None else self._http.decode(bool_from_wire, data, "setJobScale", ref)
+        return self._http.flag(data, "setJobScale", ref)
 
     async def delete_job(
         self, job: Job, force: bool = False, *, timeout: TimeoutArg = UNSET
@@ -273,7 +276,7 @@ class Context:
             applied_if=errors.JobNotFoundError,
             timeout=timeout,
         )
-        return True if data is None else self._http.decode(bool_from_wire, data, "deleteJob", ref)
+        return self._http.flag(data, "deleteJob", ref)
 
     # -- long-running helpers (in _logs.py and _watch.py, loaded on first use) -----------
 
@@ -284,11 +287,11 @@ class Context:
         follow: bool = True,
         stream: str | None = None,
         since: int | None = None,
-        start_timeout: float | None = _config.DEFAULT_START_TIMEOUT,
-        idle_timeout: float = _config.DEFAULT_IDLE_TIMEOUT,
-        mode: _logs.Mode = "auto",
-        poll: _watch.PollPolicy | None = None,
-    ) -> AsyncGenerator[_logs.LogLine, None]:
+        start_timeout: float | None = base.DEFAULT_START_TIMEOUT,
+        idle_timeout: float = base.DEFAULT_IDLE_TIMEOUT,
+        mode: logs.Mode = "auto",
+        poll: watch.PollPolicy | None = None,
+    ) -> AsyncGenerator[logs.LogLine, None]:
         """Yield the job's log lines, in order, each once.
 
         Follows the server's resumable stream where it has one, else polls ``tailJob``
@@ -310,7 +313,7 @@ class Context:
             ClientClosedError: the Context was closed.
             LogGapWarning: (a warning) polled lines may be missing or repeated.
         """
-        return _logs.tail_logs(
+        return logs.tail_logs(
             self._http, job, follow, stream, since, start_timeout, idle_timeout, mode, poll
         )
 
@@ -321,17 +324,17 @@ class Context:
         follow: bool = True,
         stream: str | None = None,
         since: int | None = None,
-        start_timeout: float | None = _config.DEFAULT_START_TIMEOUT,
-        idle_timeout: float = _config.DEFAULT_IDLE_TIMEOUT,
-        mode: _logs.Mode = "auto",
-        poll: _watch.PollPolicy | None = None,
-    ) -> AsyncGenerator[_logs.LogBatch, None]:
+        start_timeout: float | None = base.DEFAULT_START_TIMEOUT,
+        idle_timeout: float = base.DEFAULT_IDLE_TIMEOUT,
+        mode: logs.Mode = "auto",
+        poll: watch.PollPolicy | None = None,
+    ) -> AsyncGenerator[logs.LogBatch, None]:
         """Yield the lines of :meth:`tail_logs`, one :class:`LogBatch` per stream chunk or poll.
 
         A fraction of the cost per line, for consumers that ship, store or count many lines.
         Same arguments, guarantees and errors; resume with ``since=batch.cursor``.
         """
-        return _logs.tail_log_batches(
+        return logs.tail_log_batches(
             self._http, job, follow, stream, since, start_timeout, idle_timeout, mode, poll
         )
 
@@ -340,8 +343,8 @@ class Context:
         job: Job,
         n: int,
         *,
-        timeout: float | None = _config.DEFAULT_WAIT_TIMEOUT,
-        poll: _watch.PollPolicy | None = None,
+        timeout: float | None = base.DEFAULT_WAIT_TIMEOUT,
+        poll: watch.PollPolicy | None = None,
     ) -> AsyncGenerator[JobScale, None]:
         """Yield the job's scale now and on every change until ``n`` workers run.
 
@@ -355,21 +358,21 @@ class Context:
             JobStateError: the job ended, or the server says workers cannot start.
             JobNotFoundError: the job does not exist, was deleted, or was replaced.
         """
-        return _watch.wait_for_workers(self._http, job, n, timeout=timeout, poll=poll)
+        return watch.wait_for_workers(self._http, job, n, timeout=timeout, poll=poll)
 
     async def wait_for_scale(
         self,
         job: Job,
         n: int,
         *,
-        timeout: float | None = _config.DEFAULT_WAIT_TIMEOUT,
-        poll: _watch.PollPolicy | None = None,
+        timeout: float | None = base.DEFAULT_WAIT_TIMEOUT,
+        poll: watch.PollPolicy | None = None,
     ) -> JobScale:
         """Wait until ``n`` workers run and return that scale (see :meth:`wait_for_workers`)."""
-        return await _watch.wait_for_scale(self._http, job, n, timeout=timeout, poll=poll)
+        return await watch.wait_for_scale(self._http, job, n, timeout=timeout, poll=poll)
 
     def watch_job(
-        self, job: Job, *, timeout: float | None = None, poll: _watch.PollPolicy | None = None
+        self, job: Job, *, timeout: float | None = None, poll: watch.PollPolicy | None = None
     ) -> AsyncGenerator[JobStatus, None]:
         """Yield the job's status now and on every change; end once it succeeded or failed.
 
@@ -383,14 +386,14 @@ class Context:
                 message says what was last seen (phase, worker counts, message).
             JobNotFoundError: the job does not exist, was deleted, or was replaced.
         """
-        return _watch.watch_job(self._http, job, timeout=timeout, poll=poll)
+        return watch.watch_job(self._http, job, timeout=timeout, poll=poll)
 
     async def wait_for_job(
-        self, job: Job, *, timeout: float | None = None, poll: _watch.PollPolicy | None = None
+        self, job: Job, *, timeout: float | None = None, poll: watch.PollPolicy | None = None
     ) -> JobStatus:
         """Wait for the job to complete and return its final status (see :meth:`watch_job`).
 
         Raises:
             WaitTimeoutError: the job did not complete within ``timeout`` seconds.
         """
-        return await _watch.wait_for_job(self._http, job, timeout=timeout, poll=poll)
+        return await watch.wait_for_job(self._http, job, timeout=timeout, poll=poll)

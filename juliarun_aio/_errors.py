@@ -34,9 +34,7 @@ in clear.
 from __future__ import annotations
 
 import builtins
-from typing import TYPE_CHECKING
-
-import attrs
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ._models import JobScale, JobStatus
@@ -317,8 +315,7 @@ _BY_MESSAGE: tuple[tuple[tuple[str, ...], type[ApiError]], ...] = (
 )
 
 
-@attrs.frozen
-class HintTerms:
+class HintTerms(NamedTuple):
     """How the "what to do next" hints name things: in Python, or on a command line.
 
     Attributes:
@@ -339,7 +336,7 @@ class HintTerms:
     def words(self) -> dict[str, str]:
         """Return what the hint templates refer to, by name."""
         options = {name: self.option(name) for name in ("token", "token_file", "namespace", "url")}
-        return {**options, "force": self.option("force", "True"), **attrs.asdict(self)}
+        return {**options, "force": self.option("force", "True"), **self._asdict()}
 
 
 #: The hints of the SDK's errors name its arguments and methods.

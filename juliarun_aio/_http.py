@@ -38,8 +38,8 @@ import attrs
 import httpx
 
 from . import _errors as errors
+from ._base import DEFAULT_TIMEOUT, UNSET, TimeoutArg, Unset
 from ._config import (
-    DEFAULT_TIMEOUT,
     ResolvedConfig,
     build_query,
     encode_token,
@@ -49,7 +49,7 @@ from ._config import (
 )
 from ._jobs import JOB_KINDS, MAX_NAME_LENGTH, JobRef
 from ._loops import LoopState, closed_error, forget_connections, running_loop
-from ._models import JobStatus
+from ._models import JobStatus, bool_from_wire
 from ._retry import (
     Decision,
     RetryPolicy,
@@ -92,20 +92,6 @@ _URL_CACHE_SIZE = 256
 _MAX_MESSAGE = 500
 
 
-class _Unset:
-    """Tells "not given" from ``None``."""
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-#: A per-call argument left out: the Context's setting applies.
-UNSET: Final = _Unset()
-
-#: A per-call ``timeout=``: seconds, an :class:`httpx.Timeout`, or :data:`UNSET`.
-TimeoutArg = float | httpx.Timeout | _Unset
-
-
 class _AmbiguousWriteError(Exception):
     """A state-changing call failed after its request may have reached the server.
 
@@ -130,7 +116,7 @@ class ServerFacts:
             (a plain JuliaRun server); :data:`UNSET` until asked.
     """
 
-    info: dict[str, Any] | _Unset | None = UNSET
+    info: dict[str, Any] | Unset | None = UNSET
 
 
 class HttpLayer:
@@ -382,7 +368,7 @@ class HttpLayer:
 
     def timeout_for(self, timeout: TimeoutArg) -> httpx.Timeout:
         """Return the timeouts of one call: ``timeout``, or the default when UNSET."""
-        return self.timeout if isinstance(timeout, _Unset) else _as_timeout(timeout)
+        return self.timeout if isinstance(timeout, Unset) else _as_timeout(timeout)
 
     async def _send_once(
         self,
@@ -565,6 +551,14 @@ class HttpLayer:
             job=job.name if job else None,
             body=self.excerpt(data),
         )
+
+    def flag(self, data: Any, verb: str, job: JobRef) -> bool:
+        """Read the boolean answer of :meth:`write`: ``True`` when a follow-up read settled it.
+
+        Raises:
+            ResponseError: the answer is not a boolean.
+        """
+        return True if data is None else self.decode(bool_from_wire, data, verb, job)
 
     # -- calls with retries -----------------------------------------------------------------
 
@@ -759,7 +753,7 @@ class HttpLayer:
             The answer, or ``None`` from a server that does not offer it.
         """
         info = self.facts.info
-        if isinstance(info, _Unset):
+        if isinstance(info, Unset):
             try:
                 data, _ = await self.exchange("serverInfo", timeout=timeout)
             except (errors.JobNotFoundError, errors.BadRequestError, errors.ResponseError):

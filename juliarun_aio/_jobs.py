@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 
 import attrs
 
+from ._base import JOB_KINDS
 from ._errors import SpecError, excerpt
 
 if TYPE_CHECKING:
@@ -42,18 +43,6 @@ __all__ = [
     "quote",
     "validate_name",
 ]
-
-JOB_KINDS: tuple[str, ...] = (
-    "JuliaParBatch",
-    "JuliaParBatchWorkers",
-    "Notebook",
-    "JuliaBatch",
-    "PkgBuilder",
-    "Webserver",
-    "MessageQ",
-    "Generic",
-)
-"""The eight job types, spelled as the protocol's ``<JobType>`` URL segment."""
 
 Restart = Literal["RestartAlways", "RestartOnFailure", "Never"]
 """The values of the ``restart`` parameter."""

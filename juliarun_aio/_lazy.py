@@ -1,41 +1,54 @@
 """Modules that load on first use, so that ``import juliarun_aio`` stays cheap.
 
-``logs``, ``watch`` and ``wire`` are the modules of the long-running helpers and of the
-spec encoder, for :class:`~juliarun_aio.Context` to call into.
+``import juliarun_aio`` defines :class:`~juliarun_aio.Context` and the errors, and needs
+httpx for that; attrs (the specs, results, retry policy and settings are attrs classes)
+and anyio wait until a Context is made or a name is first read.  The module names here
+are what :class:`~juliarun_aio.Context` calls into; each is imported, by the usual import
+system, when an attribute is first read from it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["lazy_module", "logs", "watch", "wire"]
+__all__ = ["Deferred", "logs", "models", "retry", "watch", "wire"]
 
 
-def lazy_module(name: str) -> ModuleType:
-    """Return module ``name``, executed when an attribute is first read from it.
+class Deferred:
+    """Module ``name``, imported when an attribute is first read from it.
 
-    Until then it is a placeholder in :data:`sys.modules`; any import of it, or of a name
-    from it, loads it as usual.
+    The import is an ordinary one: it takes the import lock, so threads that get here
+    together share one execution, and an import that fails leaves nothing half-made in
+    :data:`sys.modules` -- the next read tries again.  Imports happen only in synchronous
+    code, so a cancelled call cannot interrupt one.
     """
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            raise ModuleNotFoundError(f"no module named {name!r}", name=name)
-        spec.loader = importlib.util.LazyLoader(spec.loader)
-        module = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
+
+    __slots__ = ("_module", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        module = self._module
+        if module is None:
+            module = self._module = importlib.import_module(self._name)
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        state = "imported" if self._module is not None else "not imported yet"
+        return f"<deferred module {self._name!r}, {state}>"
 
 
 if TYPE_CHECKING:
     from . import _logs as logs
+    from . import _models as models
+    from . import _retry as retry
     from . import _watch as watch
     from . import _wire as wire
 else:
-    logs, watch, wire = (
-        lazy_module(f"{__package__}.{name}") for name in ("_logs", "_watch", "_wire")
+    logs, models, retry, watch, wire = (
+        Deferred(f"{__package__}._{name}") for name in ("logs", "models", "retry", "watch", "wire")
     )

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 import attrs
 import httpx
 
+from ._base import DEFAULT_ATTEMPTS
 from ._errors import ResponseError
 from ._tls import certificate_failure
 
@@ -66,7 +67,7 @@ class RetryPolicy:
             is not waited for and the error is raised instead.
     """
 
-    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    attempts: int = attrs.field(default=DEFAULT_ATTEMPTS, validator=attrs.validators.ge(1))
     initial: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     maximum: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     total_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))

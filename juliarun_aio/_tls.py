@@ -40,6 +40,7 @@ from collections.abc import Mapping
 import attrs
 import httpx
 
+from ._base import Verify
 from ._errors import (
     SDK_TERMS,
     CertificateError,
@@ -66,8 +67,6 @@ __all__ = [
 
 CA_BUNDLE_VARIABLE = "JRUN_CA_BUNDLE"
 ALLOW_INSECURE_VARIABLE = "JRUN_ALLOW_INSECURE_HTTP"
-#: What ``verify=`` takes: what httpx takes, and a path as a :class:`os.PathLike` too.
-Verify = bool | str | os.PathLike[str] | ssl.SSLContext
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
