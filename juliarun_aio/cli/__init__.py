@@ -24,9 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0 ok, 1 error, 2 usage, 3 not found, 4 auth, 5 job failed,
         6 timeout, 7 conflict, 130 interrupted, 141 output closed.
     """
+    from ._main import main as run  # noqa: PLC0415 - `import juliarun_aio.cli` stays light
+
     try:
-        from ._main import main as run  # noqa: PLC0415 - report a missing extra, not a traceback
-    except ModuleNotFoundError as exc:
+        return run(argv)
+    except ModuleNotFoundError as exc:  # a command needs rich; --help does not
         if exc.name != "rich":
             raise
         sys.stderr.write(
@@ -34,4 +36,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pip install 'juliarun_aio[cli]'\n"
         )
         return 1
-    return run(argv)

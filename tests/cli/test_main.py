@@ -27,6 +27,24 @@ def test_python_m_runs_the_cli() -> None:
     assert (done.returncode, done.stdout) == (0, f"juliarun {__version__}\n")
 
 
+def test_help_loads_only_the_parser() -> None:
+    """``juliarun --help`` and a usage error load neither rich, anyio nor the SDK's calls."""
+    # As installed with the [cli] extra: rich but not click, so that httpx leaves rich alone.
+    code = """
+import contextlib, io, sys
+sys.modules["click"] = None
+from juliarun_aio.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    codes = [main(["--help"]), main(["submit", "JuliaBatch", "--help"]), main(["--nope"])]
+heavy = ("rich", "anyio", "juliarun_aio._http", "juliarun_aio._logs", "juliarun_aio.cli._runner")
+print(codes, [name for name in heavy if name in sys.modules])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "[0, 0, 2] []\n"), done.stderr
+
+
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     """--help names every subcommand and the exit codes."""
     assert main(["--help"]) == 0
