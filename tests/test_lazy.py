@@ -5,12 +5,13 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from typing_extensions import assert_type
@@ -67,7 +68,7 @@ HOMES = {
 }
 
 
-def _run(code: str) -> dict[str, object]:
+def _run(code: str) -> Any:
     """Run ``code`` in a fresh interpreter on this tree; return the JSON it prints."""
     env = {
         **os.environ,
@@ -81,8 +82,7 @@ def _run(code: str) -> dict[str, object]:
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
+    return json.loads(done.stdout)
 
 
 def test_importing_the_package_loads_only_the_context_and_the_errors() -> None:
@@ -234,6 +234,28 @@ def test_first_use_loads_what_was_deferred() -> None:
         "retry": True,
         "loaded": True,
     }
+
+
+def test_results_and_errors_unpickle_in_a_fresh_interpreter() -> None:
+    """What one process pickles, another that only imported the package unpickles equal."""
+    values = [
+        JobStatus(succeeded=True, phase="succeeded", extra={"k": 1}),
+        JobScale(2, 3),
+        Endpoint("10.0.0.1", {"http": 8080}),
+        JobRef("JuliaBatch", "a"),
+        JuliaBatch(name="a", run_volume="v", start_script="s.jl", envvars={"A": "1"}),
+        DEFAULT_RETRY,
+        juliarun_aio.JobNotFoundError("gone", verb="getJobStatus", job="a", status_code=404),
+    ]
+    found = _run(
+        f"""
+        import json, pickle
+        import juliarun_aio
+        values = pickle.loads({pickle.dumps(values)!r})
+        print(json.dumps([[repr(value), str(value)] for value in values]))
+        """
+    )
+    assert found == [[repr(value), str(value)] for value in values]
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
