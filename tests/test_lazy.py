@@ -204,6 +204,32 @@ def test_a_first_use_that_failed_half_way_can_be_retried() -> None:
     assert found == {"first": "failed", "then": "LogLine"}
 
 
+def test_threads_that_first_use_names_at_once_all_get_them() -> None:
+    """Eight threads reading deferred names at the same moment each get the whole module."""
+    found = _run(
+        """
+        import json, threading
+        import juliarun_aio
+        from juliarun_aio import _lazy
+
+        barrier = threading.Barrier(8)
+        got = []
+
+        def use():
+            barrier.wait()
+            got.append((juliarun_aio.JuliaBatch.kind, _lazy.logs.LogLine.__name__))
+
+        threads = [threading.Thread(target=use) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(json.dumps(sorted(set(map(tuple, got))) + [len(got)]))
+        """
+    )
+    assert found == [["JuliaBatch", "LogLine"], 8]
+
+
 def test_first_use_loads_what_was_deferred() -> None:
     """A Context, the spec classes, the log and wait types and the helpers work on first use."""
     found = _run(
