@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -367,3 +368,14 @@ def test_a_context_still_takes_a_retry_policy_or_a_number_of_attempts() -> None:
     assert Context(url, "t", "ns", env={}, retries=2).retry_policy == RetryPolicy(attempts=2)
     policy = RetryPolicy(initial=0)
     assert Context(url, "t", "ns", env={}, retries=policy).retry_policy is policy
+
+
+def test_context_annotations_resolve_with_the_package_names() -> None:
+    """get_type_hints on every Context method works given the package's names (as documented)."""
+    names = {name: getattr(juliarun_aio, name) for name in juliarun_aio.__all__}
+    methods = [m for m in vars(Context).values() if callable(m) and not isinstance(m, type)]
+    assert len(methods) > 20
+    for method in methods:
+        hints = typing.get_type_hints(method, localns=names)
+        assert "return" in hints, method
+    assert typing.get_type_hints(Context.get_job_status, localns=names)["return"] is JobStatus
