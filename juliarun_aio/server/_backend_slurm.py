@@ -102,6 +102,10 @@ SWEEP_BUSY = 0.1
 BUSY_WINDOW = 30.0
 #: Seconds a job may be missing from ``squeue`` (and from ``sacct``) before it is lost.
 MISSING_GRACE = 30.0
+#: Seconds a job whose program was killed by a signal waits, once out of ``squeue``, for
+#: its ``sacct`` record: the signal may be Slurm's (OUT_OF_MEMORY, TIMEOUT), which only
+#: the record tells.
+SIGNALLED_GRACE = 10.0
 #: Seconds each Slurm command may take.
 COMMAND_TIMEOUT = 15.0
 #: Seconds the start-up check of the shared file system may take.
@@ -236,9 +240,10 @@ class SlurmProcess(SlotProcess):
             if observed.missing_since is None:
                 return None  # not listed yet: just submitted
             code = read_exit_file(self.exit_path)
-            if code is not None:
+            missing_for = time.monotonic() - observed.missing_since
+            if code is not None and (code >= 0 or missing_for >= SIGNALLED_GRACE):
                 return self._ended(code, describe_exit(code))
-            if time.monotonic() - observed.missing_since < MISSING_GRACE:
+            if missing_for < MISSING_GRACE:
                 return None
             return self._ended(None, "disappeared from Slurm's queue and accounting")
         status = record.status
