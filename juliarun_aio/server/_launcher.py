@@ -65,17 +65,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
-import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType, SimpleNamespace
+
+# Not ``typing.TYPE_CHECKING``: importing typing alone costs a launcher 4-5 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "CLEANUP_MODES",
@@ -92,6 +94,7 @@ __all__ = [
     "port_variable",
     "read_place",
     "run",
+    "serve_spare",
 ]
 
 #: Exit code written when the program cannot be started (as a shell would report it).
@@ -112,7 +115,7 @@ FORWARDED: dict[int, int] = {
 }
 #: Seconds between two looks for the master's place file.
 PLACE_POLL = 0.05
-_PORT_PLACEHOLDER = re.compile(r"\$\{(JRUN_PORT_[A-Z0-9_]+)\}")
+_PORT_PLACEHOLDER = r"\$\{(JRUN_PORT_[A-Z0-9_]+)\}"
 #: Values of ``--cleanup``: the strongest mechanism to try (``auto``: the strongest there is).
 CLEANUP_MODES = ("auto", "cgroup2", "cgroup1", "subreaper")
 #: v1 hierarchies that can hold a slot, best first: a frozen cgroup cannot fork while its
@@ -579,6 +582,8 @@ def address_towards(host: str) -> str:
 
     A UDP ``connect`` only chooses the route; it sends nothing.
     """
+    import socket  # noqa: PLC0415 - only batch jobs need it: a local start skips the import
+
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
         with socket.socket(family, kind, proto) as sock:
@@ -590,6 +595,8 @@ def address_towards(host: str) -> str:
 
 def free_ports(names: list[str], host: str = "") -> dict[str, int]:
     """Pick a free TCP port on ``host`` (every interface by default) for each name."""
+    import socket  # noqa: PLC0415 - only jobs with ports chosen here need it
+
     ports: dict[str, int] = {}
     holders: list[socket.socket] = []
     try:
@@ -606,6 +613,8 @@ def free_ports(names: list[str], host: str = "") -> dict[str, int]:
 
 def read_place(path: str) -> dict[str, object] | None:
     """The content of a place file, or None while it is not (completely) there."""
+    import json  # noqa: PLC0415 - only jobs spread over nodes read place files
+
     try:
         with open(path, encoding="utf-8") as fh:
             place = json.load(fh)
@@ -625,15 +634,24 @@ def _wait_for_place(path: str, received: list[int]) -> dict[str, object] | None:
 
 
 def _fill_ports(text: str, env: dict[str, str]) -> str:
-    return _PORT_PLACEHOLDER.sub(lambda match: env.get(match[1], match[0]), text)
+    if "${JRUN_PORT_" not in text:
+        return text
+    import re  # noqa: PLC0415 - only programs whose arguments name a port need it
+
+    return re.sub(_PORT_PLACEHOLDER, lambda match: env.get(match[1], match[0]), text)
 
 
-def _placed_environment(args: SimpleNamespace, received: list[int]) -> dict[str, str] | None:
+def _placed_environment(
+    args: SimpleNamespace, received: list[int], environ: Mapping[str, str]
+) -> dict[str, str] | None:
     """The program's environment with its ports and the master's address; None if stopped."""
-    env = dict(os.environ)
-    ports = free_ports(args.port)
+    env = dict(environ)
+    ports = free_ports(args.port) if args.port else {}
     env.update({port_variable(name): str(port) for name, port in ports.items()})
     if args.place_file is not None:
+        import json  # noqa: PLC0415 - only jobs spread over nodes write place files
+        import socket  # noqa: PLC0415 - idem
+
         host = address_towards(args.route_to) if args.route_to else socket.gethostname()
         _write_atomically(args.place_file, json.dumps({"host": host, "ports": ports}) + "\n")
     if args.wait_place is not None:
@@ -645,8 +663,7 @@ def _placed_environment(args: SimpleNamespace, received: list[int]) -> dict[str,
         if isinstance(master_ports, dict):
             env.update({port_variable(str(k)): str(v) for k, v in master_ports.items()})
     for key, value in env.items():
-        if "${JRUN_PORT_" in value:
-            env[key] = _fill_ports(value, env)
+        env[key] = _fill_ports(value, env)
     return env
 
 
@@ -658,65 +675,216 @@ def _wait_for(pid: int) -> int:
             return os.waitstatus_to_exitcode(status)
 
 
-def run(argv: list[str]) -> int:
-    """Run the command described by ``argv`` (launcher arguments) and return its exit code."""
-    args = _parse(argv)
-    memory: int | None = args.memory_bytes
-    slot = os.urandom(8).hex()
+class _Launch:
+    """One run of a program: its signals, from the moment this object exists, and its end.
 
-    def prepare_child() -> None:  # runs in the child between fork and exec
-        os.setpgid(0, 0)
-        if memory is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    Args:
+        args: The launcher's arguments.
+    """
 
-    child: subprocess.Popen[bytes] | None = None
-    received: list[int] = []
+    def __init__(self, args: SimpleNamespace) -> None:
+        self.args = args
+        self.child: subprocess.Popen[bytes] | None = None
+        self.received: list[int] = []
+        # Installed before the program starts, so that no signal can kill the launcher
+        # alone and leave the program running unobserved.
+        for received_signal in FORWARDED:
+            signal.signal(received_signal, self.forward)
 
-    def forward(received_signal: int, _frame: FrameType | None) -> None:
+    def forward(self, received_signal: int, _frame: FrameType | None) -> None:
+        """Pass a signal on to the program's process group (once it exists)."""
         signum = FORWARDED[received_signal]
-        if child is None:
-            received.append(signum)  # delivered as soon as the program exists
+        if self.child is None:
+            self.received.append(signum)  # delivered as soon as the program exists
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
+            os.killpg(self.child.pid, signum)
 
-    # Installed before the program starts, so that no signal can kill the launcher alone
-    # and leave the program running unobserved.
-    for received_signal in FORWARDED:
-        signal.signal(received_signal, forward)
-    tree = contain(args.cleanup, slot, args.tree_file)
-    env = _placed_environment(args, received)
-    if env is None:  # stopped while waiting for the master
-        _write_exit_file(args.exit_file, -received[0])
-        return 128 + received[0]
-    env[SLOT_VARIABLE] = slot
-    command = [_fill_ports(arg, env) for arg in args.command]
+    def run(
+        self, tree: Tree, environ: Mapping[str, str], started: Callable[[], None] | None = None
+    ) -> int:
+        """Start the program in ``tree``, wait for it, clean up, write the exit file.
+
+        Args:
+            tree: Where the launcher has put itself (:func:`contain`).
+            environ: The environment the program's own starts from.
+            started: Called once the program runs (or could not be started).
+
+        Returns:
+            The launcher's exit status.
+        """
+        args, received = self.args, self.received
+        memory: int | None = args.memory_bytes
+
+        def prepare_child() -> None:  # runs in the child between fork and exec
+            os.setpgid(0, 0)
+            if memory is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+        env = _placed_environment(args, received, environ)
+        if env is None:  # stopped while waiting for the master
+            _write_exit_file(args.exit_file, -received[0])
+            return 128 + received[0]
+        env[SLOT_VARIABLE] = tree.slot
+        command = [_fill_ports(arg, env) for arg in args.command]
+        try:
+            self.child = subprocess.Popen(command, env=env, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
+        except FileNotFoundError:
+            print(f"juliarun: cannot run {args.command[0]!r}: not found", file=sys.stderr)
+            code = EXIT_NOT_FOUND
+        except (PermissionError, OSError) as exc:
+            print(f"juliarun: cannot run {args.command[0]!r}: {exc.strerror}", file=sys.stderr)
+            code = EXIT_NOT_EXECUTABLE
+        else:
+            for signum in received:
+                self.forward(signum, None)
+        if started is not None:
+            started()
+        if self.child is not None:
+            code = self.child.returncode = _wait_for(self.child.pid)
+        left = tree.clean_up(LAUNCHER_KILL_WAIT, self.child.pid if self.child is not None else None)
+        if left:
+            print(
+                f"juliarun: {len(left)} process(es) of the job could not be killed: "
+                f"{', '.join(map(str, left))}",
+                file=sys.stderr,
+            )
+        _write_exit_file(args.exit_file, code)
+        return code if code >= 0 else 128 - code
+
+
+def run(argv: list[str]) -> int:
+    """Run the command described by ``argv`` (launcher arguments) and return its exit code."""
+    launch = _Launch(_parse(argv))
+    tree = contain(launch.args.cleanup, os.urandom(8).hex(), launch.args.tree_file)
+    return launch.run(tree, os.environ)
+
+
+# -- a spare launcher ------------------------------------------------------------------------
+#
+# ``_launcher.py --spare FD --tree-file PATH --cleanup MODE`` starts a launcher before its
+# job is known: the interpreter, the imports and the slot's container (cgroup, subreaper)
+# are set up, then it waits on the Unix stream socket FD.  The server sends one job:
+#
+#   8 bytes: the length N of the JSON that follows (big-endian), sent with two file
+#            descriptors (SCM_RIGHTS): the program's stdout and stderr;
+#   N bytes: {"argv": [launcher arguments, as for a cold start], "env": {...}, "cwd": "..."}
+#
+# The spare takes the descriptors as its stdout and stderr, moves to ``cwd``, takes
+# ``env`` as its whole environment (nothing of its own is left in it), records its
+# container in the job's tree file (and removes the spare's own, ``PATH``), then answers
+# ``ok`` -- or ``E<errno>`` when it cannot enter ``cwd`` -- and runs the job exactly as a
+# launcher started for it would.  It closes the socket once the program runs.  On end of
+# file before a job (the server stopped or let it go) it removes its container and exits.
+
+
+#: The most a job message may hold (its environment and arguments).
+SPARE_MESSAGE_LIMIT = 64 * 1024 * 1024
+_SPARE_HEADER = 8
+
+
+def _read_exactly(sock: socket.socket, size: int, first: bytes = b"") -> bytes | None:
+    data = bytearray(first)
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _receive_job(sock: socket.socket) -> tuple[list[str], dict[str, str], str, int, int] | None:
+    """The job the server sends: argv, env, cwd, stdout and stderr; None on end of file."""
+    import json  # noqa: PLC0415 - imported while the spare waits, not by cold starts
+    import socket  # noqa: PLC0415 - idem
+
+    head, fds, _, _ = socket.recv_fds(sock, _SPARE_HEADER, 2)
+    if not head:
+        for fd in fds:
+            os.close(fd)
+        return None
+    header = _read_exactly(sock, _SPARE_HEADER, head)
+    size = int.from_bytes(header, "big") if header is not None else 0
+    body = _read_exactly(sock, size) if 0 < size <= SPARE_MESSAGE_LIMIT else None
+    message = json.loads(body) if body is not None else None
+    if not isinstance(message, dict) or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    argv, env, cwd = message.get("argv"), message.get("env"), message.get("cwd")
+    if not (isinstance(argv, list) and isinstance(env, dict) and isinstance(cwd, str)):
+        for fd in fds:
+            os.close(fd)
+        return None
+    out_fd, err_fd = fds
+    return [str(arg) for arg in argv], {str(k): str(v) for k, v in env.items()}, cwd, out_fd, err_fd
+
+
+def _drop(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def serve_spare(fd: int, tree_file: str, mode: str) -> int:
+    """Be a spare launcher: contain this process, wait for a job on socket ``fd``, run it.
+
+    Args:
+        fd: The Unix stream socket the server sends the job on.
+        tree_file: Where the spare's container is recorded until a job comes.
+        mode: The ``--cleanup`` mode.
+
+    Returns:
+        The launcher's exit status (0 when no job came).
+    """
+    import socket  # noqa: PLC0415 - only a spare talks to the server
+
+    sock = socket.socket(fileno=fd)
+    tree = contain(mode, os.urandom(8).hex(), tree_file)
     try:
-        child = subprocess.Popen(command, env=env, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
-    except FileNotFoundError:
-        print(f"juliarun: cannot run {args.command[0]!r}: not found", file=sys.stderr)
-        code = EXIT_NOT_FOUND
-    except (PermissionError, OSError) as exc:
-        print(f"juliarun: cannot run {args.command[0]!r}: {exc.strerror}", file=sys.stderr)
-        code = EXIT_NOT_EXECUTABLE
-    else:
-        for signum in received:
-            forward(signum, None)
-        code = child.returncode = _wait_for(child.pid)
-    left = tree.clean_up(LAUNCHER_KILL_WAIT, child.pid if child is not None else None)
-    if left:
-        print(
-            f"juliarun: {len(left)} process(es) of the job could not be killed: "
-            f"{', '.join(map(str, left))}",
-            file=sys.stderr,
-        )
-    _write_exit_file(args.exit_file, code)
-    return code if code >= 0 else 128 - code
+        job = _receive_job(sock)
+    except (OSError, ValueError):
+        job = None
+    if job is None:
+        tree.clean_up(LAUNCHER_KILL_WAIT, None)
+        _drop(tree_file)
+        return 0
+    argv, environ, cwd, out_fd, err_fd = job
+    launch = _Launch(_parse(argv))
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.close(out_fd)
+    os.close(err_fd)
+    try:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        tree.save(launch.args.tree_file)
+        _drop(tree_file)
+        sock.sendall(b"ok")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"E%d" % (exc.errno or 0))
+        tree.clean_up(LAUNCHER_KILL_WAIT, None)
+        _drop(tree_file)
+        return 1
+    return launch.run(tree, environ, started=sock.close)
+
+
+def _spare_options(argv: list[str]) -> tuple[int, str, str]:
+    options = dict(zip(argv[::2], argv[1::2], strict=False))
+    try:
+        return int(options["--spare"]), options["--tree-file"], _cleanup_mode(options["--cleanup"])
+    except (KeyError, ValueError) as exc:
+        print(f"juliarun_aio.server._launcher: error: bad spare options: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:
-    """Entry point: run the command and exit with its code."""
-    sys.exit(run(sys.argv[1:]))
+    """Entry point: run the command and exit with its code (or be a spare launcher)."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["--spare"]:
+        sys.exit(serve_spare(*_spare_options(argv)))
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":
