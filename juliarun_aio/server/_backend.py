@@ -341,4 +341,4 @@ def make_backend(config: ServerConfig, layout: Layout) -> Backend:
         return SlurmBackend(config, layout)
     from ._backend_local import LocalBackend  # noqa: PLC0415
 
-    return LocalBackend(config.supervise_interval)
+    return LocalBackend(config.supervise_interval, layout.root / "spares")

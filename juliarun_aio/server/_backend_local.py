@@ -17,6 +17,9 @@ strongest the machine offers, which :func:`describe_cleanup` names.
 
 Stopping sends SIGTERM to the launcher, which forwards it to the program's process group;
 killing sends SIGKILL to every process of the session and of the tree.
+
+A start hands its slot to a launcher started ahead when there is one (``_spare.py``), which
+saves the launcher's start-up; the slot then runs exactly as under a launcher of its own.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from ._backend import (
     read_exit_file,
 )
 from ._launcher import CLEANUP_MODES, describe_cleanup, kill_tree
-from ._private import open_private
+from ._private import make_private_dirs, open_private
 from ._runtime import LaunchPlan, allocate_ports, plan_process
+from ._spare import Handover, SparePool, spares_enabled
 
 __all__ = [
     "ADOPTED_CHECK",
@@ -275,34 +279,48 @@ def _reap_detached() -> None:
 
 
 def launch(
-    slot: SlotId, key: str, plan: LaunchPlan, *, stdout: Path, stderr: Path, exit_path: Path
+    slot: SlotId,
+    key: str,
+    plan: LaunchPlan,
+    *,
+    stdout: Path,
+    stderr: Path,
+    exit_path: Path,
+    spares: SparePool | None = None,
 ) -> LocalProcess:
     """Start ``plan`` under the launcher, output appended to ``stdout`` / ``stderr``.
+
+    The spare launcher of ``spares`` runs it when there is one; else a launcher is
+    started for it.
 
     Raises:
         OSError: The launcher could not be started (the program itself failing to start
             is reported through its exit code and stderr instead).
     """
     _reap_detached()
-    command = [sys.executable, "-I", "-S", str(_LAUNCHER), "--exit-file", str(exit_path)]
-    command += ["--tree-file", str(_tree_file(exit_path)), "--cleanup", cleanup_mode()]
+    options = ["--exit-file", str(exit_path), "--tree-file", str(_tree_file(exit_path))]
+    options += ["--cleanup", cleanup_mode()]
     if plan.memory_bytes is not None:
-        command += ["--memory-bytes", str(plan.memory_bytes)]
-    command += ["--", *plan.argv]
+        options += ["--memory-bytes", str(plan.memory_bytes)]
+    options += ["--", *plan.argv]
     flags = os.O_WRONLY | os.O_APPEND
     out_fd = open_private(stdout, flags)
     try:
         err_fd = open_private(stderr, flags)
         try:
-            popen = subprocess.Popen(  # noqa: S603 - argv list, never a shell
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out_fd,
-                stderr=err_fd,
-                cwd=plan.cwd,
-                env=dict(plan.env),
-                start_new_session=True,
-            )
+            popen = None
+            if spares is not None:
+                popen = spares.hand_over(Handover(options, plan.env, str(plan.cwd), out_fd, err_fd))
+            if popen is None:
+                popen = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                    [sys.executable, "-I", "-S", str(_LAUNCHER), *options],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_fd,
+                    stderr=err_fd,
+                    cwd=plan.cwd,
+                    env=dict(plan.env),
+                    start_new_session=True,
+                )
         finally:
             os.close(err_fd)
     finally:
@@ -333,17 +351,21 @@ class LocalBackend(Backend):
 
     Args:
         supervise_interval: Seconds between two supervision passes of the engine.
+        spare_dir: Where spare launchers record themselves; ``None``: no spare launcher
+            (nor when ``JULIARUN_AIO_SPARE_LAUNCHER=0``).
     """
 
     name = "local"
 
-    def __init__(self, supervise_interval: float) -> None:
+    def __init__(self, supervise_interval: float, spare_dir: Path | None = None) -> None:
         self._adopted_every = max(ADOPTED_CHECK, supervise_interval)
         self._next_adopted_check = 0.0
         self._cleanup = ""
+        self._spare_dir = spare_dir
+        self._spares: SparePool | None = None
 
     def open(self, url: str) -> None:
-        """Find out how job process trees are cleaned up here, and log it."""
+        """Find out how job process trees are cleaned up here, log it, start a spare launcher."""
         del url
         self._cleanup, where = describe_cleanup(cleanup_mode())
         logger.info(
@@ -351,6 +373,14 @@ class LocalBackend(Backend):
             self._cleanup,
             f" under {where}" if where else "",
         )
+        if self._spare_dir is not None and spares_enabled():
+            self._spares = SparePool(_LAUNCHER, make_private_dirs(self._spare_dir), cleanup_mode())
+            self._spares.open()
+
+    def close(self) -> None:
+        """Kill the spare launcher; job processes keep running."""
+        if self._spares is not None:
+            self._spares.close()
 
     @property
     def process_cleanup(self) -> str:
@@ -370,6 +400,7 @@ class LocalBackend(Backend):
             stdout=request.path(".out"),
             stderr=request.path(".err"),
             exit_path=request.path(".exit"),
+            spares=self._spares,
         )
 
     def adopt(self, record: SlotRecord) -> LocalProcess:
@@ -388,7 +419,10 @@ class LocalBackend(Backend):
         check_adopted = now >= self._next_adopted_check
         if check_adopted:
             self._next_adopted_check = now + self._adopted_every
-        return _LocalSweep(any_child_exited(), check_adopted)
+        child_exited = any_child_exited()
+        if child_exited and self._spares is not None:
+            self._spares.check()
+        return _LocalSweep(child_exited, check_adopted)
 
     def endpoint(
         self, ports: Mapping[str, int], primary: SlotProcess | None

@@ -1,7 +1,9 @@
-"""Lifecycle: a job's processes end with it, and starting many of them stalls nobody."""
+"""Lifecycle: a job's processes end with it (and spare launchers with the server), and
+starting many of them stalls nobody."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -26,6 +28,7 @@ from support import (
 from juliarun_aio import BadRequestError, Context, JobSpec, JuliaBatch, JuliaParBatch
 from juliarun_aio._watch import PollPolicy
 from juliarun_aio.server import ServerProcess
+from juliarun_aio.server._launcher import Tree
 
 #: Starts a background child, a child in a session of its own and a double-forked daemon,
 #: writes its pid to ``<job>-<proc>.pid``, then exits or (LEAKY_MODE=stay) sleeps.
@@ -233,3 +236,51 @@ async def test_scale_up_of_40_workers_stalls_no_other_call(tmp_path: Path) -> No
         scale_answered_in_s=round(answered, 4),
         refused_over_cap=refused,
     )
+
+
+def _waiting_spare(server: ServerProcess) -> tuple[psutil.Process, Path, Tree]:
+    """The server's waiting spare launcher, its tree file and what that file records."""
+
+    def find() -> tuple[psutil.Process, Path, Tree] | None:
+        for child in psutil.Process(server.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "--spare" in child.cmdline() and not child.children():
+                    trees = list((server.data_dir / "spares").glob("spare-*.tree"))
+                    tree = Tree.load(str(trees[0])) if len(trees) == 1 else None
+                    if tree is not None:
+                        return child, trees[0], tree
+        return None
+
+    found = wait_until(find, 30, "a spare launcher")
+    assert found is not None
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tree cleanup needs Linux")
+@pytest.mark.parametrize("mechanism", cleanup_mechanisms())
+def test_no_spare_launcher_outlives_a_killed_server(
+    tmp_path: Path, mechanism: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of the server: its spare exits; of both: the next server removes what is left."""
+    monkeypatch.setenv("JULIARUN_AIO_CLEANUP", mechanism)
+    server = ServerProcess(tmp_path / "data", args=QUICK_KILL).start()
+    try:
+        spare, tree_file, tree = _waiting_spare(server)
+        assert tree.mechanism == mechanism
+        server.kill()
+        spare.wait(30)  # the end of its socket tells it
+        assert not tree_file.exists()
+        assert tree.cgroup is None or not Path(tree.cgroup).exists()
+
+        server.start()
+        spare, tree_file, tree = _waiting_spare(server)
+        spare.suspend()  # so that it cannot see the server go
+        server.kill()
+        spare.kill()
+        spare.wait(30)
+        assert tree_file.exists()  # nobody was left to remove it
+        server.start()
+        wait_until(lambda: not tree_file.exists(), 30, "the next server to remove it")
+        assert tree.cgroup is None or not Path(tree.cgroup).exists()
+    finally:
+        server.stop()

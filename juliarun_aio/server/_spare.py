@@ -1,0 +1,295 @@
+"""A spare launcher for the local backend: a start of a slot that skips starting Python.
+
+Starting the launcher for a slot costs a fresh interpreter, its imports and the slot's
+container (a cgroup of its own, or a subreaper), several tens of milliseconds before the
+program runs.  The local backend keeps one launcher started ahead (``_launcher.py
+--spare``, see the end of ``_launcher.py`` for what it is sent), in a session of its own,
+waiting on a Unix socket; a start hands the slot to it -- the launcher arguments, the
+environment, the working directory and the descriptors of the log files -- and the spare
+runs it exactly as a launcher started for it would.  A new spare is started in the
+background once the program of the last one runs, never while a verb waits.
+
+Whatever happens to a spare, no start is lost: one that died, was killed, or does not
+answer within :data:`HANDOVER_TIMEOUT` is killed with its container, and the slot starts
+with a launcher of its own (as does a second start while the only spare is taken).  A
+spare records its container in a tree file of its own (``spare-*.tree`` in the spares'
+directory) until it takes a job; the server removes a spare when it stops, a spare whose
+server is gone exits by itself (its socket reaches end of file), and the next server kills
+whatever a killed spare left.
+
+``JULIARUN_AIO_SPARE_LAUNCHER=0`` in the server's environment turns spares off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from ._launcher import kill_tree
+
+__all__ = [
+    "HANDOVER_TIMEOUT",
+    "SPARE_VARIABLE",
+    "Handover",
+    "Spare",
+    "SparePool",
+    "spares_enabled",
+]
+
+logger = logging.getLogger("juliarun_aio.server")
+
+#: The server's environment variable that turns spare launchers off (``0``).
+SPARE_VARIABLE = "JULIARUN_AIO_SPARE_LAUNCHER"
+#: Seconds a start waits for a spare to take its slot before starting a launcher of its own.
+HANDOVER_TIMEOUT = 10.0
+#: Seconds the next spare waits at most for the program of the last one to start, so that
+#: the two do not compete for the CPU.
+SETTLE = 2.0
+#: Seconds between two attempts to start a spare when one could not be started.
+RETRY = 5.0
+_HEADER = 8
+
+
+def spares_enabled() -> bool:
+    """Whether the local backend keeps a spare launcher (Unix, not turned off)."""
+    return os.environ.get(SPARE_VARIABLE, "1") != "0" and hasattr(socket, "send_fds")
+
+
+class Handover(NamedTuple):
+    """A slot for a spare launcher.
+
+    Attributes:
+        options: The launcher's arguments, as a launcher started for the slot gets them.
+        env: The program's environment.
+        cwd: Its working directory.
+        out_fd: Its stdout (the spare gets a copy).
+        err_fd: Its stderr.
+    """
+
+    options: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str
+    out_fd: int
+    err_fd: int
+
+
+class Spare:
+    """A launcher started ahead, waiting for its slot.
+
+    Args:
+        popen: The launcher process.
+        sock: The server's end of its socket.
+        tree_path: Where it records its container until it takes a slot.
+    """
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], sock: socket.socket, tree_path: Path
+    ) -> None:
+        self.popen = popen
+        self.sock = sock
+        self.tree_path = tree_path
+
+    @classmethod
+    def start(cls, launcher: Path, directory: Path, mode: str) -> Spare:
+        """Start a spare in a session of its own.
+
+        Args:
+            launcher: The launcher's path.
+            directory: Where its tree file goes.
+            mode: The ``--cleanup`` mode.
+
+        Raises:
+            OSError: It could not be started.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        tree_path = directory / f"spare-{secrets.token_hex(6)}.tree"
+        command = [sys.executable, "-I", "-S", str(launcher), "--spare", str(theirs.fileno())]
+        command += ["--tree-file", str(tree_path), "--cleanup", mode]
+        try:
+            popen = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                # Its own environment is replaced by the slot's when it takes one.
+                env={k: v for k, v in os.environ.items() if not k.startswith("JRUN_")},
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(popen, ours, tree_path)
+
+    def hand_over(self, job: Handover) -> bool:
+        """Give the spare its slot; False when it is gone (it is then discarded).
+
+        Raises:
+            OSError: The working directory cannot be entered (as ``Popen`` would raise).
+        """
+        options, cwd = job.options, job.cwd
+        tree_file = options[options.index("--tree-file") + 1]
+        body = json.dumps({"argv": list(options), "env": dict(job.env), "cwd": cwd}).encode()
+        answer = b""
+        try:
+            self.sock.settimeout(HANDOVER_TIMEOUT)
+            socket.send_fds(
+                self.sock,
+                [len(body).to_bytes(_HEADER, "big")],
+                [job.out_fd, job.err_fd],
+                socket.MSG_NOSIGNAL,
+            )
+            self.sock.sendall(body)
+            answer = self.sock.recv(64)
+        except OSError:
+            answer = b""  # gone, or too slow to trust: it is killed below
+        if answer == b"ok":
+            return True
+        # It may have recorded the slot's container before it failed: that goes too.
+        self.discard()
+        kill_tree(tree_file)
+        with contextlib.suppress(OSError):
+            os.unlink(tree_file)
+        if answer.startswith(b"E") and answer[1:].isdigit():
+            errno = int(answer[1:])
+            raise OSError(errno, os.strerror(errno), cwd)
+        return False
+
+    def discard(self) -> None:
+        """Kill the spare and whatever its container holds, reap it, remove its tree file."""
+        self.sock.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        kill_tree(str(self.tree_path))
+        with contextlib.suppress(OSError):
+            self.tree_path.unlink()
+
+
+class SparePool:
+    """One spare launcher kept ready by a thread of its own.
+
+    Args:
+        launcher: The launcher's path.
+        directory: Where the spares' tree files go.
+        mode: The ``--cleanup`` mode of the spares.
+    """
+
+    def __init__(self, launcher: Path, directory: Path, mode: str) -> None:
+        self._launcher = launcher
+        self._directory = directory
+        self._mode = mode
+        self._cond = threading.Condition()
+        self._spare: Spare | None = None
+        self._settling: socket.socket | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._keep, name="juliarun-spare", daemon=True)
+
+    def open(self) -> None:
+        """Kill what spares of an earlier server left, and start keeping one."""
+        for leftover in self._directory.glob("spare-*.tree"):
+            kill_tree(str(leftover))
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        self._thread.start()
+
+    def hand_over(self, job: Handover) -> subprocess.Popen[bytes] | None:
+        """Have the spare run a slot (see :meth:`Spare.hand_over`); a new one is started.
+
+        Returns:
+            The launcher running the slot; ``None`` when there was no spare to take it.
+
+        Raises:
+            OSError: The working directory cannot be entered.
+        """
+        with self._cond:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        # The next spare is started once this one has its slot (and its program runs).
+        try:
+            taken = spare.hand_over(job)
+        except OSError:
+            with self._cond:
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if taken and not self._closed and self._settling is None:
+                self._settling = spare.sock
+            elif taken:
+                spare.sock.close()  # the thread already waits for another program
+            self._cond.notify_all()
+        if not taken:
+            return None
+        return spare.popen
+
+    def check(self) -> None:
+        """Replace the spare if it has ended (a child of the server has: cheap to ask)."""
+        with self._cond:
+            spare = self._spare
+            if spare is None or spare.popen.poll() is None:
+                return
+            self._spare = None
+            self._cond.notify_all()
+        logger.warning("the spare launcher ended with status %s", spare.popen.returncode)
+        spare.discard()
+
+    def close(self) -> None:
+        """Stop keeping a spare and kill the one there is."""
+        with self._cond:
+            self._closed = True
+            spare, self._spare = self._spare, None
+            if self._settling is not None:
+                with contextlib.suppress(OSError):
+                    self._settling.shutdown(socket.SHUT_RDWR)  # wakes the thread's wait
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._settling is not None:  # the thread is gone: nobody else holds it
+            self._settling.close()
+            self._settling = None
+        if spare is not None:
+            spare.discard()
+
+    def _keep(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self._spare is not None:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                settling = self._settling
+            if settling is not None:
+                with contextlib.suppress(OSError):
+                    settling.settimeout(SETTLE)
+                    settling.recv(1)  # end of file once its program runs
+                with self._cond:
+                    self._settling = None
+                settling.close()
+            try:
+                spare = Spare.start(self._launcher, self._directory, self._mode)
+            except OSError as exc:
+                logger.warning("cannot start a spare launcher (retrying): %s", exc)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, RETRY)
+                continue
+            with self._cond:
+                kept = not self._closed  # closed meanwhile: close() did not see this one
+                if kept:
+                    self._spare = spare
+            if not kept:
+                spare.discard()
