@@ -68,7 +68,6 @@ import ctypes
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -675,6 +674,51 @@ def _wait_for(pid: int) -> int:
             return os.waitstatus_to_exitcode(status)
 
 
+#: Signals Python ignores that a program must get with their default action.
+_RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _spawn(command: list[str], env: dict[str, str], memory: int | None) -> int:
+    """Run ``command`` in a process group of its own, under ``memory``; return its pid.
+
+    What ``subprocess.Popen`` would do here (its import, with ``locale``, ``re`` and
+    ``selectors``, cost every start about as much as the rest of the launcher's imports):
+    fork, set up the child, exec, and report an exec failure through a pipe.
+
+    Raises:
+        OSError: The program cannot be executed (``FileNotFoundError`` when not found).
+    """
+    read_end, write_end = os.pipe()  # both closed on exec
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            os.setpgid(0, 0)
+            for restored in _RESTORED:
+                signal.signal(restored, signal.SIG_DFL)
+            if memory is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+            # Only stdin, stdout and stderr go to the program.
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, 1 << 20)
+            os.execvpe(command[0], command, env)  # noqa: S606 - an argv list, never a shell
+        except BaseException as exc:
+            error = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+            os.write(write_end, str(error).encode())
+        finally:
+            os._exit(EXIT_NOT_FOUND)
+    os.close(write_end)
+    report = b""
+    while chunk := os.read(read_end, 64):
+        report += chunk
+    os.close(read_end)
+    if not report:
+        return pid
+    os.waitpid(pid, 0)
+    error = int(report)
+    raise OSError(error, os.strerror(error) if error else "cannot be started", command[0])
+
+
 class _Launch:
     """One run of a program: its signals, from the moment this object exists, and its end.
 
@@ -684,7 +728,7 @@ class _Launch:
 
     def __init__(self, args: SimpleNamespace) -> None:
         self.args = args
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: int | None = None
         self.received: list[int] = []
         # Installed before the program starts, so that no signal can kill the launcher
         # alone and leave the program running unobserved.
@@ -698,7 +742,7 @@ class _Launch:
             self.received.append(signum)  # delivered as soon as the program exists
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.child.pid, signum)
+            os.killpg(self.child, signum)
 
     def run(
         self, tree: Tree, environ: Mapping[str, str], started: Callable[[], None] | None = None
@@ -714,13 +758,6 @@ class _Launch:
             The launcher's exit status.
         """
         args, received = self.args, self.received
-        memory: int | None = args.memory_bytes
-
-        def prepare_child() -> None:  # runs in the child between fork and exec
-            os.setpgid(0, 0)
-            if memory is not None:
-                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
         env = _placed_environment(args, received, environ)
         if env is None:  # stopped while waiting for the master
             _write_exit_file(args.exit_file, -received[0])
@@ -728,7 +765,7 @@ class _Launch:
         env[SLOT_VARIABLE] = tree.slot
         command = [_fill_ports(arg, env) for arg in args.command]
         try:
-            self.child = subprocess.Popen(command, env=env, preexec_fn=prepare_child)  # noqa: S603, PLW1509 - argv list; no threads here
+            self.child = _spawn(command, env, args.memory_bytes)
         except FileNotFoundError:
             print(f"juliarun: cannot run {args.command[0]!r}: not found", file=sys.stderr)
             code = EXIT_NOT_FOUND
@@ -741,8 +778,8 @@ class _Launch:
         if started is not None:
             started()
         if self.child is not None:
-            code = self.child.returncode = _wait_for(self.child.pid)
-        left = tree.clean_up(LAUNCHER_KILL_WAIT, self.child.pid if self.child is not None else None)
+            code = _wait_for(self.child)
+        left = tree.clean_up(LAUNCHER_KILL_WAIT, self.child)
         if left:
             print(
                 f"juliarun: {len(left)} process(es) of the job could not be killed: "

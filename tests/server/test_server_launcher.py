@@ -271,6 +271,57 @@ def test_program_not_found_still_writes_the_exit_file(tmp_path: Path) -> None:
     assert tree.cgroup is None or not os.path.exists(tree.cgroup)
 
 
+def test_a_program_that_is_not_executable_exits_126(tmp_path: Path) -> None:
+    """A file without the execute bit is reported as exit 126 with the reason, as a shell does."""
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho ran\n")
+    exit_file = tmp_path / "x.exit"
+    command = [sys.executable, "-I", "-S", str(LAUNCHER), "--exit-file", str(exit_file)]
+    result = subprocess.run(
+        [*command, "--", str(script)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 126
+    assert "Permission denied" in result.stderr
+    assert "ran" not in result.stdout
+    assert exit_file.read_text() == "126\n"
+
+
+def test_the_program_gets_no_other_descriptor_and_default_sigpipe(tmp_path: Path) -> None:
+    """A descriptor the launcher inherited stays out of the program; SIGPIPE is not ignored."""
+    exit_file = tmp_path / "x.exit"
+    extra_read, extra_write = os.pipe()
+    os.set_inheritable(extra_write, True)
+    check = (
+        "import os, sys\n"
+        "try:\n"
+        "    os.fstat(int(sys.argv[1]))\n"
+        "except OSError:\n"
+        "    print('closed')\n"
+        "else:\n"
+        "    print('open')\n"
+    )
+    # The shell's own mask (Python would ignore SIGPIPE itself); SIGPIPE is signal 13.
+    shell = 'grep SigIgn /proc/$$/status; exec "$0" -S -c "$1" "$2"'
+
+    command = [sys.executable, "-I", "-S", str(LAUNCHER), "--exit-file", str(exit_file)]
+    try:
+        result = subprocess.run(
+            [*command, "--", "/bin/sh", "-c", shell, sys.executable, check, str(extra_write)],
+            capture_output=True,
+            text=True,
+            check=False,
+            pass_fds=(extra_write,),
+            timeout=60,
+        )
+    finally:
+        os.close(extra_read)
+        os.close(extra_write)
+    ignored, descriptor = result.stdout.splitlines()
+    assert int(ignored.split()[1], 16) >> 12 & 1 == 0, ignored
+    assert descriptor == "closed", result.stderr
+    assert exit_file.read_text() == "0\n"
+
+
 def _zombie(pid: int) -> bool:
     try:
         status: str = psutil.Process(pid).status()
