@@ -321,6 +321,8 @@ def launch(
                     env=dict(plan.env),
                     start_new_session=True,
                 )
+                if spares is not None:
+                    spares.started_cold(_tree_file(exit_path))
         finally:
             os.close(err_fd)
     finally:

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -196,6 +197,7 @@ class SparePool:
         self._cond = threading.Condition()
         self._spare: Spare | None = None
         self._settling: socket.socket | None = None
+        self._cold: list[Path] = []
         self._closed = False
         self._thread = threading.Thread(target=self._keep, name="juliarun-spare", daemon=True)
 
@@ -236,6 +238,31 @@ class SparePool:
         if not taken:
             return None
         return spare.popen
+
+    def started_cold(self, tree_path: Path) -> None:
+        """Note a launcher started for its slot: the next spare waits until it is set up.
+
+        Args:
+            tree_path: The tree file it writes once its program's container is ready.
+        """
+        with self._cond:
+            self._cold.append(tree_path)
+
+    def _wait_for_cold_starts(self) -> None:
+        """Wait (up to :data:`SETTLE` s) until the launchers started cold are set up.
+
+        A burst of starts keeps as many interpreters starting at once as without spares.
+        """
+        deadline = time.monotonic() + SETTLE
+        pause = 0.001
+        while True:
+            with self._cond:
+                self._cold = [path for path in self._cold if not path.exists()]
+                if self._closed or not self._cold or time.monotonic() >= deadline:
+                    self._cold.clear()
+                    return
+                self._cond.wait(pause)
+            pause = min(pause * 2, 0.02)
 
     def check(self) -> None:
         """Replace the spare if it has ended (a child of the server has: cheap to ask)."""
@@ -280,6 +307,7 @@ class SparePool:
                 with self._cond:
                     self._settling = None
                 settling.close()
+            self._wait_for_cold_starts()
             try:
                 spare = Spare.start(self._launcher, self._directory, self._mode)
             except OSError as exc:
