@@ -13,7 +13,7 @@ import psutil
 import pytest
 from support import QUICK_KILL, Api, wait_until, write_script
 
-from juliarun_aio.server import ServerProcess
+from juliarun_aio.server import ServerProcess, _spare
 from juliarun_aio.server._backend import SlotId
 from juliarun_aio.server._backend_local import _LAUNCHER, launch
 from juliarun_aio.server._launcher import Tree
@@ -290,6 +290,57 @@ def test_a_working_directory_that_cannot_be_entered_fails_the_start(
             spares.close()
     if with_spares:  # the spare that was asked is gone, and so is the one started after it
         assert not list((tmp_path / "spares").glob("*"))
+
+
+def _own_spares() -> list[psutil.Process]:
+    """The spare launchers this process started that wait for a slot."""
+    return [
+        child
+        for child in psutil.Process().children()
+        if "--spare" in child.cmdline() and not child.children()
+    ]
+
+
+def test_a_spare_that_does_not_answer_is_killed_and_the_slot_starts_anyway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spare stopped (SIGSTOP) when its slot comes: it is killed, a launcher runs the slot."""
+    monkeypatch.setattr(_spare, "HANDOVER_TIMEOUT", 0.5)
+    spare_dir = tmp_path / "spares"
+    spare_dir.mkdir()
+    spares = SparePool(_LAUNCHER, spare_dir, "auto")
+    spares.open()
+    try:
+        waiting = wait_until(_own_spares, 30, "a spare launcher")[0]
+        wait_until(lambda: list(spare_dir.glob("spare-*.tree")), 30, "the spare's tree file")
+        waiting.suspend()
+        for name in ("out", "err"):
+            (tmp_path / f"slot.{name}").touch()
+        plan = LaunchPlan(
+            argv=["/bin/sh", "-c", "echo ran"],
+            env=dict(os.environ),
+            cwd=tmp_path,
+            memory_bytes=None,
+        )
+        process = launch(
+            SlotId("default", "job", "0" * 16, "master"),
+            "master-1",
+            plan,
+            stdout=tmp_path / "slot.out",
+            stderr=tmp_path / "slot.err",
+            exit_path=tmp_path / "slot.exit",
+            spares=spares,
+        )
+        assert process.pid != waiting.pid
+        ended = wait_until(process.poll, 30, "the slot to end")
+        assert ended is not None
+        assert ended.code == 0
+        assert (tmp_path / "slot.out").read_text() == "ran\n"
+        assert not waiting.is_running()
+    finally:
+        spares.close()
+    assert not _own_spares()
+    assert not list(spare_dir.glob("*"))
 
 
 def test_a_spare_is_gone_once_the_server_stops(report_server: tuple[ServerProcess, Api]) -> None:
