@@ -801,7 +801,8 @@ def run(argv: list[str]) -> int:
 #
 # ``_launcher.py --spare FD --tree-file PATH --cleanup MODE`` starts a launcher before its
 # job is known: the interpreter, the imports and the slot's container (cgroup, subreaper)
-# are set up, then it waits on the Unix stream socket FD.  The server sends one job:
+# are set up, then it says ``r`` (ready) on the Unix stream socket FD and waits there for
+# one job, which the server sends as:
 #
 #   8 bytes: the length N of the JSON that follows (big-endian), sent with two file
 #            descriptors (SCM_RIGHTS): the program's stdout and stderr;
@@ -878,6 +879,7 @@ def serve_spare(fd: int, tree_file: str, mode: str) -> int:
     sock = socket.socket(fileno=fd)
     tree = contain(mode, os.urandom(8).hex(), tree_file)
     try:
+        sock.sendall(b"r")
         job = _receive_job(sock)
     except (OSError, ValueError):
         job = None

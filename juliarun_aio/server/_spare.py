@@ -6,8 +6,11 @@ program runs.  The local backend keeps one launcher started ahead (``_launcher.p
 --spare``, see the end of ``_launcher.py`` for what it is sent), in a session of its own,
 waiting on a Unix socket; a start hands the slot to it -- the launcher arguments, the
 environment, the working directory and the descriptors of the log files -- and the spare
-runs it exactly as a launcher started for it would.  A new spare is started in the
-background once the program of the last one runs, never while a verb waits.
+runs it exactly as a launcher started for it would.  A spare is offered only once it says
+it is ready, so that no start waits for a spare's own start-up: a start that finds none
+starts a launcher of its own.  A new spare is started in the background once the program
+of the last one runs and the launchers started meanwhile have set up their slots, never
+while a verb waits.
 
 Whatever happens to a spare, no start is lost: one that died, was killed, or does not
 answer within :data:`HANDOVER_TIMEOUT` is killed with its container, and the slot starts
@@ -136,6 +139,14 @@ class Spare:
             theirs.close()
         return cls(popen, ours, tree_path)
 
+    def wait_ready(self) -> bool:
+        """Wait (up to :data:`HANDOVER_TIMEOUT` s) until the spare says it is ready."""
+        try:
+            self.sock.settimeout(HANDOVER_TIMEOUT)
+            return self.sock.recv(1) == b"r"
+        except OSError:
+            return False
+
     def hand_over(self, job: Handover) -> bool:
         """Give the spare its slot; False when it is gone (it is then discarded).
 
@@ -197,6 +208,7 @@ class SparePool:
         self._cond = threading.Condition()
         self._spare: Spare | None = None
         self._settling: socket.socket | None = None
+        self._starting: Spare | None = None
         self._cold: list[Path] = []
         self._closed = False
         self._thread = threading.Thread(target=self._keep, name="juliarun-spare", daemon=True)
@@ -280,9 +292,10 @@ class SparePool:
         with self._cond:
             self._closed = True
             spare, self._spare = self._spare, None
-            if self._settling is not None:
-                with contextlib.suppress(OSError):
-                    self._settling.shutdown(socket.SHUT_RDWR)  # wakes the thread's wait
+            for waited in (self._settling, self._starting.sock if self._starting else None):
+                if waited is not None:
+                    with contextlib.suppress(OSError):
+                        waited.shutdown(socket.SHUT_RDWR)  # wakes the thread's wait
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join()
@@ -316,8 +329,17 @@ class SparePool:
                     self._cond.wait_for(lambda: self._closed, RETRY)
                 continue
             with self._cond:
-                kept = not self._closed  # closed meanwhile: close() did not see this one
+                self._starting = spare
+            # Offered only once ready: a start never waits for a spare's own start-up.
+            ready = spare.wait_ready()
+            with self._cond:
+                self._starting = None
+                kept = ready and not self._closed  # closed meanwhile: close() missed it
                 if kept:
                     self._spare = spare
             if not kept:
                 spare.discard()
+            if not ready:
+                logger.warning("a spare launcher did not get ready (retrying)")
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, RETRY)
