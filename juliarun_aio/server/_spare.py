@@ -251,6 +251,12 @@ class SparePool:
             return None
         return spare.popen
 
+    @property
+    def ready_pid(self) -> int | None:
+        """The pid of the spare ready for the next start, if there is one."""
+        with self._cond:
+            return self._spare.popen.pid if self._spare is not None else None
+
     def started_cold(self, tree_path: Path) -> None:
         """Note a launcher started for its slot: the next spare waits until it is set up.
 

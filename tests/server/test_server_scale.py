@@ -17,7 +17,8 @@ from juliarun_aio.server._config import ConfigError, default_max_workers
 from juliarun_aio.server._launcher import SLOT_VARIABLE
 
 #: Master and workers wait cheaply (a shell, then sleep); the environment variable MARK,
-#: set to the job's name, finds its launchers and programs.
+#: set to the job's name, finds its programs (and the launchers started for their slots;
+#: a spare launcher keeps the environment it was started with, see ``_job_processes``).
 SLEEP = "exec sleep 60\n"
 MARK = "SCALE_TEST_MARK"
 
@@ -81,6 +82,19 @@ def _programs(name: str) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             count += SLOT_VARIABLE in proc.environ()
     return count
+
+
+def _job_processes(server: LocalServer, name: str) -> set[int]:
+    """The processes of job ``name``: its marked ones, and every launcher writing its logs."""
+    found = {proc.pid for proc in marked_processes(MARK, name)}
+    logs = str((server.data_dir / "namespaces" / "default" / "jobs" / name).resolve()) + "/"
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if any("_launcher.py" in arg for arg in child.cmdline()) and any(
+                opened.path.startswith(logs) for opened in child.open_files()
+            ):
+                found.add(child.pid)
+    return found
 
 
 def _stored_requested(server: LocalServer, name: str) -> int | None:
@@ -160,10 +174,10 @@ def test_delete_and_scale_down_during_starts_leave_no_process(roomy: LocalServer
             assert api.data("setJobScale", "JuliaParBatch", name=name, parallelism=20) is True
         assert api.data("setJobScale", "JuliaParBatch", name="down", parallelism=2) is True
         assert api.data("deleteJob", "JuliaParBatch", name="gone", force="true") is True
-        assert marked_processes(MARK, "gone") == []
+        assert _job_processes(roomy, "gone") == set()
         assert not (roomy.data_dir / "namespaces" / "default" / "jobs" / "gone").exists()
         api.wait_scale("JuliaParBatch", "down", 2, timeout=60)
-        wait_until(lambda: len(marked_processes(MARK, "down")) == 6, 30, "3 launchers, 3 programs")
+        wait_until(lambda: len(_job_processes(roomy, "down")) == 6, 30, "3 launchers, 3 programs")
         assert _programs("down") == 3
         status = api.status("JuliaParBatch", "down")
         assert status["npending"] == 0

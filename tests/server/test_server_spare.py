@@ -311,8 +311,8 @@ def test_a_spare_that_does_not_answer_is_killed_and_the_slot_starts_anyway(
     spares = SparePool(_LAUNCHER, spare_dir, "auto")
     spares.open()
     try:
-        waiting = wait_until(_own_spares, 30, "a spare launcher")[0]
-        wait_until(lambda: list(spare_dir.glob("spare-*.tree")), 30, "the spare's tree file")
+        pid = wait_until(lambda: spares.ready_pid, 30, "a spare launcher ready")
+        waiting = psutil.Process(pid)
         waiting.suspend()
         for name in ("out", "err"):
             (tmp_path / f"slot.{name}").touch()
