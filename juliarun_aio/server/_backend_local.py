@@ -18,7 +18,7 @@ strongest the machine offers, which :func:`describe_cleanup` names.
 Stopping sends SIGTERM to the launcher, which forwards it to the program's process group;
 killing sends SIGKILL to every process of the session and of the tree.
 
-A start hands its slot to a launcher started ahead when there is one (``_spare.py``), which
+A start hands its slot to a launcher started ahead when one is ready (``_spare.py``), which
 saves the launcher's start-up; the slot then runs exactly as under a launcher of its own.
 """
 
@@ -367,7 +367,7 @@ class LocalBackend(Backend):
         self._spares: SparePool | None = None
 
     def open(self, url: str) -> None:
-        """Find out how job process trees are cleaned up here, log it, start a spare launcher."""
+        """Find out how job process trees are cleaned up here, log it, start spare launchers."""
         del url
         self._cleanup, where = describe_cleanup(cleanup_mode())
         logger.info(
@@ -380,7 +380,7 @@ class LocalBackend(Backend):
             self._spares.open()
 
     def close(self) -> None:
-        """Kill the spare launcher; job processes keep running."""
+        """Kill the spare launchers; job processes keep running."""
         if self._spares is not None:
             self._spares.close()
 

@@ -2,19 +2,19 @@
 
 Starting the launcher for a slot costs a fresh interpreter, its imports and the slot's
 container (a cgroup of its own, or a subreaper), several tens of milliseconds before the
-program runs.  The local backend keeps one launcher started ahead (``_launcher.py
---spare``, see the end of ``_launcher.py`` for what it is sent), in a session of its own,
-waiting on a Unix socket; a start hands the slot to it -- the launcher arguments, the
-environment, the working directory and the descriptors of the log files -- and the spare
-runs it exactly as a launcher started for it would.  A spare is offered only once it says
-it is ready, so that no start waits for a spare's own start-up: a start that finds none
-starts a launcher of its own.  A new spare is started in the background once the program
-of the last one runs and the launchers started meanwhile have set up their slots, never
-while a verb waits.
+program runs.  The local backend keeps :data:`SPARES` launchers started ahead
+(``_launcher.py --spare``, see the end of ``_launcher.py`` for what they are sent), each in
+a session of its own, waiting on a Unix socket; a start hands the slot to one -- the
+launcher arguments, the environment, the working directory and the descriptors of the log
+files -- and the spare runs it exactly as a launcher started for it would.  A spare is
+offered only once it says it is ready, so that no start waits for a spare's own start-up:
+a start that finds none starts a launcher of its own.  A new spare is started in the
+background once the program of the last one runs and the launchers started meanwhile have
+set up their slots, never while a verb waits.
 
 Whatever happens to a spare, no start is lost: one that died, was killed, or does not
 answer within :data:`HANDOVER_TIMEOUT` is killed with its container, and the slot starts
-with a launcher of its own (as does a second start while the only spare is taken).  A
+with a launcher of its own (as does a start while every spare is taken).  A
 spare records its container in a tree file of its own (``spare-*.tree`` in the spares'
 directory) until it takes a job; the server removes a spare when it stops, a spare whose
 server is gone exits by itself (its socket reaches end of file), and the next server kills
@@ -44,6 +44,7 @@ from ._launcher import kill_tree
 
 __all__ = [
     "HANDOVER_TIMEOUT",
+    "SPARES",
     "SPARE_VARIABLE",
     "Handover",
     "Spare",
@@ -55,6 +56,9 @@ logger = logging.getLogger("juliarun_aio.server")
 
 #: The server's environment variable that turns spare launchers off (``0``).
 SPARE_VARIABLE = "JULIARUN_AIO_SPARE_LAUNCHER"
+#: How many spares are kept ready: with two, submissions one after another each find one
+#: ready even when they come faster than a spare starts (40-60 ms here).
+SPARES = 2
 #: Seconds a start waits for a spare to take its slot before starting a launcher of its own.
 HANDOVER_TIMEOUT = 10.0
 #: Seconds the next spare waits at most for the program of the last one to start, so that
@@ -193,7 +197,7 @@ class Spare:
 
 
 class SparePool:
-    """One spare launcher kept ready by a thread of its own.
+    """:data:`SPARES` spare launchers kept ready by a thread of its own.
 
     Args:
         launcher: The launcher's path.
@@ -206,7 +210,7 @@ class SparePool:
         self._directory = directory
         self._mode = mode
         self._cond = threading.Condition()
-        self._spare: Spare | None = None
+        self._ready: list[Spare] = []
         self._settling: socket.socket | None = None
         self._starting: Spare | None = None
         self._cold: list[Path] = []
@@ -222,7 +226,7 @@ class SparePool:
         self._thread.start()
 
     def hand_over(self, job: Handover) -> subprocess.Popen[bytes] | None:
-        """Have the spare run a slot (see :meth:`Spare.hand_over`); a new one is started.
+        """Have a ready spare run a slot (see :meth:`Spare.hand_over`); a new one is started.
 
         Returns:
             The launcher running the slot; ``None`` when there was no spare to take it.
@@ -231,7 +235,7 @@ class SparePool:
             OSError: The working directory cannot be entered.
         """
         with self._cond:
-            spare, self._spare = self._spare, None
+            spare = self._ready.pop(0) if self._ready else None
         if spare is None:
             return None
         # The next spare is started once this one has its slot (and its program runs).
@@ -255,7 +259,7 @@ class SparePool:
     def ready_pid(self) -> int | None:
         """The pid of the spare ready for the next start, if there is one."""
         with self._cond:
-            return self._spare.popen.pid if self._spare is not None else None
+            return self._ready[0].popen.pid if self._ready else None
 
     def started_cold(self, tree_path: Path) -> None:
         """Note a launcher started for its slot: the next spare waits until it is set up.
@@ -283,21 +287,22 @@ class SparePool:
             pause = min(pause * 2, 0.02)
 
     def check(self) -> None:
-        """Replace the spare if it has ended (a child of the server has: cheap to ask)."""
+        """Replace the spares that have ended (a child of the server has: cheap to ask)."""
         with self._cond:
-            spare = self._spare
-            if spare is None or spare.popen.poll() is None:
+            ended = [spare for spare in self._ready if spare.popen.poll() is not None]
+            if not ended:
                 return
-            self._spare = None
+            self._ready = [spare for spare in self._ready if spare not in ended]
             self._cond.notify_all()
-        logger.warning("the spare launcher ended with status %s", spare.popen.returncode)
-        spare.discard()
+        for spare in ended:
+            logger.warning("a spare launcher ended with status %s", spare.popen.returncode)
+            spare.discard()
 
     def close(self) -> None:
-        """Stop keeping a spare and kill the one there is."""
+        """Stop keeping spares and kill those there are."""
         with self._cond:
             self._closed = True
-            spare, self._spare = self._spare, None
+            spares, self._ready = self._ready, []
             for waited in (self._settling, self._starting.sock if self._starting else None):
                 if waited is not None:
                     with contextlib.suppress(OSError):
@@ -308,13 +313,13 @@ class SparePool:
         if self._settling is not None:  # the thread is gone: nobody else holds it
             self._settling.close()
             self._settling = None
-        if spare is not None:
+        for spare in spares:
             spare.discard()
 
     def _keep(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and self._spare is not None:
+                while not self._closed and len(self._ready) >= SPARES:
                     self._cond.wait()
                 if self._closed:
                     break
@@ -342,7 +347,7 @@ class SparePool:
                 self._starting = None
                 kept = ready and not self._closed  # closed meanwhile: close() missed it
                 if kept:
-                    self._spare = spare
+                    self._ready.append(spare)
             if not kept:
                 spare.discard()
             if not ready:

@@ -239,16 +239,17 @@ async def test_scale_up_of_40_workers_stalls_no_other_call(tmp_path: Path) -> No
 
 
 def _waiting_spare(server: ServerProcess) -> tuple[psutil.Process, Path, Tree]:
-    """The server's waiting spare launcher, its tree file and what that file records."""
+    """One of the server's waiting spare launchers, its tree file and what that file records."""
 
     def find() -> tuple[psutil.Process, Path, Tree] | None:
         for child in psutil.Process(server.pid).children():
             with contextlib.suppress(psutil.NoSuchProcess):
-                if "--spare" in child.cmdline() and not child.children():
-                    trees = list((server.data_dir / "spares").glob("spare-*.tree"))
-                    tree = Tree.load(str(trees[0])) if len(trees) == 1 else None
+                arguments = child.cmdline()
+                if "--spare" in arguments and not child.children():
+                    path = Path(arguments[arguments.index("--tree-file") + 1])
+                    tree = Tree.load(str(path))
                     if tree is not None:
-                        return child, trees[0], tree
+                        return child, path, tree
         return None
 
     found = wait_until(find, 30, "a spare launcher")
@@ -271,6 +272,8 @@ def test_no_spare_launcher_outlives_a_killed_server(
         spare.wait(30)  # the end of its socket tells it
         assert not tree_file.exists()
         assert tree.cgroup is None or not Path(tree.cgroup).exists()
+        spares = tmp_path / "data" / "spares"
+        wait_until(lambda: not list(spares.glob("spare-*")), 30, "every spare to go")
 
         server.start()
         spare, tree_file, tree = _waiting_spare(server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from juliarun_aio.server._backend import SlotId
 from juliarun_aio.server._backend_local import _LAUNCHER, launch
 from juliarun_aio.server._launcher import Tree
 from juliarun_aio.server._runtime import LaunchPlan
-from juliarun_aio.server._spare import SPARE_VARIABLE, SparePool
+from juliarun_aio.server._spare import SPARE_VARIABLE, SPARES, SparePool
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="spare launchers are found through /proc"
@@ -58,26 +59,30 @@ def _volume(data_dir: Path) -> Path:
     return data_dir / "namespaces" / "default" / "volumes" / "work"
 
 
-def spare_of(server: ServerProcess) -> psutil.Process | None:
-    """The spare launcher the server keeps, if one is waiting (a taken one runs a program)."""
+def spares_of(server: ServerProcess) -> list[psutil.Process]:
+    """The spare launchers the server keeps waiting (a taken one runs a program)."""
+    found = []
     for child in psutil.Process(server.pid).children():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             if (
                 "--spare" in child.cmdline()
                 and child.status() != psutil.STATUS_ZOMBIE
                 and not child.children()
             ):
-                return child
-        except psutil.NoSuchProcess:
-            continue
-    return None
+                found.append(child)
+    return found
 
 
-def waiting_spare(server: ServerProcess, what: str = "a spare launcher") -> psutil.Process:
-    """Wait for the server's spare launcher."""
-    spare = wait_until(lambda: spare_of(server), 30, what)
-    assert spare is not None
-    return spare
+def waiting_spares(
+    server: ServerProcess, what: str = "the spare launchers"
+) -> list[psutil.Process]:
+    """Wait until the server keeps all its spare launchers waiting; return them."""
+
+    def every_spare() -> list[psutil.Process]:
+        found = spares_of(server)
+        return found if len(found) == SPARES else []
+
+    return wait_until(every_spare, 30, what)
 
 
 def launcher_of(report: dict[str, Any]) -> psutil.Process:
@@ -124,7 +129,7 @@ def _run_and_stop(server: ServerProcess, api: Api, *, spare: bool) -> dict[str, 
     """Run the report job, check its logs and its stop, return its report."""
     volume = _volume(server.data_dir)
     if spare:
-        waiting_spare(server)
+        waiting_spares(server)
     submit_report(api, "job", memory="300Mi", envvars={"REPORT_MODE": "stay", "MINE": "a b=c"})
     report = read_report(volume, "job-master")
     assert ("--spare" in launcher_of(report).cmdline()) is spare
@@ -188,12 +193,13 @@ def test_the_spare_leaks_nothing_of_its_own_environment(
     }
 
 
-def test_a_killed_spare_loses_no_submission(report_server: tuple[ServerProcess, Api]) -> None:
-    """A spare killed while it waits: the next job still runs, and a new spare takes its place."""
+def test_killed_spares_lose_no_submission(report_server: tuple[ServerProcess, Api]) -> None:
+    """Spares killed while they wait: the next job still runs, and new spares take their place."""
     server, api = report_server
-    spare = waiting_spare(server)
-    spare.kill()
-    spare.wait(10)
+    killed = waiting_spares(server)
+    for spare in killed:
+        spare.kill()
+        spare.wait(10)
     submit_report(api, "after-kill")
     assert api.wait_done("JuliaBatch", "after-kill", timeout=30)["phase"] == "succeeded"
     report = read_report(_volume(server.data_dir), "after-kill-master")
@@ -201,17 +207,16 @@ def test_a_killed_spare_loses_no_submission(report_server: tuple[ServerProcess, 
     assert "to stdout after-kill-master" in api.data(
         "tailJob", "JuliaBatch", name="after-kill", count=5, stream="stdout"
     )
-    wait_until(
-        lambda: (new := spare_of(server)) is not None and new.pid != spare.pid, 30, "a new spare"
-    )
+    new = waiting_spares(server, "new spares")
+    assert not {spare.pid for spare in new} & {spare.pid for spare in killed}
     spares = server.data_dir / "spares"
-    wait_until(lambda: len(list(spares.glob("spare-*.tree"))) == 1, 30, "one spare's tree file")
+    wait_until(lambda: len(list(spares.glob("spare-*.tree"))) == SPARES, 30, "their tree files")
 
 
 def test_slots_started_at_once_all_run(report_server: tuple[ServerProcess, Api]) -> None:
     """A master and two workers starting together (one spare): each runs as itself."""
     server, api = report_server
-    waiting_spare(server)
+    waiting_spares(server)
     api.data(
         "submitJob",
         "JuliaParBatch",
@@ -244,17 +249,17 @@ def test_a_spare_waiting_through_a_delete_takes_the_next_job(
 ) -> None:
     """Deleting a job leaves the waiting spare alone; the next submission runs under it."""
     server, api = report_server
-    first_spare = waiting_spare(server)
+    ready = {spare.pid for spare in waiting_spares(server)}
     submit_report(api, "first", envvars={"REPORT_MODE": "stay"})
     first = read_report(_volume(server.data_dir), "first-master")
-    assert launcher_of(first).pid == first_spare.pid
-    waiting = waiting_spare(server, "the next spare launcher")
+    assert launcher_of(first).pid in ready
+    waiting = waiting_spares(server, "the spare launchers again")
     api.data("deleteJob", "JuliaBatch", name="first", force=True)
     wait_until(lambda: not psutil.pid_exists(first["pid"]), 30, "the first job to end")
-    assert waiting.is_running()
+    assert all(spare.is_running() for spare in waiting)
     submit_report(api, "second", envvars={"REPORT_MODE": "stay"})
     second = read_report(_volume(server.data_dir), "second-master")
-    assert launcher_of(second).pid == waiting.pid
+    assert launcher_of(second).pid in {spare.pid for spare in waiting}
     assert api.status("JuliaBatch", "second")["phase"] == "running"
 
 
@@ -343,14 +348,24 @@ def test_a_spare_that_does_not_answer_is_killed_and_the_slot_starts_anyway(
     assert not list(spare_dir.glob("*"))
 
 
-def test_a_spare_is_gone_once_the_server_stops(report_server: tuple[ServerProcess, Api]) -> None:
-    """The server stops: its spare launcher, its tree file and its cgroup are gone."""
+def test_spares_are_gone_once_the_server_stops(report_server: tuple[ServerProcess, Api]) -> None:
+    """The server stops: its spare launchers, their tree files and their cgroups are gone."""
     server, _ = report_server
-    spare = waiting_spare(server)
-    tree_file = wait_until(lambda: list((server.data_dir / "spares").glob("spare-*")), 30)[0]
-    tree = Tree.load(str(tree_file))
-    assert tree is not None
+    spares = waiting_spares(server)
+
+    def recorded() -> list[Tree | None]:
+        found = [Tree.load(path) for path in map(_tree_file_of, spares)]
+        return found if all(found) else []
+
+    trees = wait_until(recorded, 30, "the spares' tree files")
     server.stop()
-    assert not spare.is_running()
+    assert not any(spare.is_running() for spare in spares)
     assert not list((server.data_dir / "spares").glob("spare-*"))
-    assert tree.cgroup is None or not Path(tree.cgroup).exists()
+    for tree in trees:
+        assert tree is not None
+        assert tree.cgroup is None or not Path(tree.cgroup).exists()
+
+
+def _tree_file_of(spare: psutil.Process) -> str:
+    arguments: list[str] = spare.cmdline()
+    return arguments[arguments.index("--tree-file") + 1]
