@@ -218,7 +218,7 @@ class SparePool:
         self._thread = threading.Thread(target=self._keep, name="juliarun-spare", daemon=True)
 
     def open(self) -> None:
-        """Kill what spares of an earlier server left, and start keeping one."""
+        """Kill what spares of an earlier server left, and start keeping spares ready."""
         for leftover in self._directory.glob("spare-*.tree"):
             kill_tree(str(leftover))
             with contextlib.suppress(OSError):
@@ -350,7 +350,7 @@ class SparePool:
                     self._ready.append(spare)
             if not kept:
                 spare.discard()
-            if not ready:
+            if not ready and not self._closed:
                 logger.warning("a spare launcher did not get ready (retrying)")
                 with self._cond:
                     self._cond.wait_for(lambda: self._closed, RETRY)
