@@ -271,6 +271,7 @@ class Engine:
             for row in self._store.jobs():
                 self._recover(row)
             self._adopt_strays()
+            self._start_unstarted_masters()
         self._collector.start()
         self._thread.start()
         self._started = True
@@ -438,6 +439,22 @@ class Engine:
             logger.info("adopting %s, started by an earlier server but not recorded", process.key)
             self._record_start(job, slot, process, process.key, job.row.spec_version)
             self._publish(job)
+
+    def _start_unstarted_masters(self) -> None:
+        """Start the master of each job an earlier server recorded but stopped before starting.
+
+        Its start is due at once (the next supervision pass queues it); a master that was
+        started but not recorded was adopted by :meth:`_adopt_strays` before this runs.
+        """
+        now = time.monotonic()
+        for job in self._jobs.values():
+            if job.kind in MASTER_KINDS and not job.terminal and "master" not in job.slots:
+                logger.info(
+                    "starting the master of %s/%s: the server stopped before it did",
+                    job.row.namespace,
+                    job.row.name,
+                )
+                job.slots["master"] = _Slot("master", waiting_until=now)
 
     def _settled(self, job: _Job, slot: _Slot) -> bool:
         """Whether an ended slot stays ended (no restart)."""

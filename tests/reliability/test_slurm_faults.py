@@ -9,9 +9,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from reliability_support import record
 from support import (
@@ -313,6 +315,62 @@ def test_a_server_killed_between_sbatch_and_its_record_finds_every_job(
             duplicates=0,
             orphans=0,
         )
+        api.close()
+    finally:
+        server.stop()
+
+
+# Holds sbatch until the flag is removed; then submits, unless told to give up.
+HELD_SBATCH = """\
+#!/bin/sh
+if [ -e {flag} ]; then
+    touch {flag}.held
+    while [ -e {flag} ]; do sleep 0.05; done
+    [ -e {flag}.abandon ] && exit 1
+fi
+exec {sbatch} "$@"
+"""
+
+
+def test_a_server_killed_before_it_started_a_master_starts_it_when_back(
+    data_dir: Path, slurm: SlurmCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faults: a server SIGKILLed after recording a job but before its master reached
+    Slurm starts that master when it starts again: the job runs once and succeeds, instead
+    of staying pending."""
+    sbatch = shutil.which("sbatch")
+    assert sbatch is not None
+    bin_dir, flag = tmp_path / "bin", tmp_path / "held"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "sbatch"
+    wrapper.write_text(HELD_SBATCH.format(sbatch=sbatch, flag=flag))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    volume = data_dir / "namespaces" / "default" / "volumes" / "work"
+    write_script(volume, "once.py", "print('ran', flush=True)\n")
+    server = ServerProcess(
+        data_dir, tokens=TOKENS, host=SLURM_HOST, args=(*SLURM_ARGS, "--kill-grace", "0.5")
+    )
+    server.start()
+    try:
+        flag.touch()
+        submitter = Api(server.url, TOKENS["default"], "default", ca_bundle=server.ca_bundle)
+        params = {"name": "once", "start_script": "once.py", "run_volume": "work"}
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(submitter.data, "submitJob", "JuliaBatch", **params)
+            wait_until((tmp_path / "held.held").exists, 30, "the submission to reach sbatch")
+            server.kill()
+            (tmp_path / "held.abandon").touch()
+            flag.unlink()
+            with pytest.raises(httpx.HTTPError):
+                answer.result(timeout=30)
+        submitter.close()
+        server.start()
+        api = Api(server.url, TOKENS["default"], "default", ca_bundle=server.ca_bundle)
+        status = api.wait_done("JuliaBatch", "once", timeout=120)
+        assert status["phase"] == "succeeded", status
+        assert api.lines("JuliaBatch", "once") == ["ran"]
+        assert live_jobs(slurm, status["uid"]) == {}
         api.close()
     finally:
         server.stop()
