@@ -4,6 +4,7 @@ every backend."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
@@ -11,8 +12,10 @@ import psutil
 from server_support import BOTH_BACKENDS, Api, encode_token, server_process
 from support import QUICK_KILL, wait_until, write_script
 
-from juliarun_aio import Context, JobRef, LogLine
+from juliarun_aio import Context, JobRef, JuliaBatch, LogLine
+from juliarun_aio._wire import encode_spec
 from juliarun_aio.server import ServerProcess
+from juliarun_aio.server._store import JobRow, Store
 
 TOKEN = "restart-token"
 TOKENS = {"default": TOKEN}
@@ -225,6 +228,44 @@ def test_log_reads_from_the_start_after_sigterm_and_sigkill_restarts(
         server.kill()
         server.start()
         _check_whole_log(server, "phases", 30_000)
+    finally:
+        api.close()
+        server.stop()
+
+
+def test_a_job_recorded_but_never_started_runs_when_the_server_is_back(data_dir: Path) -> None:
+    """A server that stopped between recording a job and starting its master: the next server
+    starts that master, and the job runs once and succeeds instead of staying pending."""
+    write_script(_volume(data_dir), "once.py", "print('ran', flush=True)\n")
+    ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start().stop()
+    spec = JuliaBatch(name="once", start_script="once.py", run_volume="work")
+    # What the earlier server left: the submission recorded, no process of it.
+    store = Store(data_dir / "state.sqlite3")
+    try:
+        store.insert_job(
+            JobRow(
+                namespace="default",
+                name="once",
+                kind="JuliaBatch",
+                params=encode_spec(spec),
+                phase="pending",
+                message=None,
+                requested=0,
+                ports={},
+                cookie="0" * 32,
+                spec_version=0,
+                created_at=time.time(),
+                uid="0123456789abcdef",
+            )
+        )
+    finally:
+        store.close()
+    server = ServerProcess(data_dir, tokens=TOKENS, args=QUICK_KILL).start()
+    api = Api(server.url, TOKEN, "default", ca_bundle=server.ca_bundle)
+    try:
+        status = api.wait_done("JuliaBatch", "once", timeout=30)
+        assert status["phase"] == "succeeded", status
+        assert api.lines("JuliaBatch", "once") == ["ran"]
     finally:
         api.close()
         server.stop()
