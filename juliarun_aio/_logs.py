@@ -265,10 +265,10 @@ def tail_log_batches(  # noqa: PLR0917 - Context's options, in its order
     """Yield the job's log lines from the start (or after ``since``), a batch at a time.
 
     One :class:`LogBatch` per chunk of the stream on the stream path (what one network
-    read brought, or one event of at most a few hundred kilobytes from a server that
-    sends ``format=columns``) and per ``tailJob`` poll on the polling path, never empty;
-    together they hold exactly the lines :func:`tail_logs` yields, with the same
-    guarantees.
+    read brought, or one event from a server that sends ``format=columns``: up to 128 KiB
+    of its stored log, or one longer line) and per ``tailJob`` poll on the polling path,
+    never empty; together they hold exactly the lines :func:`tail_logs` yields, with the
+    same guarantees.
 
     Args:
         http: The HTTP layer of the Context to read through.
@@ -797,7 +797,7 @@ def _parse_chunk(complete: bytes) -> tuple[list[dict[str, Any]], errors.Response
                 and set(map(type, events)) == {dict}
                 # orjson reads integers beyond 64 bits as floats, the json module as ints.
                 and float not in set(map(type, map(dict.get, events, repeat("cursor"))))
-                and all(map(_int_cursors, events))
+                and (b'"cursors"' not in complete or all(map(_int_cursors, events)))
             ):
                 return events, None
     return _parse_lines(complete.decode("utf-8", "replace").split("\n"))
@@ -927,20 +927,27 @@ def _batches_of_columns(events: list[dict[str, Any]], cursor: int) -> _Batches:
         :class:`ResponseError` naming the malformed event, if one was met.
     """
     batches: list[LogBatch] = []
-    for event in events:
-        if event.get("end"):
-            return batches, True, None
-        if "texts" in event:
-            try:
-                batch = _columns_batch(event, cursor)
-            except errors.ResponseError as exc:
-                return batches, False, exc
-        else:  # a heartbeat, or a line sent on its own
-            batch = _batch_after([event], cursor)[0]
+    start = 0  # the first of the events since the last columns event
+    for i, event in enumerate(events):
+        ended = bool(event.get("end"))
+        if not ended and "texts" not in event:
+            continue  # a heartbeat, or a line sent on its own: read with its neighbours
+        batch = _batch_after(events[start:i], cursor)[0] if start < i else None
         if batch is not None:
             batches.append(batch)
             cursor = cast("int", batch.cursor)
-    return batches, False, None
+        if ended:
+            return batches, True, None
+        start = i + 1
+        try:
+            batch = _columns_batch(event, cursor)
+        except errors.ResponseError as exc:
+            return batches, False, exc
+        if batch is not None:
+            batches.append(batch)
+            cursor = cast("int", batch.cursor)
+    batch = _batch_after(events[start:], cursor)[0] if start < len(events) else None
+    return (batches if batch is None else [*batches, batch]), False, None
 
 
 def _columns_batch(event: dict[str, Any], cursor: int) -> LogBatch | None:

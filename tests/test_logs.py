@@ -1538,3 +1538,19 @@ async def test_a_proxy_cutting_inside_every_event_still_gets_every_line(
     assert_exact(got, server, "cut-small", 10_000)
     assert [line.cursor for line in got] == list(range(1, 10_001))
     assert proxy.cuts >= 10
+
+
+@pytest.mark.anyio
+async def test_lines_sent_one_by_one_on_a_columns_stream_are_read_together(decoder: str) -> None:
+    """Objects of single lines between columns events make one batch, as on a lines stream."""
+    events = [
+        *log_events(1, 3),
+        {"heartbeat": True, "cursor": 3},
+        columns_event(4, 5),
+        *log_events(6, 6),
+        {"end": True, "cursor": 6},
+    ]
+    async with respx.mock(assert_all_called=False) as router, mock_context() as ctx:
+        _columns_server(router, StreamServer(ScriptedStream([ndjson(events)])))
+        batches = await _collect_batches(ctx.tail_log_batches(JOB, follow=False))
+    assert [batch.cursors for batch in batches] == [(1, 2, 3), (4, 5), (6,)]

@@ -102,9 +102,9 @@ SWEEP_BUSY = 0.1
 BUSY_WINDOW = 30.0
 #: Seconds a job may be missing from ``squeue`` (and from ``sacct``) before it is lost.
 MISSING_GRACE = 30.0
-#: Seconds a job whose program was killed by a signal waits, once out of ``squeue``, for
-#: its ``sacct`` record: the signal may be Slurm's (OUT_OF_MEMORY, TIMEOUT), which only
-#: the record tells.
+#: Seconds a job whose program was killed by a signal nobody here asked for waits, once
+#: out of ``squeue``, for its ``sacct`` record: the signal may be Slurm's (OUT_OF_MEMORY,
+#: TIMEOUT), which only the record tells.
 SIGNALLED_GRACE = 10.0
 #: Seconds each Slurm command may take.
 COMMAND_TIMEOUT = 15.0
@@ -221,14 +221,15 @@ class SlurmProcess(SlotProcess):
     def token(self) -> object:
         """What :meth:`poll` would decide from: changes when the sweep learns something."""
         observed = self._backend.observation(self.job_id)
-        missing = observed.missing_since is not None and (
-            time.monotonic() - observed.missing_since >= MISSING_GRACE
+        missing_for = (
+            -1.0 if observed.missing_since is None else time.monotonic() - observed.missing_since
         )
         queued = observed.queued
         return (
             (queued.state, queued.reason, queued.nodes) if queued is not None else None,
             observed.finished.state if observed.finished is not None else None,
-            missing,
+            missing_for >= SIGNALLED_GRACE,
+            missing_for >= MISSING_GRACE,
         )
 
     def poll(self) -> ExitInfo | None:
@@ -241,7 +242,9 @@ class SlurmProcess(SlotProcess):
                 return None  # not listed yet: just submitted
             code = read_exit_file(self.exit_path)
             missing_for = time.monotonic() - observed.missing_since
-            if code is not None and (code >= 0 or missing_for >= SIGNALLED_GRACE):
+            if code is not None and (
+                code >= 0 or self.stop_requested or missing_for >= SIGNALLED_GRACE
+            ):
                 return self._ended(code, describe_exit(code))
             if missing_for < MISSING_GRACE:
                 return None

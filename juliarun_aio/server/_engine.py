@@ -443,8 +443,10 @@ class Engine:
     def _start_unstarted_masters(self) -> None:
         """Start the master of each job an earlier server recorded but stopped before starting.
 
-        Its start is due at once (the next supervision pass queues it); a master that was
-        started but not recorded was adopted by :meth:`_adopt_strays` before this runs.
+        Its start is due at once (the next supervision pass queues it, and its workers once
+        it runs).  On Slurm, a master submitted but not recorded was adopted by
+        :meth:`_adopt_strays` before this runs; the local backend cannot find such a
+        process (see :meth:`Backend.strays`).
         """
         now = time.monotonic()
         for job in self._jobs.values():
@@ -738,7 +740,9 @@ class Engine:
         if job.kind not in WORKER_KINDS and job.kind not in ARRAY_KINDS:
             return
         wanted = job.row.requested
-        for index in range(1, wanted + 1):
+        # Workers wait for their master's process: they are given its address.
+        startable = wanted if master is None or master.process is not None else 0
+        for index in range(1, startable + 1):
             label = f"worker-{index}"
             slot = job.slots.get(label)
             if slot is None:

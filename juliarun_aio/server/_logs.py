@@ -640,9 +640,9 @@ def encode_columns(data: bytes) -> bytes:
     ``{"cursor": <last line's>, "texts": [...], "sources": [[count, stream, proc], ...]}``
     and ``"cursors": [...]`` when the lines are not contiguous (a one-stream request).
     The texts are copied as the JSON strings they are stored as: nothing is decoded, and
-    the work per line is one regular-expression match, in C.  Lines that do not read as
-    the collector writes them (never expected) are returned unchanged, one object each,
-    which a client of the ``columns`` format reads as well.
+    the work per line is one regular-expression match, in C.  Lines that do not start
+    and end as the collector writes them (never expected) are returned unchanged, one
+    object each, which a client of the ``columns`` format reads as well.
     """
     return _encode_columns(data, 0, len(data), data.count(b"\n"))
 
@@ -682,8 +682,8 @@ def _encode_columns(data: bytes, start: int, stop: int, count: int) -> bytes:
     keys = list(zip(streams, procs, strict=True))
     starts = [0, *compress(range(1, count), map(operator.ne, keys, keys[1:])), count]
     sources = b",".join(
-        b"[%d,%s,%s]" % (stop - begin, streams[begin], procs[begin])
-        for begin, stop in pairwise(starts)
+        b"[%d,%s,%s]" % (run_end - run_start, streams[run_start], procs[run_start])
+        for run_start, run_end in pairwise(starts)
     )
     listed = b"" if last - first == count - 1 else b',"cursors":[%s]' % b",".join(cursors)
     return b'{"cursor":%d,"texts":[%s],"sources":[%s]%s}\n' % (
@@ -727,8 +727,8 @@ async def stream_log(
     limit_phase = log.phase
     limit = log.snapshot() if not follow else None
     last_sent = time.monotonic()
-    # The next chunk is read (and encoded) while the last one is being sent: the server
-    # waits for the client to take most of a chunk before it asks for the next one.
+    # The next chunk is read (and encoded) on a worker thread while the last one is being
+    # sent, instead of after the client has taken it.
     ahead: asyncio.Task[tuple[int, int, bytes]] | None = None
     try:
         while log.readable():

@@ -336,8 +336,8 @@ def test_a_server_killed_before_it_started_a_master_starts_it_when_back(
     data_dir: Path, slurm: SlurmCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Faults: a server SIGKILLed after recording a job but before its master reached
-    Slurm starts that master when it starts again: the job runs once and succeeds, instead
-    of staying pending."""
+    Slurm starts that master when it starts again, then its workers with the master's
+    address: the job runs once, instead of staying pending."""
     sbatch = shutil.which("sbatch")
     assert sbatch is not None
     bin_dir, flag = tmp_path / "bin", tmp_path / "held"
@@ -347,7 +347,13 @@ def test_a_server_killed_before_it_started_a_master_starts_it_when_back(
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     volume = data_dir / "namespaces" / "default" / "volumes" / "work"
-    write_script(volume, "once.py", "print('ran', flush=True)\n")
+    write_script(volume, "once.py", "import time\nprint('ran', flush=True)\ntime.sleep(300)\n")
+    write_script(
+        volume,
+        "worker.py",
+        "import os, time\nprint('master at', os.environ.get('JRUN_MASTER_HOST'), flush=True)\n"
+        "time.sleep(300)\n",
+    )
     server = ServerProcess(
         data_dir, tokens=TOKENS, host=SLURM_HOST, args=(*SLURM_ARGS, "--kill-grace", "0.5")
     )
@@ -355,9 +361,15 @@ def test_a_server_killed_before_it_started_a_master_starts_it_when_back(
     try:
         flag.touch()
         submitter = Api(server.url, TOKENS["default"], "default", ca_bundle=server.ca_bundle)
-        params = {"name": "once", "start_script": "once.py", "run_volume": "work"}
+        params = {
+            "name": "once",
+            "start_script": "once.py",
+            "worker_start_script": "worker.py",
+            "nworkers": 2,
+            "run_volume": "work",
+        }
         with ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(submitter.data, "submitJob", "JuliaBatch", **params)
+            answer = pool.submit(submitter.data, "submitJob", "JuliaParBatch", **params)
             wait_until((tmp_path / "held.held").exists, 30, "the submission to reach sbatch")
             server.kill()
             (tmp_path / "held.abandon").touch()
@@ -367,10 +379,16 @@ def test_a_server_killed_before_it_started_a_master_starts_it_when_back(
         submitter.close()
         server.start()
         api = Api(server.url, TOKENS["default"], "default", ca_bundle=server.ca_bundle)
-        status = api.wait_done("JuliaBatch", "once", timeout=120)
-        assert status["phase"] == "succeeded", status
-        assert api.lines("JuliaBatch", "once") == ["ran"]
-        assert live_jobs(slurm, status["uid"]) == {}
+        api.wait_scale("JuliaParBatch", "once", 2, timeout=120)
+        wait_until(lambda: len(api.lines("JuliaParBatch", "once")) == 3, 60, "the workers' lines")
+        lines = api.lines("JuliaParBatch", "once")
+        workers = [line for line in lines if line != "ran"]
+        assert lines.count("ran") == 1
+        assert len(workers) == 2
+        assert all(w.startswith("master at ") and w != "master at None" for w in workers), lines
+        uid = api.status("JuliaParBatch", "once")["uid"]
+        assert sorted(live_jobs(slurm, uid)) == ["master", "worker-1", "worker-2"]
+        assert api.data("deleteJob", "JuliaParBatch", name="once", force="true") is True
         api.close()
     finally:
         server.stop()
