@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from typing import Any
 
 import attrs
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ __all__ = [
     "port_names",
     "port_numbers",
     "specs",
+    "stored_logs",
     "texts",
 ]
 
@@ -136,3 +139,36 @@ def specs(*kinds: str) -> st.SearchStrategy[JobSpec]:
     Required parameters are always set; each optional one is set or left out at random.
     """
     return st.one_of([_spec_of(SPEC_TYPES[kind]) for kind in kinds or JOB_KINDS])
+
+
+#: Log texts that look like the keys, quotes and line ends of the stored lines around them.
+_LOG_TEXTS = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=12),
+    st.sampled_from(
+        ['"}', '","text":"', ',"stream":"stdout","proc":"master","text":', "\\", '\\"}', "{}", ""]
+    ),
+)
+
+
+@st.composite
+def stored_logs(draw: st.DrawFn, first: int | None = None) -> tuple[list[dict[str, Any]], bytes]:
+    """A run of log lines as objects, and as the server's collector stores them.
+
+    The stored form has the keys in this order, compact, non-ASCII escaped.  Cursors start
+    at ``first`` (any up to 10**12 when not given) and skip 0 to 2 between lines (as a
+    one-stream read does); streams and processes change anywhere.
+    """
+    cursor = (draw(st.integers(1, 10**12)) if first is None else first) - 1
+    objects: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(1, 40))):
+        cursor += draw(st.integers(1, 3))
+        objects.append(
+            {
+                "cursor": cursor,
+                "stream": draw(st.sampled_from(["stdout", "stderr"])),
+                "proc": draw(st.sampled_from(["master", "worker-1", 'od"d \\ proc'])),
+                "text": draw(_LOG_TEXTS),
+            }
+        )
+    stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
+    return objects, stored

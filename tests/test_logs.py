@@ -9,6 +9,7 @@ import json
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import anyio
@@ -17,6 +18,7 @@ import pytest
 import respx
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from strategies import stored_logs
 from streaming_support import (
     FAST_RETRY,
     URL,
@@ -1468,29 +1470,12 @@ async def test_a_malformed_columns_event_is_a_response_error(
     assert [line.cursor for line in got] == [1, 2]
 
 
-COLUMN_LINES = st.lists(
-    st.tuples(
-        st.integers(1, 3),  # the gap to the previous cursor
-        st.sampled_from(["stdout", "stderr"]),
-        st.sampled_from(["master", "worker-1", 'q"uote\\d']),
-        st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=8),
-    ),
-    min_size=1,
-    max_size=30,
-)
-
-
-@given(lines=COLUMN_LINES, event_bytes=st.integers(1, 300), since=st.integers(0, 50))
+@given(log=stored_logs(first=1), event_bytes=st.integers(1, 300), since=st.integers(0, 50))
 def test_columns_read_as_the_lines_they_encode(
-    lines: list[tuple[int, str, str, str]], event_bytes: int, since: int
+    log: tuple[list[dict[str, Any]], bytes], event_bytes: int, since: int
 ) -> None:
     """The server's columns of any stored lines read as those lines, after any cursor."""
-    objects: list[dict[str, object]] = []
-    cursor = 0
-    for gap, stream, proc, text in lines:
-        cursor += gap
-        objects.append({"cursor": cursor, "stream": stream, "proc": proc, "text": text})
-    stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
+    objects, stored = log
     with mock.patch.object(server_logs, "COLUMNS_EVENT", event_bytes):
         sent, _ = server_logs.columns_events(stored)
     events, error = logs._parse_chunk(sent.rstrip(b"\n"))

@@ -24,6 +24,7 @@ from unittest import mock
 import attrs
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import stored_logs
 from support import expand_columns
 
 from juliarun_aio.server import _logs
@@ -344,37 +345,12 @@ def test_offsets_stay_exact_while_the_log_grows(tmp_path: Path) -> None:
     assert checked > 100
 
 
-#: Texts that look like the keys, quotes and line ends of the stored lines around them.
-TRICKY_TEXT = st.one_of(
-    st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=12),
-    st.sampled_from(
-        ['"}', '","text":"', ',"stream":"stdout","proc":"master","text":', "\\", '\\"}', "{}", ""]
-    ),
-)
-STORED_LINES = st.lists(
-    st.tuples(
-        st.integers(1, 3),  # the gap to the previous cursor (1: contiguous)
-        st.sampled_from(["stdout", "stderr"]),
-        st.sampled_from(["master", "worker-1", 'od"d \\ proc']),
-        TRICKY_TEXT,
-    ),
-    min_size=1,
-    max_size=40,
-)
-
-
-@given(lines=STORED_LINES, first=st.integers(1, 10**12), event_bytes=st.integers(1, 400))
+@given(log=stored_logs(), event_bytes=st.integers(1, 400))
 def test_columns_hold_exactly_the_stored_lines(
-    lines: list[tuple[int, str, str, str]], first: int, event_bytes: int
+    log: tuple[list[dict[str, Any]], bytes], event_bytes: int
 ) -> None:
     """Any run of stored lines, cut into events of any size, reads back as the same lines."""
-    objects, cursor = [], first - 1
-    for gap, stream, proc, text in lines:
-        cursor += gap
-        objects.append({"cursor": cursor, "stream": stream, "proc": proc, "text": text})
-    # The stored form: the keys in this order, compact, non-ASCII escaped (what the
-    # collector writes).
-    stored = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects)
+    objects, stored = log
     with mock.patch.object(_logs, "COLUMNS_EVENT", event_bytes):
         sent, count = _logs.columns_events(stored)
     assert count == len(objects)
@@ -382,9 +358,10 @@ def test_columns_hold_exactly_the_stored_lines(
     assert expand_columns(events) == objects
     assert all("texts" in event for event in events)
     whole = json.loads(encode_columns(stored))
-    assert ("cursors" in whole) == any(gap > 1 for gap, *_ in lines[1:])
+    pairs = list(itertools.pairwise(objects))
+    assert ("cursors" in whole) == any(b["cursor"] - a["cursor"] > 1 for a, b in pairs)
     assert len(whole["sources"]) == 1 + sum(
-        (a[1], a[2]) != (b[1], b[2]) for a, b in itertools.pairwise(lines)
+        (a["stream"], a["proc"]) != (b["stream"], b["proc"]) for a, b in pairs
     )
 
 
