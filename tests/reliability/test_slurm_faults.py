@@ -242,6 +242,19 @@ def test_a_restarted_slurmctld_loses_nothing(data_dir: Path, slurm: SlurmCli) ->
 
 #: sbatch, which (once the flag file exists) records the id it got and then hangs: a server
 #: killed meanwhile has submitted a job it never recorded.
+def _wrap_sbatch(template: str, flag: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put ``template`` (given ``{sbatch}`` and ``{flag}``) first on PATH as ``sbatch``."""
+    sbatch = shutil.which("sbatch")
+    assert sbatch is not None
+    bin_dir = flag.parent / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "sbatch"
+    wrapper.write_text(template.format(sbatch=sbatch, flag=flag))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return flag
+
+
 SLOW_SBATCH = """\
 #!/bin/sh
 out=$({sbatch} "$@")
@@ -263,12 +276,7 @@ def test_a_server_killed_between_sbatch_and_its_record_finds_every_job(
     twice: every slot has exactly one live Slurm job, and no job of it is left over."""
     sbatch = shutil.which("sbatch")
     assert sbatch is not None
-    bin_dir, flag = tmp_path / "bin", tmp_path / "slow"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "sbatch"
-    wrapper.write_text(SLOW_SBATCH.format(sbatch=sbatch, flag=flag))
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    flag = _wrap_sbatch(SLOW_SBATCH, tmp_path / "slow", monkeypatch)
     volume = data_dir / "namespaces" / "default" / "volumes" / "work"
     write_script(volume, "count.py", COUNTER)
     server = ServerProcess(
@@ -338,14 +346,7 @@ def test_a_server_killed_before_it_started_a_master_starts_it_when_back(
     """Faults: a server SIGKILLed after recording a job but before its master reached
     Slurm starts that master when it starts again, then its workers with the master's
     address: the job runs once, instead of staying pending."""
-    sbatch = shutil.which("sbatch")
-    assert sbatch is not None
-    bin_dir, flag = tmp_path / "bin", tmp_path / "held"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "sbatch"
-    wrapper.write_text(HELD_SBATCH.format(sbatch=sbatch, flag=flag))
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    flag = _wrap_sbatch(HELD_SBATCH, tmp_path / "held", monkeypatch)
     volume = data_dir / "namespaces" / "default" / "volumes" / "work"
     write_script(volume, "once.py", "import time\nprint('ran', flush=True)\ntime.sleep(300)\n")
     write_script(
